@@ -1,0 +1,30 @@
+"""pathsim: simulate and plan sparse (Mixture-of-Experts), multi-task models on TPU and GPU pods.
+
+The public API, usable from a notebook as from the CLI::
+
+    import pathsim
+    cluster = pathsim.load_cluster("tpu-v4-8x8x8")
+    result = pathsim.run_collective(cluster, "all_to_all", "256MiB", model="fast")
+    print(result.time_s, result.busbw_bytes_per_s)
+"""
+
+from pathsim.version import __version__
+from pathsim.errors import PathsimConfigError
+from pathsim.cluster import ClusterConfig, load_cluster
+from pathsim.traffic import Traffic
+from pathsim.topology import Topology, build_topology
+from pathsim.network import get_model
+from pathsim.collectives import CollectiveResult, run_collective
+
+__all__ = [
+    "ClusterConfig",
+    "CollectiveResult",
+    "PathsimConfigError",
+    "Topology",
+    "Traffic",
+    "__version__",
+    "build_topology",
+    "get_model",
+    "load_cluster",
+    "run_collective",
+]

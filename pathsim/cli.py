@@ -1,0 +1,155 @@
+"""The ``pathsim`` command: a thin shell over the Python API.
+
+User mistakes (bad files, fields, units, presets, arguments) print one or two
+lines naming the file, the field and the fix, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pathsim.cluster import load_cluster
+from pathsim.collectives import ALGORITHMS, OPS, CollectiveResult, run_collective
+from pathsim.errors import PathsimConfigError
+from pathsim.network import MODELS
+from pathsim.presets import PRESET_KINDS, preset_names, preset_path
+from pathsim.topology import build_topology
+from pathsim.units import format_bandwidth, format_bytes, format_seconds
+from pathsim.yaml_config import read_yaml_mapping
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: same exit code, no traceback
+        self.print_usage(sys.stderr)
+        print(f"pathsim: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pathsim", description="Simulate sparse (MoE) models on TPU and GPU pods.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    presets = sub.add_parser("presets", help="list built-in presets")
+    presets.add_argument("--kind", choices=PRESET_KINDS, help="only this kind of preset")
+
+    validate = sub.add_parser("validate", help="check config files (or preset names) and summarise them")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+
+    coll = sub.add_parser("collective", help="time one collective on a cluster")
+    coll.add_argument("--cluster", required=True, help="preset name or YAML file")
+    coll.add_argument("--op", required=True, choices=OPS)
+    coll.add_argument("--bytes", required=True, help="per-rank buffer size, e.g. 256MiB")
+    coll.add_argument("--model", default="fast", choices=sorted(MODELS), help="network model (default: fast)")
+    coll.add_argument("--algorithm", default="auto", choices=ALGORITHMS)
+    coll.add_argument("--groups", type=int, default=None, help="split the chips into N equal, consecutive groups running concurrently")
+    coll.add_argument("--matrix", type=Path, help="all_to_all only: bytes between ranks, a .npy or .csv square matrix")
+    coll.add_argument("--json", type=Path, metavar="OUT", help="also write the full result as JSON")
+    return parser
+
+
+def _load_matrix(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise PathsimConfigError(str(path), "", "file not found", "give a .npy or .csv traffic matrix")
+    try:
+        if path.suffix == ".npy":
+            matrix = np.load(path, allow_pickle=False)
+        elif path.suffix == ".csv":
+            matrix = np.loadtxt(path, delimiter=",", ndmin=2)
+        else:
+            raise PathsimConfigError(str(path), "", f"unsupported matrix format {path.suffix!r}", "save it as .npy or .csv")
+    except (ValueError, OSError) as exc:
+        raise PathsimConfigError(str(path), "", f"cannot be read as a numeric matrix ({exc})", "write numbers only, comma-separated") from None
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise PathsimConfigError(str(path), "", f"must be a square matrix, got shape {matrix.shape}", "one row and one column per rank")
+    if not np.all(np.isfinite(matrix)) or matrix.min() < 0:
+        raise PathsimConfigError(str(path), "", "holds negative or non-finite bytes", "use bytes >= 0")
+    return matrix.astype(np.float64)
+
+
+def _table(rows: list[tuple], headers: tuple) -> str:
+    cells = [tuple(str(c) for c in headers)] + [tuple(str(c) for c in row) for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join("    " + line for line in lines)
+
+
+def format_collective(result: CollectiveResult) -> str:
+    head = (f"{result.op} on {result.cluster}: {result.groups} group(s) of {result.ranks_per_group} ranks, "
+            f"{format_bytes(result.bytes_per_rank)} per rank, {result.model} model, {result.algorithm} algorithm")
+    summary = [
+        ("time", format_seconds(result.time_s),
+         f"bandwidth {format_seconds(result.bandwidth_time_s)} + latency {format_seconds(result.latency_time_s)}"),
+        ("algbw", format_bandwidth(result.algbw_bytes_per_s), "bytes per rank / time"),
+        ("busbw", format_bandwidth(result.busbw_bytes_per_s), "algbw x bus factor (NCCL-tests convention)"),
+        ("max link utilisation", f"{100 * result.max_link_utilisation:.1f} %", ""),
+    ]
+    phases = [(p.label, p.repeat, format_seconds(p.time_s), format_bytes(p.network_bytes)) for p in result.phases]
+    links = [(l.link, l.link_class, format_bytes(l.bytes), f"{100 * l.utilisation:.1f} %") for l in result.hottest_links]
+    return "\n".join([head, _table(summary, ("metric", "value", "note")), "  phases:",
+                      _table(phases, ("phase", "repeat", "time each", "network bytes each")), "  hottest links:",
+                      _table(links, ("link", "class", "bytes", "utilisation"))])
+
+
+def _cmd_presets(args) -> int:
+    for kind in ([args.kind] if args.kind else PRESET_KINDS):
+        names = preset_names(kind)
+        print(f"{kind}:" + ("" if names else " (none yet)"))
+        for name in names:
+            description = read_yaml_mapping(preset_path(kind, name)).get("description", "")
+            print(f"  {name:28s} {description}")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    for file in args.files:
+        cluster = load_cluster(file)
+        topology = build_topology(cluster, source=file)
+        info = topology.describe()
+        extra = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("name", "chips", "switches", "links"))
+        print(f"{file}: ok - {cluster.name}: {info['chips']} x {cluster.chip.name}, {info['switches']} switches, "
+              f"{info['links']} directed links" + (f"; {extra}" if extra else ""))
+    return 0
+
+
+def _cmd_collective(args) -> int:
+    matrix = _load_matrix(args.matrix) if args.matrix else None
+    if matrix is not None and args.op != "all_to_all":
+        raise PathsimConfigError("<command line>", "--matrix", f"a traffic matrix applies to all_to_all, not {args.op}", "drop --matrix")
+    result = run_collective(args.cluster, args.op, args.bytes, model=args.model, groups=args.groups,
+                            algorithm=args.algorithm, matrix=matrix)
+    print(format_collective(result))
+    if args.json:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(result.model_dump_json(indent=2) + "\n")
+        except OSError as exc:
+            raise PathsimConfigError(str(args.json), "--json", f"cannot write the result ({exc.strerror})", "choose a writable path") from None
+        print(f"wrote {args.json}")
+    return 0
+
+
+COMMANDS = {"presets": _cmd_presets, "validate": _cmd_validate, "collective": _cmd_collective}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PathsimConfigError as exc:
+        print(f"pathsim: error: {exc.one_line()}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:  # output piped into `head`: stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

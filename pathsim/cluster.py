@@ -1,0 +1,248 @@
+"""Cluster configuration: chips, links, hosts and the topology that joins them.
+
+These pydantic models are the validated, unit-explicit form of a cluster YAML
+(see ``topologies/`` for presets). Unknown fields are rejected; sizes and rates
+accept units (``"32GiB"``, ``"50GB/s"``, ``"1us"``). Every hardware constant in a
+preset carries a ``source:`` saying where it comes from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pathsim.errors import PathsimConfigError
+from pathsim.units import Bytes, BytesPerSecond, FlopPerSecond, Seconds, Watts
+from pathsim.yaml_config import load_with_extends, resolve_reference, validate_model
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChipSpec(StrictModel):
+    """One accelerator chip. Peak rates are dense (no sparsity)."""
+
+    name: str
+    peak_flops: dict[str, FlopPerSecond] = Field(description="peak dense FLOP/s per dtype, e.g. {bf16: 275TFLOP/s}")
+    hbm_bytes: Bytes
+    hbm_bandwidth: BytesPerSecond
+    idle_power: Watts
+    peak_power: Watts
+    source: str
+
+    @field_validator("peak_flops")
+    @classmethod
+    def _positive_rates(cls, rates: dict[str, float]) -> dict[str, float]:
+        if not rates:
+            raise ValueError("needs at least one dtype, e.g. `bf16: 275TFLOP/s`")
+        for dtype, rate in rates.items():
+            if rate <= 0:
+                raise ValueError(f"peak FLOP/s for {dtype} must be positive, got {rate}")
+        return rates
+
+    @field_validator("hbm_bytes", "hbm_bandwidth", "peak_power")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"must be positive, got {value}")
+        return value
+
+    @field_validator("idle_power")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _idle_below_peak(self) -> "ChipSpec":
+        if self.idle_power > self.peak_power:
+            raise ValueError(f"idle_power ({self.idle_power} W) exceeds peak_power ({self.peak_power} W)")
+        return self
+
+
+class LinkSpec(StrictModel):
+    """A class of link. Bandwidth is per direction: a full-duplex link is two of these."""
+
+    bandwidth: BytesPerSecond
+    latency: Seconds
+    source: str
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _positive_bandwidth(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"bandwidth must be positive, got {value} bytes/s")
+        return value
+
+    @field_validator("latency")
+    @classmethod
+    def _non_negative_latency(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"latency must not be negative, got {value} s")
+        return value
+
+
+class HostSpec(StrictModel):
+    chips_per_host: int = Field(gt=0)
+    power: Watts = Field(description="host power excluding the accelerators (CPUs, memory, NICs, fans)")
+    source: str
+
+    @field_validator("power")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value}")
+        return value
+
+
+class TorusSpec(StrictModel):
+    """A 1D/2D/3D torus (or mesh, per dimension) of chips joined by one link class.
+
+    ``twisted: true`` asks for the TPU v4 twisted torus, defined for shapes
+    n×n×2n and n×2n×2n (see pathsim.topology.torus for the wiring and source).
+    """
+
+    kind: Literal["torus"]
+    dims: list[int] = Field(min_length=1, max_length=3)
+    wraparound: bool | list[bool] = True
+    twisted: bool = False
+    link: str = "ici"
+
+    @field_validator("dims")
+    @classmethod
+    def _dims_positive(cls, dims: list[int]) -> list[int]:
+        if any(k < 1 for k in dims):
+            raise ValueError(f"every dimension needs at least 1 chip, got {dims}")
+        if all(k == 1 for k in dims):
+            raise ValueError(f"a torus needs at least 2 chips, got {dims}")
+        return dims
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TorusSpec":
+        wrap = self.wrap_per_dim()
+        if len(wrap) != len(self.dims):
+            raise ValueError(f"wraparound lists {len(wrap)} dimensions but dims has {len(self.dims)}")
+        for k, w in zip(self.dims, wrap):
+            if w and k == 2:
+                raise ValueError(f"wraparound on a dimension of 2 chips would duplicate its one link (dims {self.dims}); set wraparound false there")
+        if self.twisted:
+            shape = sorted(self.dims)
+            n = shape[0]
+            if len(self.dims) != 3 or shape not in ([n, n, 2 * n], [n, 2 * n, 2 * n]) or not all(wrap):
+                raise ValueError(f"twisted tori are defined for 3D shapes n×n×2n and n×2n×2n with wraparound, got {self.dims}")
+        return self
+
+    def wrap_per_dim(self) -> list[bool]:
+        return [self.wraparound] * len(self.dims) if isinstance(self.wraparound, bool) else list(self.wraparound)
+
+    @property
+    def num_chips(self) -> int:
+        count = 1
+        for k in self.dims:
+            count *= k
+        return count
+
+
+class FatTreeSpec(StrictModel):
+    """GPU nodes (an NVLink/NVSwitch domain each) on a two-tier leaf/spine fabric.
+
+    ``fat_tree`` puts whole nodes under a leaf; ``rail_optimized`` wires GPU r of
+    every node to rail r's leaf (as in NVIDIA DGX SuperPOD), a leaf per rail per
+    group of nodes.
+    """
+
+    kind: Literal["fat_tree", "rail_optimized"]
+    nodes: int = Field(gt=0)
+    gpus_per_node: int = Field(gt=0)
+    nvlink: str = Field("nvlink", description="link class between each GPU and its node's NVSwitch")
+    nic: str = Field("nic", description="link class between each GPU's NIC and its leaf switch")
+    nics_per_gpu: int = Field(1, gt=0)
+    fabric: str | None = Field(None, description="link class between leaves and spines (default: the nic class)")
+    switch_radix: int = Field(gt=1, description="ports per leaf and spine switch")
+    oversubscription: float = Field(1.0, ge=1.0, description="leaf down-ports : up-ports")
+
+    @property
+    def num_chips(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+class GraphEdge(StrictModel):
+    a: int | str
+    b: int | str
+    link: str
+    bidirectional: bool = True
+
+
+class GraphSpec(StrictModel):
+    """Any other network: chips 0..chips-1, named switches, and an edge list."""
+
+    kind: Literal["graph"]
+    chips: int = Field(gt=1)
+    switches: list[str] = Field(default_factory=list)
+    edges: list[GraphEdge] = Field(min_length=1)
+
+    @property
+    def num_chips(self) -> int:
+        return self.chips
+
+
+TopologySpec = Annotated[Union[TorusSpec, FatTreeSpec, GraphSpec], Field(discriminator="kind")]
+
+
+class ClusterConfig(StrictModel):
+    name: str
+    description: str = ""
+    chip: ChipSpec
+    host: HostSpec
+    links: dict[str, LinkSpec]
+    topology: TopologySpec
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _links_exist(self) -> "ClusterConfig":
+        topo = self.topology
+        used: dict[str, str | None] = {}
+        if isinstance(topo, TorusSpec):
+            used["link"] = topo.link
+        elif isinstance(topo, FatTreeSpec):
+            used.update(nvlink=topo.nvlink if topo.gpus_per_node > 1 else None, nic=topo.nic, fabric=topo.fabric)
+        else:
+            for i, edge in enumerate(topo.edges):
+                used[f"edges[{i}].link"] = edge.link
+        for field, name in used.items():
+            if name is not None and name not in self.links:
+                raise ValueError(f"topology.{field} names link class {name!r}, but `links:` defines only {sorted(self.links)}")
+        return self
+
+    @property
+    def num_chips(self) -> int:
+        return self.topology.num_chips
+
+
+def load_cluster(spec: "str | Path | dict | ClusterConfig") -> ClusterConfig:
+    """A ClusterConfig from a preset name, a YAML path, a dict or a ClusterConfig."""
+    if isinstance(spec, ClusterConfig):
+        return spec
+    if isinstance(spec, dict):
+        return validate_model(ClusterConfig, spec, "<python dict>")
+    path = resolve_reference(spec, "topologies")
+    data = load_with_extends(path, "topologies")
+    return validate_model(ClusterConfig, data, str(path))
+
+
+__all__ = [
+    "ChipSpec",
+    "ClusterConfig",
+    "FatTreeSpec",
+    "GraphEdge",
+    "GraphSpec",
+    "HostSpec",
+    "LinkSpec",
+    "PathsimConfigError",
+    "TorusSpec",
+    "load_cluster",
+]

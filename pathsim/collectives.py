@@ -1,0 +1,265 @@
+"""Collectives over groups of ranks mapped to physical chips.
+
+Every algorithm is written as a list of phases — the traffic of one step and
+how many identical steps follow — and the network model times each phase.
+Nothing here assumes a link speed: contention between concurrent groups, a
+ring step that must cross a spine, or a twisted wraparound all come from
+routing the phase's bytes on the real topology.
+
+Algorithms (``bytes`` is the per-rank buffer S; conventions as NCCL-tests):
+- ``direct`` all-to-all: every rank sends S/p to every other rank at once.
+- ``ring``: reduce-scatter then all-gather around one unidirectional ring:
+  2(p−1) steps of S/p each. On a ring of links of bandwidth B this is the
+  textbook T = 2(p−1)/p · S/B + 2(p−1)·α.
+- ``bidir_ring``: the same with half the data going each way round.
+- ``torus``: per-dimension bidirectional rings (reduce-scatter along x, then
+  y on the x-shard, then z; all-gather back), for groups that form a box.
+- ``hierarchical``: the same multi-axis scheme over (GPUs in a node, nodes):
+  NVLink reduce-scatter, inter-node all-reduce per local rank, NVLink all-gather.
+Reduce-scatter and all-gather are the first and second halves of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel
+
+from pathsim.version import __version__
+from pathsim.cluster import ClusterConfig, load_cluster
+from pathsim.errors import PathsimConfigError
+from pathsim.network import get_model
+from pathsim.topology import FatTree, Topology, Torus, build_topology
+from pathsim.traffic import Traffic
+from pathsim.units import parse_bytes
+
+OPS = ("all_to_all", "all_reduce", "reduce_scatter", "all_gather")
+ALGORITHMS = ("auto", "direct", "ring", "bidir_ring", "torus", "hierarchical")
+# Bus-bandwidth factor: bytes each rank's links must move per byte of S (NCCL-tests convention).
+_BUS_FACTOR = {
+    "all_to_all": lambda p: (p - 1) / p,
+    "all_reduce": lambda p: 2 * (p - 1) / p,
+    "reduce_scatter": lambda p: (p - 1) / p,
+    "all_gather": lambda p: (p - 1) / p,
+}
+
+
+@dataclass(frozen=True)
+class Phase:
+    label: str
+    traffic: Traffic
+    repeat: int
+
+
+class LinkUsage(BaseModel):
+    link: str
+    link_class: str
+    bytes: float
+    utilisation: float
+
+
+class PhaseSummary(BaseModel):
+    label: str
+    repeat: int
+    time_s: float
+    network_bytes: float
+
+
+class CollectiveResult(BaseModel):
+    cluster: str
+    op: str
+    algorithm: str
+    model: str
+    ranks_per_group: int
+    groups: int
+    bytes_per_rank: float
+    time_s: float
+    bandwidth_time_s: float
+    latency_time_s: float
+    algbw_bytes_per_s: float
+    busbw_bytes_per_s: float
+    max_link_utilisation: float
+    hottest_links: list[LinkUsage]
+    phases: list[PhaseSummary]
+    pathsim_version: str = __version__
+
+
+def make_groups(num_chips: int, groups: "int | list[list[int]] | np.ndarray | None") -> np.ndarray:
+    """Groups as a (G × p) array of chip ids; an int splits the chips into that many consecutive blocks."""
+    if groups is None:
+        return np.arange(num_chips)[None, :]
+    if isinstance(groups, (int, np.integer)):
+        if groups < 1 or num_chips % groups:
+            raise PathsimConfigError("<arguments>", "groups", f"{num_chips} chips do not split into {groups} equal groups",
+                                     f"use a divisor of {num_chips}")
+        return np.arange(num_chips).reshape(int(groups), -1)
+    try:
+        array = np.array(groups, dtype=np.int64)
+    except ValueError:
+        raise PathsimConfigError("<arguments>", "groups", "groups must all have the same number of ranks", "make the groups equal in size") from None
+    if array.ndim != 2 or array.shape[1] < 2:
+        raise PathsimConfigError("<arguments>", "groups", "need a list of groups of at least 2 ranks each", "give e.g. [[0,1,2,3],[4,5,6,7]]")
+    if array.min() < 0 or array.max() >= num_chips or len(np.unique(array)) != array.size:
+        raise PathsimConfigError("<arguments>", "groups", f"chip ids must be distinct and within 0..{num_chips - 1}", "fix the group lists")
+    return array
+
+
+def _ring_step(num_chips: int, rings: np.ndarray, chunk: float, bidirectional: bool) -> Traffic:
+    """Every rank of every ring (row) sends `chunk` bytes to its successor (and, bidirectional, half each way)."""
+    src = rings.ravel()
+    nxt = np.roll(rings, -1, axis=1).ravel()
+    if not bidirectional:
+        return Traffic.from_flows(num_chips, src, nxt, np.full(len(src), chunk))
+    prev = np.roll(rings, 1, axis=1).ravel()
+    return Traffic.from_flows(num_chips, np.concatenate([src, src]), np.concatenate([nxt, prev]),
+                              np.full(2 * len(src), chunk / 2))
+
+
+def _box_grid(topology: Torus, group: np.ndarray) -> np.ndarray | None:
+    """The group as an array over the torus axes if it fills a box of coordinates, else None."""
+    coords = topology.coords[group]
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    shape = tuple((hi - lo + 1).tolist())
+    if int(np.prod(shape)) != len(group):
+        return None
+    grid = np.full(shape, -1, dtype=np.int64)
+    grid[tuple((coords - lo).T)] = group
+    return grid if (grid >= 0).all() else None
+
+
+def _node_grid(topology: FatTree, group: np.ndarray) -> np.ndarray | None:
+    """The group as [local rank, node] if it holds the same count (> 1) of GPUs in each of ≥ 2 nodes."""
+    nodes = topology.node_of[group]
+    unique, counts = np.unique(nodes, return_counts=True)
+    if len(unique) < 2 or counts.min() != counts.max() or counts[0] < 2:
+        return None
+    order = np.lexsort((group, nodes))
+    return group[order].reshape(len(unique), counts[0]).T
+
+
+def _grids(topology: Topology, groups: np.ndarray, algorithm: str) -> tuple[str, list[np.ndarray]]:
+    """Resolve 'auto' and lay each group out as a multi-axis grid of ranks."""
+    candidates = {
+        "torus": (lambda g: _box_grid(topology, g)) if isinstance(topology, Torus) else None,
+        "hierarchical": (lambda g: _node_grid(topology, g)) if isinstance(topology, FatTree) else None,
+    }
+    order = [algorithm] if algorithm != "auto" else ["torus", "hierarchical", "ring"]
+    for name in order:
+        if name in ("ring", "bidir_ring"):
+            return name, [g.copy() for g in groups]
+        layout = candidates.get(name)
+        if layout is None:
+            if algorithm != "auto":
+                raise PathsimConfigError("<arguments>", "algorithm", f"{name!r} needs a {'torus' if name == 'torus' else 'GPU fat-tree'} topology",
+                                         "use --algorithm auto or ring")
+            continue
+        grids = [layout(g) for g in groups]
+        if all(grid is not None for grid in grids) and len({grid.shape for grid in grids}) == 1:
+            return name, grids
+        if algorithm != "auto":
+            what = "a box of torus coordinates" if name == "torus" else "an equal number of GPUs in each of several nodes"
+            raise PathsimConfigError("<arguments>", "algorithm", f"{name!r} needs every group to be {what}", "use --algorithm ring")
+    raise AssertionError("unreachable: ring always applies")
+
+
+def _multi_axis_phases(num_chips: int, grids: list[np.ndarray], nbytes: float, bidirectional: bool,
+                       op: str) -> list[Phase]:
+    """Reduce-scatter along each axis in turn (shards shrink), then all-gather back."""
+    axes = [a for a in range(grids[0].ndim) if grids[0].shape[a] > 1]
+    reduce_steps, gather_steps = [], []
+    shard = nbytes
+    for a in axes:
+        size = grids[0].shape[a]
+        rings = np.concatenate([np.moveaxis(g, a, -1).reshape(-1, size) for g in grids])
+        chunk = shard / size
+        step = _ring_step(num_chips, rings, chunk, bidirectional)
+        name = f"axis {a} ({size} ranks)" if len(axes) > 1 else f"{size} ranks"
+        reduce_steps.append(Phase(f"reduce-scatter {name}", step, size - 1))
+        gather_steps.insert(0, Phase(f"all-gather {name}", step, size - 1))
+        shard = chunk
+    if op == "reduce_scatter":
+        return reduce_steps
+    if op == "all_gather":
+        return gather_steps
+    return reduce_steps + gather_steps
+
+
+def _all_to_all_phase(num_chips: int, groups: np.ndarray, nbytes: float, matrix: np.ndarray | None) -> Phase:
+    p = groups.shape[1]
+    if matrix is None:
+        block = np.full((p, p), nbytes / p)
+        np.fill_diagonal(block, 0.0)
+    else:
+        block = np.asarray(matrix, dtype=np.float64)
+    full = np.zeros((num_chips, num_chips))
+    if block.shape == (num_chips, num_chips) and groups.shape[0] == 1:
+        full = block.copy()
+    elif block.shape == (p, p):
+        for g in groups:
+            full[np.ix_(g, g)] += block
+    else:
+        raise PathsimConfigError("<arguments>", "matrix", f"traffic matrix is {block.shape}, expected {p}x{p} (one group's ranks)",
+                                 "give a square matrix with one row and column per rank of a group")
+    return Phase("all-to-all", Traffic.from_matrix(full), 1)
+
+
+def collective_phases(topology: Topology, op: str, nbytes: float, groups: np.ndarray,
+                      algorithm: str = "auto", matrix: np.ndarray | None = None) -> tuple[str, list[Phase]]:
+    """The algorithm chosen and the phases it runs."""
+    if op not in OPS:
+        raise PathsimConfigError("<arguments>", "op", f"unknown collective {op!r}", f"choose one of {', '.join(OPS)}")
+    if algorithm not in ALGORITHMS:
+        raise PathsimConfigError("<arguments>", "algorithm", f"unknown algorithm {algorithm!r}", f"choose one of {', '.join(ALGORITHMS)}")
+    if op == "all_to_all":
+        if algorithm not in ("auto", "direct"):
+            raise PathsimConfigError("<arguments>", "algorithm", f"all_to_all supports only 'direct', not {algorithm!r}", "drop --algorithm")
+        return "direct", [_all_to_all_phase(topology.num_chips, groups, nbytes, matrix)]
+    if algorithm == "direct":
+        raise PathsimConfigError("<arguments>", "algorithm", f"'direct' is for all_to_all, not {op}", "use auto, ring, bidir_ring, torus or hierarchical")
+    chosen, grids = _grids(topology, groups, algorithm)
+    bidirectional = chosen in ("bidir_ring", "torus")
+    return chosen, _multi_axis_phases(topology.num_chips, grids, nbytes, bidirectional, op)
+
+
+def run_collective(cluster: "ClusterConfig | str", op: str, nbytes: "float | str", *, model: str = "fast",
+                   groups: "int | list[list[int]] | None" = None, algorithm: str = "auto",
+                   matrix: np.ndarray | None = None, top_links: int = 5) -> CollectiveResult:
+    """Time one collective on a cluster (a preset name, a YAML path or a ClusterConfig)."""
+    config = load_cluster(cluster)
+    topology = build_topology(config)
+    try:
+        size = parse_bytes(nbytes)
+    except ValueError as exc:
+        raise PathsimConfigError("<arguments>", "bytes", str(exc), "write a size like 256MiB") from None
+    if size <= 0:
+        raise PathsimConfigError("<arguments>", "bytes", f"size must be positive, got {nbytes!r}", "write a size like 256MiB")
+    group_array = make_groups(topology.num_chips, groups)
+    chosen, phases = collective_phases(topology, op, size, group_array, algorithm, matrix)
+    network = get_model(model, topology)
+
+    total = drain = latency = 0.0
+    busy_s = np.zeros(topology.num_links)
+    link_bytes = np.zeros(topology.num_links)
+    summaries = []
+    for phase in phases:
+        timing = network.phase(phase.traffic)
+        total += phase.repeat * timing.time_s
+        drain += phase.repeat * timing.bandwidth_time_s
+        latency += phase.repeat * timing.latency_s
+        busy_s += phase.repeat * timing.link_bytes / topology.link_bandwidth
+        link_bytes += phase.repeat * timing.link_bytes
+        summaries.append(PhaseSummary(label=phase.label, repeat=phase.repeat, time_s=timing.time_s,
+                                      network_bytes=phase.traffic.network_bytes))
+    utilisation = busy_s / total if total > 0 else busy_s
+    hottest = np.argsort(-utilisation, kind="stable")[:top_links]
+    p = group_array.shape[1]
+    algbw = size / total if total > 0 else float("inf")
+    return CollectiveResult(
+        cluster=config.name, op=op, algorithm=chosen, model=model, ranks_per_group=p, groups=group_array.shape[0],
+        bytes_per_rank=size, time_s=total, bandwidth_time_s=drain, latency_time_s=latency,
+        algbw_bytes_per_s=algbw, busbw_bytes_per_s=algbw * _BUS_FACTOR[op](p),
+        max_link_utilisation=float(utilisation.max(initial=0.0)),
+        hottest_links=[LinkUsage(link=topology.link_label(int(i)), link_class=str(topology.link_class[i]),
+                                 bytes=float(link_bytes[i]), utilisation=float(utilisation[i])) for i in hottest],
+        phases=summaries)

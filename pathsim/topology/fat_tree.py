@@ -1,0 +1,165 @@
+"""GPU clusters: NVLink/NVSwitch nodes on a two-tier InfiniBand leaf/spine fabric.
+
+Nodes: GPUs (0..N-1), one NVSwitch per node (modelled as one non-blocking
+switch; the real node has 4 in H100), leaf switches, spine switches.
+
+Routing:
+- same node: GPU → NVSwitch → GPU over NVLink;
+- same leaf (other node): GPU → NIC → leaf → NIC → GPU;
+- otherwise: up to the leaf, split evenly over all spines (ECMP), down.
+Rail-optimized fabrics (NVIDIA DGX SuperPOD reference architecture, RA-11333-001:
+"traffic per rail is always one hop away from the other 31 nodes in a SU;
+traffic between rails traverses the spine layer") wire GPU r of each node to
+rail r's leaf; cross-rail traffic goes through a spine (no PXN forwarding).
+
+Sizing: a leaf of radix R with oversubscription o has R·o/(1+o) down ports and
+R/(1+o) up ports. Spines number ceil(leaves × up / R); each leaf–spine pair
+is one link bundle of up/spines cables, so a 4-SU H100 SuperPOD (32 leaves)
+gets the 16 spines of the reference design.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+from pathsim.errors import PathsimConfigError
+from pathsim.topology.base import Topology
+from pathsim.traffic import Traffic
+
+
+class FatTree(Topology):
+    def __init__(self, name: str, *, nodes: int, gpus_per_node: int, rail_optimized: bool, switch_radix: int,
+                 oversubscription: float, nics_per_gpu: int, nvlink: tuple[float, float] | None,
+                 nic: tuple[float, float], fabric: tuple[float, float]):
+        gpn = gpus_per_node
+        n_gpus = nodes * gpn
+        down = int(switch_radix * oversubscription / (1 + oversubscription))
+        up = switch_radix - down
+        gpus_per_leaf = down // nics_per_gpu
+        if gpus_per_leaf < 1:
+            raise PathsimConfigError(name, "topology.switch_radix", f"a leaf of radix {switch_radix} has no room for a GPU with {nics_per_gpu} NICs", "raise switch_radix")
+        gpu = np.arange(n_gpus)
+        self.node_of = gpu // gpn
+        if rail_optimized:
+            nodes_per_leaf = gpus_per_leaf
+            self.leaf_of = (self.node_of // nodes_per_leaf) * gpn + gpu % gpn
+        else:
+            self.leaf_of = gpu // gpus_per_leaf
+        n_leaves = int(self.leaf_of.max()) + 1
+        if n_leaves > switch_radix:
+            raise PathsimConfigError(
+                name, "topology.nodes",
+                f"{n_leaves} leaves exceed what one spine of radix {switch_radix} can join (two-tier fabrics only)",
+                "use fewer nodes, a larger switch_radix, or split the cluster")
+        # Fewest spines whose ports hold every leaf's uplinks, each leaf–spine bundle the same width.
+        needed = math.ceil(n_leaves * up / switch_radix)
+        n_spines = 0 if n_leaves == 1 else min(s for s in range(1, up + 1) if up % s == 0 and s >= needed)
+        self.gpus_per_node, self.n_leaves, self.n_spines = gpn, n_leaves, n_spines
+        has_nvswitch = gpn > 1
+        nvs_base = n_gpus
+        leaf_base = nvs_base + (nodes if has_nvswitch else 0)
+        spine_base = leaf_base + n_leaves
+        names = [f"gpu{g}" for g in gpu]
+        names += [f"node{n}.nvswitch" for n in range(nodes)] if has_nvswitch else []
+        names += [f"leaf{l}" for l in range(n_leaves)] + [f"spine{s}" for s in range(n_spines)]
+
+        src, dst, bw, lat, cls = [], [], [], [], []
+
+        def add(a, b, spec, label):
+            src.append(a)
+            dst.append(b)
+            bw.append(np.full(len(a), spec[0]))
+            lat.append(np.full(len(a), spec[1]))
+            cls.append(np.full(len(a), label))
+            return sum(len(x) for x in src) - len(a)
+
+        self._nv_up = add(gpu, nvs_base + self.node_of, nvlink, "nvlink") if has_nvswitch else -1
+        self._nv_down = add(nvs_base + self.node_of, gpu, nvlink, "nvlink") if has_nvswitch else -1
+        nic_bw = (nic[0] * nics_per_gpu, nic[1])
+        self._nic_up = add(gpu, leaf_base + self.leaf_of, nic_bw, "nic")
+        self._nic_down = add(leaf_base + self.leaf_of, gpu, nic_bw, "nic")
+        if n_spines:
+            leaf, spine = np.meshgrid(np.arange(n_leaves), np.arange(n_spines), indexing="ij")
+            bundle = (fabric[0] * (up // n_spines), fabric[1])
+            self._up = add(leaf_base + leaf.ravel(), spine_base + spine.ravel(), bundle, "fabric")
+            self._down = add(spine_base + spine.ravel(), leaf_base + leaf.ravel(), bundle, "fabric")
+        self._latency = {"nvlink": nvlink[1] if nvlink else 0.0, "nic": nic[1], "fabric": fabric[1]}
+        super().__init__(name, n_gpus, names, np.concatenate(src), np.concatenate(dst),
+                         np.concatenate(bw), np.concatenate(lat), np.concatenate(cls))
+
+    def _classes(self, src: np.ndarray, dst: np.ndarray):
+        same_node = (self.node_of[src] == self.node_of[dst]) & (self.gpus_per_node > 1)
+        same_leaf = ~same_node & (self.leaf_of[src] == self.leaf_of[dst])
+        return same_node, same_leaf, ~same_node & ~same_leaf
+
+    def incidence(self, src: np.ndarray, dst: np.ndarray) -> sp.csr_matrix:
+        src = np.asarray(src, dtype=np.int64)
+        dst = np.asarray(dst, dtype=np.int64)
+        same_node, same_leaf, cross = self._classes(src, dst)
+        flow = np.arange(len(src))
+        rows, cols, vals = [], [], []
+
+        def put(sel, links, share=1.0):
+            rows.append(flow[sel])
+            cols.append(links)
+            vals.append(np.full(int(sel.sum()), share))
+
+        if same_node.any():
+            put(same_node, self._nv_up + src[same_node])
+            put(same_node, self._nv_down + dst[same_node])
+        network = ~same_node
+        put(network, self._nic_up + src[network])
+        put(network, self._nic_down + dst[network])
+        if cross.any():
+            S = self.n_spines
+            f = np.repeat(flow[cross], S)
+            spine = np.tile(np.arange(S), int(cross.sum()))
+            rows += [f, f]
+            cols += [self._up + self.leaf_of[src[f]] * S + spine, self._down + self.leaf_of[dst[f]] * S + spine]
+            vals += [np.full(len(f), 1.0 / S)] * 2
+        return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                             shape=(len(src), self.num_links))
+
+    def path_latency(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        same_node, same_leaf, cross = self._classes(np.asarray(src), np.asarray(dst))
+        lat = self._latency
+        return np.select([same_node, same_leaf], [2 * lat["nvlink"], 2 * lat["nic"]], 2 * (lat["nic"] + lat["fabric"]))
+
+    def link_loads(self, traffic: Traffic) -> np.ndarray:
+        if not traffic.is_dense:
+            return super().link_loads(traffic)
+        T = traffic.matrix.copy()
+        np.fill_diagonal(T, 0.0)
+        n = self.num_chips
+        gpn = self.gpus_per_node
+        loads = np.zeros(self.num_links)
+        blocks = T.reshape(n // gpn, gpn, n // gpn, gpn)
+        nodes = np.arange(n // gpn)
+        intra = blocks[nodes, :, nodes, :] if gpn > 1 else np.zeros((n, 1, 1))  # [node, i, j]
+        intra_out = intra.sum(axis=2).ravel()
+        intra_in = intra.sum(axis=1).ravel()
+        if gpn > 1:
+            loads[self._nv_up:self._nv_up + n] = intra_out
+            loads[self._nv_down:self._nv_down + n] = intra_in
+        loads[self._nic_up:self._nic_up + n] = T.sum(axis=1) - intra_out
+        loads[self._nic_down:self._nic_down + n] = T.sum(axis=0) - intra_in
+        if self.n_spines:
+            onehot = np.zeros((n, self.n_leaves))
+            onehot[np.arange(n), self.leaf_of] = 1.0
+            leaf_traffic = onehot.T @ T @ onehot
+            if gpn > 1:  # NVLink carries intra-node bytes even when the GPUs sit under different leaves
+                li = self.leaf_of.reshape(-1, gpn)
+                np.add.at(leaf_traffic, (np.repeat(li, gpn, axis=1).ravel(), np.tile(li, (1, gpn)).ravel()), -intra.ravel())
+            np.fill_diagonal(leaf_traffic, 0.0)
+            S = self.n_spines
+            loads[self._up:self._up + self.n_leaves * S] = np.repeat(leaf_traffic.sum(axis=1) / S, S)
+            loads[self._down:self._down + self.n_leaves * S] = np.repeat(leaf_traffic.sum(axis=0) / S, S)
+        return loads
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info.update(gpus_per_node=self.gpus_per_node, leaves=self.n_leaves, spines=self.n_spines)
+        return info

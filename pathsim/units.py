@@ -1,0 +1,139 @@
+"""Quantities with units, as users write them in YAML and on the command line.
+
+Inside pathsim everything is SI base units (bytes, seconds, bytes/s, FLOP/s,
+watts). Users may write ``"256MiB"``, ``"1.5GB"``, ``"50GB/s"``, ``"400Gb/s"``
+(lower-case b = bits), ``"2us"``, ``"275TFLOP/s"`` or ``"700W"``; a bare number
+is taken in the base unit. Decimal prefixes are powers of 1000 (GB = 1e9 bytes),
+binary ones powers of 1024 (GiB = 2**30 bytes).
+
+The parsed values plug into pydantic models through the ``Annotated`` aliases
+at the bottom (``Bytes``, ``BytesPerSecond``, ``Seconds``, ``FlopPerSecond``,
+``Watts``), whose validators raise ``ValueError`` with the accepted forms so the
+config loader can tell the user exactly what to write.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
+
+_DECIMAL = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+_BINARY = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
+_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12, "min": 60.0, "h": 3600.0}
+
+_NUMBER = r"(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
+_QUANTITY = re.compile(_NUMBER + r"\s*(?P<unit>[^\s\d].*)?$")
+
+
+def _split(text: str) -> tuple[float, str]:
+    match = _QUANTITY.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a number with a unit")
+    return float(match.group("num")), (match.group("unit") or "").strip()
+
+
+def _prefix_scale(prefix: str) -> float | None:
+    if prefix in _BINARY:
+        return _BINARY[prefix]
+    return _DECIMAL.get(prefix)
+
+
+def _data_scale(unit: str) -> float | None:
+    """Scale of a data unit ('GiB', 'Mb', 'B') in bytes, or None if not one."""
+    match = re.fullmatch(r"(Ki|Mi|Gi|Ti|Pi|[kKMGTPE]?)(B|b|bit|bits|byte|bytes)", unit)
+    if not match:
+        return None
+    scale = _prefix_scale(match.group(1))
+    return scale / 8.0 if match.group(2) in ("b", "bit", "bits") else scale
+
+
+def _parse(value: object, what: str, base_unit: str, unit_scale, examples: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected {what} such as {examples}, got {value!r}")
+    if isinstance(value, (int, float)):
+        number, scale = float(value), 1.0
+    elif isinstance(value, str):
+        try:
+            number, unit = _split(value)
+        except ValueError:
+            raise ValueError(f"expected {what} such as {examples}, got {value!r}") from None
+        scale = 1.0 if unit in ("", base_unit) else unit_scale(unit)
+        if scale is None:
+            raise ValueError(f"unknown unit {unit!r} for {what}; write it like {examples}")
+    else:
+        raise ValueError(f"expected {what} such as {examples}, got {type(value).__name__}")
+    result = number * scale
+    if not math.isfinite(result):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return result
+
+
+def parse_bytes(value: object) -> float:
+    """'256MiB' -> 268435456.0; '1.5GB' -> 1.5e9; '400Mb' -> 5e7 (bits / 8)."""
+    return _parse(value, "a size in bytes", "B", _data_scale, "'256MiB', '1.5GB' or 1048576")
+
+
+def parse_bandwidth(value: object) -> float:
+    """'50GB/s' -> 5e10 bytes/s; '400Gb/s' -> 5e10 bytes/s (bits / 8)."""
+
+    def scale(unit: str) -> float | None:
+        for per in ("/s", "ps", "/sec"):
+            if unit.endswith(per):
+                return _data_scale(unit[: -len(per)])
+        return None
+
+    return _parse(value, "a bandwidth", "B/s", scale, "'50GB/s', '400Gb/s' or 5e10 (bytes/s)")
+
+
+def parse_seconds(value: object) -> float:
+    """'2us' -> 2e-6; '1.5ms' -> 1.5e-3; a bare number is seconds."""
+    return _parse(value, "a duration", "s", _TIME.get, "'2us', '1.5ms' or 0.001 (seconds)")
+
+
+def parse_flop_rate(value: object) -> float:
+    """'275TFLOP/s' -> 2.75e14 FLOP/s; also 'TFLOPS'."""
+
+    def scale(unit: str) -> float | None:
+        match = re.fullmatch(r"([kKMGTPE]?)(?:FLOP/s|FLOPS|flop/s|flops)", unit)
+        return _DECIMAL[match.group(1)] if match else None
+
+    return _parse(value, "a compute rate", "FLOP/s", scale, "'275TFLOP/s' or 2.75e14")
+
+
+def parse_watts(value: object) -> float:
+    """'700W' -> 700.0; '10.2kW' -> 10200.0."""
+
+    def scale(unit: str) -> float | None:
+        match = re.fullmatch(r"([kKMG]?)W", unit)
+        return _DECIMAL[match.group(1)] if match else None
+
+    return _parse(value, "a power", "W", scale, "'700W' or '10.2kW'")
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable binary size: 268435456 -> '256 MiB'."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.4g} {unit}"
+    return f"{n:.4g} B"
+
+
+def format_seconds(t: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(t) >= scale:
+            return f"{t / scale:.4g} {unit}"
+    return f"{t / 1e-9:.4g} ns"
+
+
+def format_bandwidth(bw: float) -> str:
+    return f"{bw / 1e9:.4g} GB/s"
+
+
+Bytes = Annotated[float, BeforeValidator(parse_bytes)]
+BytesPerSecond = Annotated[float, BeforeValidator(parse_bandwidth)]
+Seconds = Annotated[float, BeforeValidator(parse_seconds)]
+FlopPerSecond = Annotated[float, BeforeValidator(parse_flop_rate)]
+Watts = Annotated[float, BeforeValidator(parse_watts)]

@@ -1,0 +1,100 @@
+"""Collective algorithms against their closed forms."""
+
+import numpy as np
+import pytest
+
+from pathsim.collectives import run_collective
+from pathsim.errors import PathsimConfigError
+
+from conftest import cluster_dict
+
+B, ALPHA = 100e9, 1e-6  # the 'ici' class of cluster_dict
+S = 2**30
+
+
+def ring(p, wrap=True):
+    return cluster_dict(kind="torus", dims=[p], wraparound=wrap and p > 2, link="ici")
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 5, 8, 16, 31, 32, 64])
+def test_ring_all_reduce_closed_form(p):
+    result = run_collective(ring(p), "all_reduce", S, algorithm="ring")
+    # p=2 is a mesh of one cable: the ring's return step uses the reverse direction, still one hop.
+    expected = 2 * (p - 1) / p * S / B + 2 * (p - 1) * ALPHA
+    assert result.time_s == pytest.approx(expected, rel=0.01)
+    assert result.busbw_bytes_per_s == pytest.approx(S / result.time_s * 2 * (p - 1) / p)
+
+
+@pytest.mark.parametrize("p", [4, 8, 16])
+def test_bidirectional_ring_halves_the_bandwidth_term(p):
+    uni = run_collective(ring(p), "all_reduce", S, algorithm="ring")
+    bidi = run_collective(ring(p), "all_reduce", S, algorithm="bidir_ring")
+    assert bidi.bandwidth_time_s == pytest.approx(uni.bandwidth_time_s / 2, rel=1e-9)
+    assert bidi.latency_time_s == pytest.approx(uni.latency_time_s)
+
+
+@pytest.mark.parametrize("op, factor", [("reduce_scatter", 1), ("all_gather", 1), ("all_reduce", 2)])
+def test_reduce_scatter_and_all_gather_are_halves(op, factor):
+    p = 8
+    result = run_collective(ring(p), op, S, algorithm="ring")
+    assert result.time_s == pytest.approx(factor * ((p - 1) / p * S / B + (p - 1) * ALPHA), rel=1e-9)
+
+
+@pytest.mark.parametrize("dims", [[4, 4], [4, 4, 4], [8, 4, 4], [4, 8, 8]])
+def test_torus_all_reduce_is_per_dimension_bidirectional_rings(dims):
+    cluster = cluster_dict(kind="torus", dims=dims, link="ici")
+    result = run_collective(cluster, "all_reduce", S)
+    assert result.algorithm == "torus"
+    expected, shard = 0.0, S
+    for k in dims:  # reduce-scatter along each dimension on a shrinking shard, then all-gather back
+        expected += 2 * (k - 1) * (shard / k / 2 / B + ALPHA)
+        shard /= k
+    assert result.time_s == pytest.approx(expected, rel=1e-9)
+
+
+def test_hierarchical_all_reduce_on_gpu_nodes():
+    cluster = cluster_dict(kind="fat_tree", nodes=4, gpus_per_node=8, nvlink="nvlink", nic="nic", switch_radix=64)
+    result = run_collective(cluster, "all_reduce", S)
+    assert result.algorithm == "hierarchical"
+    nv, nic = 450e9, 50e9
+    local = 2 * 7 * (S / 8 / nv + 2 * 0.5e-6)  # NVLink RS + AG: 7 steps each, GPU->NVSwitch->GPU
+    inter = 2 * 3 * (S / 8 / 4 / nic + 2 * 2e-6)  # 8 rings of 4 nodes over NICs (one leaf: no spine)
+    assert result.time_s == pytest.approx(local + inter, rel=1e-9)
+
+
+def test_concurrent_groups_share_links_in_all_to_all():
+    cluster = cluster_dict(kind="torus", dims=[8], link="ici")
+    one = run_collective(cluster, "all_to_all", S, groups=[[0, 2, 4, 6]])
+    both = run_collective(cluster, "all_to_all", S, groups=[[0, 2, 4, 6], [1, 3, 5, 7]])
+    assert both.bandwidth_time_s == pytest.approx(2 * one.bandwidth_time_s, rel=1e-9)
+    split = run_collective(cluster, "all_to_all", S, groups=2)  # blocks 0-3 and 4-7 use disjoint links
+    block = run_collective(cluster, "all_to_all", S, groups=[[0, 1, 2, 3]])
+    assert split.bandwidth_time_s == pytest.approx(block.bandwidth_time_s, rel=1e-9)
+
+
+def test_custom_all_to_all_matrix_and_utilisation():
+    cluster = cluster_dict(kind="torus", dims=[4], link="ici")
+    matrix = np.zeros((4, 4))
+    matrix[0, 1] = 1e9  # one hop, one link
+    result = run_collective(cluster, "all_to_all", 1e9, matrix=matrix)
+    assert result.bandwidth_time_s == pytest.approx(1e9 / B)
+    assert result.hottest_links[0].link == "0 -> 1"
+    assert result.hottest_links[0].bytes == pytest.approx(1e9)
+    assert result.max_link_utilisation == pytest.approx(result.bandwidth_time_s / result.time_s)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(op="broadcast", nbytes=S), "op"),
+    (dict(op="all_reduce", nbytes=-5), "bytes"),
+    (dict(op="all_reduce", nbytes="5 parsecs"), "bytes"),
+    (dict(op="all_reduce", nbytes=S, algorithm="direct"), "algorithm"),
+    (dict(op="all_to_all", nbytes=S, algorithm="ring"), "algorithm"),
+    (dict(op="all_reduce", nbytes=S, algorithm="hierarchical"), "algorithm"),
+    (dict(op="all_reduce", nbytes=S, groups=3), "groups"),
+    (dict(op="all_reduce", nbytes=S, groups=[[0, 1], [1, 2]]), "groups"),
+    (dict(op="all_to_all", nbytes=S, matrix=np.ones((3, 3))), "matrix"),
+])
+def test_bad_arguments_name_the_field(kwargs, field):
+    with pytest.raises(PathsimConfigError) as info:
+        run_collective(ring(8), **kwargs)
+    assert info.value.field == field

@@ -1,0 +1,126 @@
+"""Presets, `extends:`, and the bad-input corpus: exit 2, the field named, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pathsim.cli import main
+from pathsim.cluster import load_cluster
+from pathsim.errors import PathsimConfigError
+from pathsim.presets import preset_names
+from pathsim.topology import build_topology
+
+REQUIRED_PRESETS = ["tpu-v3-4x4", "tpu-v3-32x32", "tpu-v4-4x4x4", "tpu-v4-4x4x8", "tpu-v4-4x8x8", "tpu-v4-8x8x8",
+                    "tpu-v4-8x8x16", "tpu-v4-16x16x16", "tpu-v4-4x4x8-twisted", "tpu-v4-4x8x8-twisted",
+                    "tpu-v4-8x8x16-twisted", "tpu-v5p-8x8x8", "dgx-h100-1", "dgx-h100-4", "dgx-h100-32",
+                    "dgx-h100-128", "dgx-a100-4"]
+
+
+@pytest.mark.parametrize("name", preset_names("topologies"))
+def test_every_preset_loads_builds_and_cites_sources(name):
+    cluster = load_cluster(name)
+    topology = build_topology(cluster)
+    assert topology.num_chips == cluster.num_chips
+    assert cluster.chip.source and cluster.host.source and all(link.source for link in cluster.links.values())
+
+
+def test_required_presets_exist():
+    assert set(REQUIRED_PRESETS) <= set(preset_names("topologies"))
+
+
+def test_extends_overrides_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: tpu-v4-8x8x8\nname: mine\nlinks:\n  ici: {bandwidth: 25GB/s}\n")
+    cluster = load_cluster(path)
+    assert cluster.links["ici"].bandwidth == 25e9
+    assert cluster.links["ici"].latency == 1e-6  # inherited
+    assert cluster.topology.dims == [8, 8, 8]
+
+
+def write(tmp_path, text, name="bad.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BAD_FILES = [
+    ("missing field", "name: x\nlinks: {}\nhost: {chips_per_host: 4, power: 1W, source: s}\n"
+     "topology: {kind: torus, dims: [4]}\n", "chip"),
+    ("unknown field", "extends: tpu-v4-4x4x4\nname: x\ntopology: {dimz: [4, 4, 4]}\n", "topology.dimz"),
+    ("wrong unit", "extends: tpu-v4-4x4x4\nname: x\nlinks: {ici: {bandwidth: 50GB}}\n", "links.ici.bandwidth"),
+    ("negative size", "extends: tpu-v4-4x4x4\nname: x\nchip: {hbm_bytes: -32GiB}\n", "chip.hbm_bytes"),
+    ("zero bandwidth", "extends: tpu-v4-4x4x4\nname: x\nlinks: {ici: {bandwidth: 0GB/s}}\n", "links.ici.bandwidth"),
+    ("unknown link class", "extends: tpu-v4-4x4x4\nname: x\ntopology: {link: optical}\n", "topology"),
+    ("bad kind", "extends: tpu-v4-4x4x4\nname: x\ntopology: {kind: hypercube}\n", "topology.kind"),
+    ("bad twist", "extends: tpu-v4-4x4x4\nname: x\ntopology: {twisted: true}\n", "topology"),
+    ("unknown parent", "extends: tpu-v9-4x4x4\nname: x\n", "extends"),
+    ("disconnected graph", "extends: example-dumbbell-8\nname: x\ntopology:\n  kind: graph\n  chips: 4\n"
+     "  edges: [{a: 0, b: 1, link: ici}, {a: 2, b: 3, link: ici}]\n", "topology"),
+    ("not YAML", "name: [unclosed\n", ""),
+    ("not a mapping", "- just\n- a list\n", ""),
+]
+
+
+@pytest.mark.parametrize("case, text, field", BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_bad_config_files_exit_2_naming_file_and_field(tmp_path, capsys, case, text, field):
+    path = write(tmp_path, text)
+    assert main(["validate", path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pathsim: error: ") and path in err
+    assert f"{path}: {field}" in err if field else True
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["validate", "/no/such/file.yaml"], "file not found"),
+    (["collective", "--cluster", "tpu-v4-9x9x9", "--op", "all_to_all", "--bytes", "1MiB"], "not a known topology preset"),
+    (["collective", "--cluster", "tpu-v4-4x4x4", "--op", "all_to_all", "--bytes=-1MiB"], "bytes"),
+    (["collective", "--cluster", "tpu-v4-4x4x4", "--op", "all_to_all", "--bytes", "1 furlong"], "bytes"),
+    (["collective", "--cluster", "tpu-v4-4x4x4", "--op", "all_reduce", "--bytes", "1MiB", "--groups", "5"], "groups"),
+])
+def test_bad_arguments_exit_2(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_unknown_op_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["collective", "--cluster", "tpu-v4-4x4x4", "--op", "broadcast", "--bytes", "1MiB"])
+    assert info.value.code == 2
+
+
+def test_collective_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "res" / "a2a.json"
+    assert main(["collective", "--cluster", "tpu-v4-4x4x8", "--op", "all_to_all", "--bytes", "64MiB", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["op"] == "all_to_all" and data["ranks_per_group"] == 128
+    # 4x4x8 uniform all-to-all: the bisection bound S/B (see test_torus) plus 8 hops of latency
+    assert data["bandwidth_time_s"] == pytest.approx(64 * 2**20 / 50e9, rel=0.01)
+    assert "all-to-all" in printed and "hottest links" in printed
+
+
+def test_matrix_file_feeds_all_to_all(tmp_path, capsys):
+    path = tmp_path / "m.csv"
+    path.write_text("0,1e6,0,0\n0,0,0,0\n0,0,0,0\n0,0,0,0\n")
+    assert main(["collective", "--cluster", "tpu-v3-4x4", "--op", "all_to_all", "--bytes", "1MB", "--groups", "4",
+                 "--matrix", str(path)]) == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2\n3\n")
+    assert main(["collective", "--cluster", "tpu-v3-4x4", "--op", "all_to_all", "--bytes", "1MB", "--matrix", str(bad)]) == 2
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    path = write(tmp_path, "extends: tpu-v4-4x4x4\nname: x\nlinks: {ici: {latency: 2 fortnights}}\n")
+    proc = subprocess.run([sys.executable, "-m", "pathsim.cli", "validate", path], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "links.ici.latency" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_python_api_raises_the_same_error(tmp_path):
+    with pytest.raises(PathsimConfigError) as info:
+        load_cluster(write(tmp_path, "extends: tpu-v4-4x4x4\nname: x\nhost: {chips_per_host: 0}\n"))
+    assert info.value.field == "host.chips_per_host"

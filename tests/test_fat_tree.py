@@ -1,0 +1,88 @@
+"""GPU fabrics: closed forms and a cross-check against generic shortest-path ECMP."""
+
+import numpy as np
+import pytest
+
+from pathsim.network import FastModel
+from pathsim.topology import build_topology
+from pathsim.topology.custom import CustomGraph
+from pathsim.topology.fat_tree import FatTree
+from pathsim.traffic import Traffic
+from pathsim.cluster import load_cluster
+
+from conftest import uniform_all_to_all
+
+NIC = 50e9
+S = 256 * 2**20
+
+
+def fat_tree(nodes, gpn, rail=False, radix=8, oversubscription=1.0):
+    return FatTree("ft", nodes=nodes, gpus_per_node=gpn, rail_optimized=rail, switch_radix=radix,
+                   oversubscription=oversubscription, nics_per_gpu=1, nvlink=(450e9, 1e-6) if gpn > 1 else None,
+                   nic=(NIC, 1e-6), fabric=(NIC, 0.5e-6))
+
+
+@pytest.mark.parametrize("nodes", [4, 8, 16, 32])
+def test_non_blocking_all_to_all_is_nic_bound(nodes):
+    topo = fat_tree(nodes, 1)  # one GPU per node: every byte leaves through its NIC
+    p = topo.num_chips
+    t = FastModel(topo).phase(Traffic.from_matrix(uniform_all_to_all(p, S))).bandwidth_time_s
+    assert t == pytest.approx((p - 1) / p * S / NIC, rel=0.01)
+
+
+def test_dgx_all_to_all_splits_nvlink_and_nic():
+    topo = build_topology(load_cluster("dgx-h100-4"))
+    p = topo.num_chips
+    t = FastModel(topo).phase(Traffic.from_matrix(uniform_all_to_all(p, S))).bandwidth_time_s
+    assert t == pytest.approx((p - 8) / p * S / 50e9, rel=0.01)  # 400 Gb/s NIC, 24 of 32 peers remote
+
+
+def test_oversubscription_slows_cross_leaf_traffic():
+    full = fat_tree(16, 1, radix=8, oversubscription=1.0)
+    thin = fat_tree(16, 1, radix=8, oversubscription=3.0)
+    traffic = Traffic.from_matrix(uniform_all_to_all(16, S))
+    t_full = FastModel(full).phase(traffic).bandwidth_time_s
+    t_thin = FastModel(thin).phase(traffic).bandwidth_time_s
+    # 6 GPUs per leaf (of radix 8, 3:1) send 6 * S * 10/16 cross-leaf bytes over 2 uplinks
+    assert t_thin == pytest.approx(6 * S * (16 - 6) / 16 / (2 * NIC), rel=1e-9)
+    assert t_thin > t_full
+
+
+@pytest.mark.parametrize("nodes, gpn, rail, seed", [(4, 4, False, 0), (8, 2, False, 1), (3, 4, True, 2), (6, 1, False, 3)])
+def test_fat_tree_routing_matches_generic_ecmp(nodes, gpn, rail, seed):
+    topo = fat_tree(nodes, gpn, rail=rail, radix=8)
+    rng = np.random.default_rng(seed)
+    matrix = rng.random((topo.num_chips, topo.num_chips)) * 1e6
+    rail_of = np.arange(topo.num_chips) % gpn
+    node_of = np.arange(topo.num_chips) // gpn
+    # Generic ECMP would also spread intra-node pairs over the NIC (an equal-hop path) and
+    # forward cross-rail pairs over NVLink (PXN); pathsim keeps those on NVLink / the spine.
+    intra = node_of[:, None] == node_of[None, :]
+    same_rail = rail_of[:, None] == rail_of[None, :]
+    nvlink_only = matrix * intra
+    matrix = matrix * ~intra * (same_rail if rail else True)
+    generic = CustomGraph("g", topo.num_chips, topo.node_names, topo.link_src, topo.link_dst,
+                          topo.link_bandwidth, topo.link_latency, topo.link_class)
+    traffic = Traffic.from_matrix(matrix)
+    np.testing.assert_allclose(topo.link_loads(traffic), generic.link_loads(traffic), rtol=1e-9, atol=1e-6)
+    src, dst, nbytes = traffic.flows()
+    np.testing.assert_allclose(topo.incidence(src, dst).T @ nbytes, topo.link_loads(traffic), rtol=1e-9)
+    if gpn > 1:
+        loads = topo.link_loads(Traffic.from_matrix(nvlink_only))
+        on_nvlink = topo.link_class == "nvlink"
+        assert np.abs(loads[~on_nvlink]).max() < 1e-6 * nvlink_only.max()
+        assert loads[on_nvlink].sum() == pytest.approx(2 * nvlink_only.sum() - 2 * np.trace(nvlink_only))
+
+
+def test_superpod_sizing_matches_reference_architecture():
+    # NVIDIA DGX SuperPOD H100 RA: 1 SU = 8 leaves + 4 spines; 4 SUs = 32 leaves + 16 spines.
+    one_su = build_topology(load_cluster("dgx-h100-32"))
+    four_su = build_topology(load_cluster("dgx-h100-128"))
+    assert (one_su.n_leaves, one_su.n_spines) == (8, 4)
+    assert (four_su.n_leaves, four_su.n_spines) == (32, 16)
+
+
+def test_fabric_larger_than_two_tiers_is_a_config_error():
+    from pathsim.errors import PathsimConfigError
+    with pytest.raises(PathsimConfigError, match="two-tier"):
+        fat_tree(nodes=64, gpn=1, radix=4)

@@ -1,0 +1,91 @@
+"""Fast vs fluid: the fluid model never beats the link-load bound and meets it where one bottleneck rules."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from pathsim.cluster import load_cluster
+from pathsim.network import FastModel, FluidModel, get_model
+from pathsim.network.fluid import completion_times, max_min_rates
+from pathsim.topology import build_topology
+from pathsim.topology.torus import Torus
+from pathsim.traffic import Traffic
+
+from conftest import uniform_all_to_all
+
+
+def test_max_min_textbook_example():
+    # Links of capacity 1 and 2; flow A uses link 0, B uses both, C uses link 1.
+    # Max-min fair: A = B = 0.5 (link 0 saturates), then C takes the rest of link 1: 1.5.
+    routes = sp.csr_matrix(np.array([[1, 0], [1, 1], [0, 1]], dtype=float))
+    np.testing.assert_allclose(max_min_rates(routes, np.array([1.0, 2.0])), [0.5, 0.5, 1.5])
+
+
+def test_completion_times_resolve_after_each_finish():
+    # Two flows share one link of capacity 1: sizes 1 and 3. Both run at 0.5 until t=2,
+    # then the survivor gets the whole link: 2 bytes left at rate 1 -> t=4.
+    routes = sp.csr_matrix(np.ones((2, 1)))
+    np.testing.assert_allclose(completion_times(routes, np.array([1.0, 3.0]), np.array([1.0])), [2.0, 4.0])
+
+
+TOPOLOGIES = ["tpu-v4-4x4x4", "tpu-v4-4x4x8-twisted", "tpu-v3-4x4", "dgx-h100-4", "example-dumbbell-8"]
+
+
+@pytest.mark.parametrize("preset", TOPOLOGIES)
+@pytest.mark.parametrize("seed", range(4))
+def test_fluid_never_beats_fast_on_random_traffic(preset, seed):
+    topo = build_topology(load_cluster(preset))
+    rng = np.random.default_rng(seed)
+    n = topo.num_chips
+    active = rng.choice(n, min(n, 24), replace=False)  # the exact fluid re-solves per completion: keep flows to hundreds
+    density = rng.uniform(0.05, 0.6)
+    k = len(active)
+    matrix = np.zeros((n, n))
+    matrix[np.ix_(active, active)] = rng.pareto(1.5, (k, k)) * (rng.random((k, k)) < density) * 1e6
+    traffic = Traffic.from_matrix(matrix)
+    fast, fluid = FastModel(topo).phase(traffic), FluidModel(topo).phase(traffic)
+    assert fluid.bandwidth_time_s >= fast.bandwidth_time_s * (1 - 1e-9)
+    assert fluid.latency_s == pytest.approx(fast.latency_s)
+    np.testing.assert_allclose(fluid.link_bytes, fast.link_bytes, rtol=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["tpu-v4-4x4x4", "tpu-v4-4x4x8", "dgx-h100-4"])
+def test_fluid_equals_fast_on_uniform_all_to_all(preset):
+    topo = build_topology(load_cluster(preset))
+    traffic = Traffic.from_matrix(uniform_all_to_all(topo.num_chips, 2**26))
+    fast, fluid = FastModel(topo).phase(traffic), FluidModel(topo).phase(traffic)
+    assert fluid.bandwidth_time_s == pytest.approx(fast.bandwidth_time_s, rel=1e-6)
+
+
+def test_fluid_equals_fast_when_one_bottleneck_dominates():
+    topo = build_topology(load_cluster("example-dumbbell-8"))
+    left, right = np.arange(4), np.arange(4, 8)
+    matrix = np.zeros((8, 8))
+    matrix[np.ix_(left, right)] = 1e6  # every byte crosses the 25 GB/s trunk
+    traffic = Traffic.from_matrix(matrix)
+    fast, fluid = FastModel(topo).phase(traffic), FluidModel(topo).phase(traffic)
+    assert fast.bandwidth_time_s == pytest.approx(16e6 / 25e9)
+    assert fluid.bandwidth_time_s == pytest.approx(fast.bandwidth_time_s, rel=1e-9)
+
+
+@pytest.mark.parametrize("model", ["fast", "fluid"])
+def test_concurrent_groups_contend_for_shared_links(model):
+    # Two 4-chip groups interleaved on an 8-ring share every link; run together they take longer than alone.
+    ring = Torus("ring", [8], [True], 100e9, 0.0)
+    even, odd = np.arange(0, 8, 2), np.arange(1, 8, 2)
+
+    def a2a(group):
+        m = np.zeros((8, 8))
+        m[np.ix_(group, group)] = 2**24
+        np.fill_diagonal(m, 0)
+        return Traffic.from_matrix(m)
+
+    network = get_model(model, ring)
+    alone = network.phase(a2a(even)).bandwidth_time_s
+    together = network.phase(a2a(even) + a2a(odd)).bandwidth_time_s
+    assert together == pytest.approx(2 * alone, rel=1e-6)
+
+
+def test_unknown_model_is_rejected():
+    with pytest.raises(ValueError, match="unknown network model"):
+        get_model("exact", build_topology(load_cluster("tpu-v4-4x4x4")))

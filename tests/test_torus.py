@@ -1,0 +1,105 @@
+"""Torus routing against closed forms, BFS distances and its own second implementation."""
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from pathsim.network import FastModel
+from pathsim.topology.torus import Torus, twisted_periods
+from pathsim.traffic import Traffic
+
+from conftest import uniform_all_to_all
+
+B = 100e9  # bytes/s per direction
+S = 64 * 2**20  # bytes per rank
+
+
+@pytest.mark.parametrize("dims", [[8], [16], [4, 4], [8, 8], [4, 8], [4, 4, 4], [4, 4, 8], [8, 8, 8], [6, 6, 4]])
+def test_uniform_all_to_all_meets_bisection_bound(dims):
+    torus = Torus("t", dims, [True] * len(dims), B, 0.0)
+    n = torus.num_chips
+    # Half the chips send to the other half: n/2 * n/2 * S/n bytes must cross each
+    # way, over 2*n/k_max links (k_max, the longest dimension, gives the narrowest cut).
+    k_max = max(dims)
+    bound = (n / 2) * (n / 2) * (S / n) / (2 * n / k_max * B)
+    timing = FastModel(torus).phase(Traffic.from_matrix(uniform_all_to_all(n, S)))
+    assert timing.bandwidth_time_s == pytest.approx(bound, rel=0.01)
+    assert torus.bisection_links() == 2 * n // k_max
+
+
+@pytest.mark.parametrize("dims, wrap, twisted", [
+    ([8], [True], False), ([5], [False], False), ([4, 4], [True, True], False), ([5, 3], [True, False], False),
+    ([4, 6, 3], [False, True, True], False), ([4, 4, 4], [True] * 3, False), ([3, 4, 5], [True] * 3, False),
+    ([4, 4, 8], [True] * 3, True), ([4, 8, 8], [True] * 3, True), ([2, 2, 4], [True] * 3, True),
+])
+def test_routes_are_shortest_paths(dims, wrap, twisted):
+    torus = Torus("t", dims, wrap, B, 0.0, twisted=twisted)
+    bfs = dict(nx.all_pairs_shortest_path_length(torus.graph))
+    n = torus.num_chips
+    src, dst = np.divmod(np.arange(n * n), n)
+    hops = torus.hops(src, dst)
+    expected = np.array([bfs[s][d] for s, d in zip(src.tolist(), dst.tolist())])
+    np.testing.assert_array_equal(hops, expected)
+    # and the incidence rows use exactly that many links (shares sum to the hop count)
+    inc = torus.incidence(src, dst)
+    np.testing.assert_allclose(np.asarray(inc.sum(axis=1)).ravel(), expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_three_routing_paths_agree_and_conserve_bytes(seed):
+    rng = np.random.default_rng(seed)
+    ndim = rng.integers(1, 4)
+    dims = rng.integers(2, 7, size=ndim).tolist()
+    wrap = [bool(w) and k > 2 for w, k in zip(rng.integers(0, 2, size=ndim), dims)]
+    torus = Torus("t", dims, wrap, B, 0.0)
+    n = torus.num_chips
+    matrix = rng.random((n, n)) * (rng.random((n, n)) < 0.5) * 1e6
+    traffic = Traffic.from_matrix(matrix)
+    dense = torus.link_loads(traffic)  # reshape-sum + ring tensors
+    src, dst, nbytes = traffic.flows()
+    by_flow = torus.link_loads(Traffic.from_flows(n, src, dst, nbytes))  # per-flow segments
+    by_incidence = torus.incidence(src, dst).T @ nbytes  # explicit routes (fluid model's view)
+    np.testing.assert_allclose(dense, by_flow, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(dense, by_incidence, rtol=1e-9, atol=1e-6)
+    # Conservation at every chip: bytes leaving on links - bytes arriving = sent - received.
+    out = np.bincount(torus.link_src, weights=dense, minlength=n)
+    into = np.bincount(torus.link_dst, weights=dense, minlength=n)
+    np.testing.assert_allclose(out - into, traffic.sent_per_chip() - traffic.received_per_chip(), atol=1e-3)
+    # Every routed byte travels exactly its hop count of links.
+    assert dense.sum() == pytest.approx((nbytes * torus.hops(src, dst)).sum(), rel=1e-9)
+
+
+@pytest.mark.parametrize("dims", [[4, 4, 8], [4, 8, 8], [8, 8, 16]])
+def test_twisted_torus_carries_all_to_all_faster(dims):
+    regular = Torus("r", dims, [True] * 3, B, 0.0)
+    twisted = Torus("t", dims, [True] * 3, B, 0.0, twisted=True)
+    traffic = Traffic.from_matrix(uniform_all_to_all(regular.num_chips, S))
+    t_regular = FastModel(regular).phase(traffic).bandwidth_time_s
+    t_twisted = FastModel(twisted).phase(traffic).bandwidth_time_s
+    # TPU v4 measured 1.63x (4x4x8) and 1.31x (4x8x8) on hardware (ISCA 2023); the ideal model is a bit higher.
+    assert 1.2 < t_regular / t_twisted < 2.0
+
+
+def test_twisted_wiring_matches_tpu_v4_definition():
+    torus = Torus("t", [4, 4, 8], [True] * 3, B, 0.0, twisted=True)
+    index = {tuple(c): i for i, c in enumerate(torus.coords.tolist())}
+    g = torus.graph
+    assert g.has_edge(index[(3, 1, 2)], index[(0, 1, 6)])  # +x wrap shifts z by n=4
+    assert g.has_edge(index[(2, 3, 5)], index[(2, 0, 1)])  # +y wrap shifts z by 4 (mod 8)
+    assert g.has_edge(index[(1, 2, 7)], index[(1, 2, 0)])  # z wraps plainly
+    assert all(d == 6 for _, d in g.out_degree())
+    np.testing.assert_array_equal(twisted_periods((4, 8, 8)), [[4, 4, 4], [0, 8, 0], [0, 0, 8]])
+    with pytest.raises(ValueError):
+        twisted_periods((4, 4, 4))
+
+
+@pytest.mark.parametrize("dims, wrap, twisted", [([4, 6, 3], [False, True, True], False), ([4, 4, 8], [True] * 3, True),
+                                                 ([8, 8], [True, True], False)])
+def test_cached_hop_table_matches_routes(dims, wrap, twisted):
+    torus = Torus("t", dims, wrap, B, 1e-6, twisted=twisted)
+    n = torus.num_chips
+    src, dst = np.divmod(np.arange(n * n), n)
+    np.testing.assert_array_equal(torus._hop_matrix.ravel(), torus.hops(src, dst))
+    one_pair = np.zeros((n, n))
+    one_pair[0, n - 1] = 1.0
+    assert torus.max_path_latency(Traffic.from_matrix(one_pair)) == pytest.approx(torus.hops(np.array([0]), np.array([n - 1]))[0] * 1e-6)
