@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
+from annotated_types import Ge, Gt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pathsim.errors import PathsimConfigError
@@ -27,10 +28,10 @@ class ChipSpec(StrictModel):
 
     name: str
     peak_flops: dict[str, FlopPerSecond] = Field(description="peak dense FLOP/s per dtype, e.g. {bf16: 275TFLOP/s}")
-    hbm_bytes: Bytes
-    hbm_bandwidth: BytesPerSecond
-    idle_power: Watts
-    peak_power: Watts
+    hbm_bytes: Annotated[Bytes, Gt(0)]
+    hbm_bandwidth: Annotated[BytesPerSecond, Gt(0)]
+    idle_power: Annotated[Watts, Ge(0)]
+    peak_power: Annotated[Watts, Gt(0)]
     source: str
 
     @field_validator("peak_flops")
@@ -43,20 +44,6 @@ class ChipSpec(StrictModel):
                 raise ValueError(f"peak FLOP/s for {dtype} must be positive, got {rate}")
         return rates
 
-    @field_validator("hbm_bytes", "hbm_bandwidth", "peak_power")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be positive, got {value}")
-        return value
-
-    @field_validator("idle_power")
-    @classmethod
-    def _non_negative(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"must not be negative, got {value}")
-        return value
-
     @model_validator(mode="after")
     def _idle_below_peak(self) -> "ChipSpec":
         if self.idle_power > self.peak_power:
@@ -67,36 +54,15 @@ class ChipSpec(StrictModel):
 class LinkSpec(StrictModel):
     """A class of link. Bandwidth is per direction: a full-duplex link is two of these."""
 
-    bandwidth: BytesPerSecond
-    latency: Seconds
+    bandwidth: Annotated[BytesPerSecond, Gt(0)]
+    latency: Annotated[Seconds, Ge(0)]
     source: str
-
-    @field_validator("bandwidth")
-    @classmethod
-    def _positive_bandwidth(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"bandwidth must be positive, got {value} bytes/s")
-        return value
-
-    @field_validator("latency")
-    @classmethod
-    def _non_negative_latency(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"latency must not be negative, got {value} s")
-        return value
 
 
 class HostSpec(StrictModel):
     chips_per_host: int = Field(gt=0)
-    power: Watts = Field(description="host power excluding the accelerators (CPUs, memory, NICs, fans)")
+    power: Annotated[Watts, Ge(0)] = Field(description="host power excluding the accelerators (CPUs, memory, NICs, fans)")
     source: str
-
-    @field_validator("power")
-    @classmethod
-    def _non_negative(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"must not be negative, got {value}")
-        return value
 
 
 class TorusSpec(StrictModel):
