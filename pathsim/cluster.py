@@ -8,19 +8,29 @@ preset carries a ``source:`` saying where it comes from.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 from annotated_types import Ge, Gt
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from pathsim.errors import PathsimConfigError
 from pathsim.units import Bytes, BytesPerSecond, FlopPerSecond, Seconds, Watts
 from pathsim.yaml_config import load_with_extends, resolve_reference, validate_model
 
 
+# Dense N×N traffic matrices and uint16 hop tables stay workable up to here.
+MAX_CHIPS = 65536
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_chip_count(count: int) -> None:
+    if count > MAX_CHIPS:
+        raise ValueError(f"{count} chips exceed pathsim's limit of {MAX_CHIPS} per network")
 
 
 class ChipSpec(StrictModel):
@@ -54,7 +64,7 @@ class ChipSpec(StrictModel):
 class LinkSpec(StrictModel):
     """A class of link. Bandwidth is per direction: a full-duplex link is two of these."""
 
-    bandwidth: Annotated[BytesPerSecond, Gt(0)]
+    bandwidth: Annotated[BytesPerSecond, Ge(1)]  # below 1 byte/s is a unit mistake, not a link
     latency: Annotated[Seconds, Ge(0)]
     source: str
 
@@ -73,7 +83,7 @@ class TorusSpec(StrictModel):
     """
 
     kind: Literal["torus"]
-    dims: list[int] = Field(min_length=1, max_length=3)
+    dims: list[StrictInt] = Field(min_length=1, max_length=3)
     wraparound: bool | list[bool] = True
     twisted: bool = False
     link: str = "ici"
@@ -95,11 +105,12 @@ class TorusSpec(StrictModel):
         for k, w in zip(self.dims, wrap):
             if w and k == 2:
                 raise ValueError(f"wraparound on a dimension of 2 chips would duplicate its one link (dims {self.dims}); set wraparound false there")
+        _check_chip_count(math.prod(self.dims))
         if self.twisted:
-            shape = sorted(self.dims)
-            n = shape[0]
-            if len(self.dims) != 3 or shape not in ([n, n, 2 * n], [n, 2 * n, 2 * n]) or not all(wrap):
-                raise ValueError(f"twisted tori are defined for 3D shapes n×n×2n and n×2n×2n with wraparound, got {self.dims}")
+            n = min(self.dims)
+            if len(self.dims) != 3 or self.dims not in ([n, n, 2 * n], [n, 2 * n, 2 * n]) or not all(wrap):
+                raise ValueError(f"twisted tori are defined for 3D shapes n×n×2n and n×2n×2n (short dimensions first) "
+                                 f"with wraparound, got {self.dims}")
         return self
 
     def wrap_per_dim(self) -> list[bool]:
@@ -107,10 +118,7 @@ class TorusSpec(StrictModel):
 
     @property
     def num_chips(self) -> int:
-        count = 1
-        for k in self.dims:
-            count *= k
-        return count
+        return math.prod(self.dims)
 
 
 class FatTreeSpec(StrictModel):
@@ -128,8 +136,17 @@ class FatTreeSpec(StrictModel):
     nic: str = Field("nic", description="link class between each GPU's NIC and its leaf switch")
     nics_per_gpu: int = Field(1, gt=0)
     fabric: str | None = Field(None, description="link class between leaves and spines (default: the nic class)")
-    switch_radix: int = Field(gt=1, description="ports per leaf and spine switch")
-    oversubscription: float = Field(1.0, ge=1.0, description="leaf down-ports : up-ports")
+    switch_radix: int = Field(gt=1, le=4096, description="ports per leaf and spine switch")
+    oversubscription: float = Field(1.0, ge=1.0, allow_inf_nan=False, description="leaf down-ports : up-ports")
+
+    @model_validator(mode="after")
+    def _sized(self) -> "FatTreeSpec":
+        _check_chip_count(self.nodes * self.gpus_per_node)
+        down = int(self.switch_radix * self.oversubscription / (1 + self.oversubscription))
+        if down < 1 or self.switch_radix - down < 1:
+            raise ValueError(f"oversubscription {self.oversubscription} leaves a radix-{self.switch_radix} leaf without "
+                             f"{'down' if down < 1 else 'up'} ports; use a ratio between 1 and {self.switch_radix - 1}")
+        return self
 
     @property
     def num_chips(self) -> int:
@@ -137,8 +154,8 @@ class FatTreeSpec(StrictModel):
 
 
 class GraphEdge(StrictModel):
-    a: int | str
-    b: int | str
+    a: StrictInt | str
+    b: StrictInt | str
     link: str
     bidirectional: bool = True
 
@@ -147,7 +164,7 @@ class GraphSpec(StrictModel):
     """Any other network: chips 0..chips-1, named switches, and an edge list."""
 
     kind: Literal["graph"]
-    chips: int = Field(gt=1)
+    chips: int = Field(gt=1, le=MAX_CHIPS)
     switches: list[str] = Field(default_factory=list)
     edges: list[GraphEdge] = Field(min_length=1)
 

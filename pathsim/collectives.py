@@ -90,14 +90,15 @@ def make_groups(num_chips: int, groups: "int | list[list[int]] | np.ndarray | No
     if groups is None:
         return np.arange(num_chips)[None, :]
     if isinstance(groups, (int, np.integer)):
-        if groups < 1 or num_chips % groups:
-            raise PathsimConfigError("<arguments>", "groups", f"{num_chips} chips do not split into {groups} equal groups",
-                                     f"use a divisor of {num_chips}")
+        if groups < 1 or num_chips % groups or num_chips // groups < 2:
+            raise PathsimConfigError("<arguments>", "groups", f"{num_chips} chips do not split into {groups} equal groups of at least 2",
+                                     f"use a divisor of {num_chips} no larger than {num_chips // 2}")
         return np.arange(num_chips).reshape(int(groups), -1)
     try:
         array = np.array(groups, dtype=np.int64)
-    except ValueError:
-        raise PathsimConfigError("<arguments>", "groups", "groups must all have the same number of ranks", "make the groups equal in size") from None
+    except (ValueError, TypeError):
+        raise PathsimConfigError("<arguments>", "groups", "groups must be equal-sized lists of integer chip ids",
+                                 "give e.g. [[0,1,2,3],[4,5,6,7]]") from None
     if array.ndim != 2 or array.shape[1] < 2:
         raise PathsimConfigError("<arguments>", "groups", "need a list of groups of at least 2 ranks each", "give e.g. [[0,1,2,3],[4,5,6,7]]")
     if array.min() < 0 or array.max() >= num_chips or len(np.unique(array)) != array.size:
@@ -193,9 +194,7 @@ def _all_to_all_phase(num_chips: int, groups: np.ndarray, nbytes: float, matrix:
     else:
         block = np.asarray(matrix, dtype=np.float64)
     full = np.zeros((num_chips, num_chips))
-    if block.shape == (num_chips, num_chips) and groups.shape[0] == 1:
-        full = block.copy()
-    elif block.shape == (p, p):
+    if block.shape == (p, p):  # row/column i is rank i of each group, whatever chip it sits on
         for g in groups:
             full[np.ix_(g, g)] += block
     else:

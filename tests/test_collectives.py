@@ -98,3 +98,16 @@ def test_bad_arguments_name_the_field(kwargs, field):
     with pytest.raises(PathsimConfigError) as info:
         run_collective(ring(8), **kwargs)
     assert info.value.field == field
+
+
+def test_groups_of_one_rank_are_rejected():
+    with pytest.raises(PathsimConfigError, match="at least 2"):
+        run_collective(ring(8), "all_reduce", S, groups=8)
+
+
+def test_matrix_rows_follow_rank_order_not_chip_ids():
+    cluster = cluster_dict(kind="torus", dims=[4], link="ici")
+    matrix = np.zeros((4, 4))
+    matrix[0, 1] = 1e9  # rank 0 -> rank 1, i.e. chip 3 -> chip 2 in this group
+    result = run_collective(cluster, "all_to_all", 1e9, groups=[[3, 2, 1, 0]], matrix=matrix)
+    assert result.hottest_links[0].link == "3 -> 2"

@@ -103,3 +103,10 @@ def test_cached_hop_table_matches_routes(dims, wrap, twisted):
     one_pair = np.zeros((n, n))
     one_pair[0, n - 1] = 1.0
     assert torus.max_path_latency(Traffic.from_matrix(one_pair)) == pytest.approx(torus.hops(np.array([0]), np.array([n - 1]))[0] * 1e-6)
+
+
+def test_long_mesh_latency_does_not_overflow():
+    mesh = Torus("m", [300], [False], B, 1.0)
+    one_pair = np.zeros((300, 300))
+    one_pair[0, 299] = 1.0
+    assert mesh.max_path_latency(Traffic.from_matrix(one_pair)) == 299.0

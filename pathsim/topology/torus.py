@@ -69,6 +69,8 @@ class Torus(Topology):
     def __init__(self, name: str, dims: list[int] | tuple[int, ...], wraparound: list[bool] | tuple[bool, ...],
                  link_bandwidth: float, link_latency: float, twisted: bool = False, link_class: str = "ici"):
         self.dims = tuple(int(k) for k in dims)
+        if len(wraparound) != len(self.dims):
+            raise ValueError(f"wraparound has {len(wraparound)} entries for {len(self.dims)} dimensions")
         self.wrap = tuple(bool(w) and k > 1 for k, w in zip(self.dims, wraparound))
         self.twisted = bool(twisted)
         self.ndim = len(self.dims)
@@ -313,21 +315,21 @@ class Torus(Topology):
 
     @cached_property
     def _hop_matrix(self) -> np.ndarray:
-        """Hops between every chip pair (uint8, N×N), cached per topology."""
+        """Hops between every chip pair (uint16, N×N; configs cap chips at 65536), cached per topology."""
         n = self.num_chips
         if not self.twisted:
             # Regular: the sum over dimensions of ring distances, broadcast over the 2D-dim grid.
-            hops = np.zeros(self.dims + self.dims, dtype=np.uint8)
+            hops = np.zeros(self.dims + self.dims, dtype=np.uint16)
             for d, k in enumerate(self.dims):
                 a = np.arange(k)
                 gap = np.abs(a[:, None] - a[None, :])
                 ring = np.minimum(gap, k - gap) if self.wrap[d] else gap
                 shape = [1] * (2 * self.ndim)
                 shape[d], shape[self.ndim + d] = k, k
-                hops += ring.astype(np.uint8).reshape(shape)
+                hops += ring.astype(np.uint16).reshape(shape)
             return hops.reshape(n, n)
-        hops_by_delta = np.abs(self._twisted_vectors[0][:, 0, :]).sum(axis=1).astype(np.uint8)
-        hops = np.empty((n, n), dtype=np.uint8)
+        hops_by_delta = np.abs(self._twisted_vectors[0][:, 0, :]).sum(axis=1).astype(np.uint16)
+        hops = np.empty((n, n), dtype=np.uint16)
         for lo in range(0, n, 256):
             src = np.repeat(np.arange(lo, min(lo + 256, n)), n)
             dst = np.tile(np.arange(n), len(src) // n)
