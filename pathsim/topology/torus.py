@@ -221,7 +221,8 @@ class Torus(Topology):
                 lo = (pos[sel] - count[sel] + 1) % length if negative else pos[sel]
                 per_pos = _circular_interval_sum(ring[sel], lo, count[sel], weight[sel], n_rings, length)
                 ids = self.link_id(ring_nodes.ravel(), d, negative)
-                np.add.at(loads, ids[ids >= 0], per_pos.ravel()[ids >= 0])
+                present = ids >= 0  # each (chip, dim, direction) is one link: ids are unique, so += is exact
+                loads[ids[present]] += per_pos.ravel()[present]
         return loads
 
     def incidence(self, src: np.ndarray, dst: np.ndarray) -> sp.csr_matrix:
