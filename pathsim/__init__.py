@@ -19,10 +19,12 @@ from pathsim.topology import Topology, build_topology
 from pathsim.network import get_model
 from pathsim.collectives import CollectiveResult, run_collective
 from pathsim.workload import WorkloadConfig, dense_counterpart, load_workload
-from pathsim.placement import Placement, make_placement
+from pathsim.placement import Placement
+from pathsim.planner import POLICIES, PlanOptions, place_experts
 from pathsim.device import DeviceProfile, default_profile, load_profile
 from pathsim.result import SimulationResult
 from pathsim.simulation import simulate
+from pathsim.planning import PlacementReport, PlanComparison, compare_placements, plan
 
 __all__ = [
     "ClusterConfig",
@@ -34,8 +36,14 @@ __all__ = [
     "dense_counterpart",
     "load_profile",
     "load_workload",
-    "make_placement",
+    "place_experts",
+    "PlanOptions",
+    "POLICIES",
     "simulate",
+    "plan",
+    "compare_placements",
+    "PlacementReport",
+    "PlanComparison",
     "CollectiveResult",
     "PathsimConfigError",
     "Topology",

@@ -18,16 +18,17 @@ from pathsim.collectives import ALGORITHMS, OPS, CollectiveResult, run_collectiv
 from pathsim.errors import PathsimConfigError
 from pathsim.network import MODELS
 from pathsim.numeric_files import read_numeric_array
-from pathsim.placement import BUILTIN_POLICIES
+from pathsim.planner import POLICIES, PlanOptions
+from pathsim.planning import PlanComparison, compare_placements, write_placement
 from pathsim.presets import PRESET_KINDS, preset_names, preset_path
 from pathsim.model_math import model_totals
 from pathsim.result import SimulationResult
 from pathsim.routing import SAMPLING_MODES
 from pathsim.simulation import simulate
-from pathsim.workload import load_workload
+from pathsim.workload import load_workload, parse_expert_ids
 from pathsim.topology import build_topology
 from pathsim.units import format_bandwidth, format_bytes, format_seconds
-from pathsim.yaml_config import read_yaml_mapping
+from pathsim.yaml_config import read_yaml_mapping, validate_model
 
 EXIT_USER_ERROR = 2
 
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="simulate training steps of a workload on a cluster")
     sim.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
     sim.add_argument("--workload", required=True, help="workload preset name or YAML file")
-    sim.add_argument("--placement", default=None, help=f"expert placement: {' | '.join(BUILTIN_POLICIES)} or a placement JSON (default round_robin)")
+    sim.add_argument("--placement", default=None, help=f"expert placement: {' | '.join(POLICIES)} (planned with default options) or a placement JSON from `pathsim plan --out` (default round_robin)")
     sim.add_argument("--steps", type=int, default=1, help="training steps to simulate (default 1)")
     sim.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")
     sim.add_argument("--network", default="fast", help="network model: fast (fluid is for single phases: `pathsim collective --model fluid`)")
@@ -70,6 +71,25 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--dense", choices=("active_flops", "total_params"), help="simulate the dense counterpart instead")
     sim.add_argument("--json", type=Path, metavar="OUT", help="also write the full result as JSON")
     sim.add_argument("--trace", type=Path, metavar="OUT", help="write a Perfetto/Chrome trace (open in ui.perfetto.dev)")
+
+    plan = sub.add_parser("plan", help="plan expert placement (replicas of hot experts included) and judge it by simulation")
+    plan.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
+    plan.add_argument("--workload", required=True, help="workload preset name or YAML file")
+    plan.add_argument("--policy", default="balanced", choices=POLICIES, help="placement policy (default balanced)")
+    plan.add_argument("--compare", action="store_true", help="run every policy and print them side by side")
+    plan.add_argument("--replicas", type=int, default=None, help="extra expert copies per MoE layer and expert-parallel group")
+    plan.add_argument("--together", action="append", default=[], metavar="IDS",
+                      help='experts that must share a chip, e.g. "0-3" or "5,9" (repeatable)')
+    plan.add_argument("--eplb-groups", type=int, default=1, help="EPLB: expert groups of group-limited routing (default 1: global policy)")
+    plan.add_argument("--eplb-nodes", type=int, default=None, help="EPLB: nodes per expert-parallel group (default: fat-tree servers; 1 on a torus)")
+    plan.add_argument("--time-budget", type=float, default=30.0, metavar="S", help="search: seconds at most (default 30)")
+    plan.add_argument("--max-evaluations", type=int, default=2000, help="search: placements evaluated at most (default 2000)")
+    plan.add_argument("--steps", type=int, default=1, help="training steps simulated to judge each placement (default 1)")
+    plan.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")
+    plan.add_argument("--sampling", default="auto", choices=SAMPLING_MODES, help="routing sampler fidelity (default: auto)")
+    plan.add_argument("--profile", type=Path, help="device profile JSON (default: documented efficiencies)")
+    plan.add_argument("--out", type=Path, metavar="PLACEMENT.json", help="write the placement (with --compare: the best one)")
+    plan.add_argument("--json", type=Path, metavar="OUT", help="also write the report(s) as JSON")
     return parser
 
 
@@ -167,6 +187,54 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def format_plan(comparison: PlanComparison) -> str:
+    c = comparison
+    head = (f"{c.workload} on {c.cluster}: {c.experts} experts x {c.moe_layers} MoE layers over expert-parallel groups of "
+            f"{c.expert_ranks} ranks ({c.chips} chips), {c.steps} simulated step(s), seed {c.seed}")
+    rows = []
+    for r in c.reports:
+        relative = f"{r.step_time_vs_round_robin:.3f}" if r.step_time_vs_round_robin is not None else "-"
+        rows.append((r.policy + (" *" if r.policy == c.best and len(c.reports) > 1 else ""), format_seconds(r.step_time_s), relative,
+                     format_seconds(r.all_to_all_s), f"{r.imbalance_mean:.3f} / {r.imbalance_max:.3f}",
+                     format_bytes(r.hop_bytes), format_bytes(r.max_link_bytes), f"{r.replicas:g}",
+                     format_bytes(r.memory_headroom_bytes) + ("" if r.fits else " OVER"), format_seconds(r.plan_time_s)))
+    lines = [head, _table(rows, ("policy", "step time", "vs round_robin", "all-to-all", "imbalance mean/max", "hop-bytes",
+                                 "max link", "replicas", "HBM headroom", "plan time"))]
+    lines.append("  imbalance: max/mean expected tokens per chip; hop-bytes and max link: one forward micro-batch's "
+                 "dispatch+combine; step and all-to-all time: simulated")
+    lines += [f"  {r.policy}: {r.note}" for r in c.reports if r.note]
+    if len(c.reports) > 1:
+        lines.append(f"  * best predicted step time: {c.best}")
+    return "\n".join(lines)
+
+
+def _plan_options(args) -> PlanOptions:
+    try:
+        together = [parse_expert_ids(t).tolist() for t in args.together]
+    except ValueError as exc:
+        raise PathsimConfigError("<command line>", "--together", str(exc), 'write expert ids like "0-3" or "5,9"') from None
+    return validate_model(PlanOptions, {"replicas": args.replicas, "together": together, "eplb_groups": args.eplb_groups,
+                                        "eplb_nodes": args.eplb_nodes, "time_budget_s": args.time_budget,
+                                        "max_evaluations": args.max_evaluations}, "<command line>")
+
+
+def _cmd_plan(args) -> int:
+    options = _plan_options(args)
+    policies = POLICIES if args.compare else (args.policy,)
+    comparison, placements = compare_placements(args.cluster, args.workload, policies, options, seed=args.seed,
+                                                steps=args.steps, sampling=args.sampling, profile=args.profile)
+    print(format_plan(comparison))
+    if args.out:
+        try:
+            path = write_placement(placements[comparison.best], args.out)
+        except OSError as exc:
+            raise PathsimConfigError(str(args.out), "--out", f"cannot write the placement ({exc.strerror})", "choose a writable path") from None
+        print(f"wrote {path} ({comparison.best}); use it with `pathsim simulate --placement {path}`")
+    if args.json:
+        _write_json(args.json, comparison.model_dump_json(indent=2), "--json")
+    return 0
+
+
 def _cmd_presets(args) -> int:
     for kind in ([args.kind] if args.kind else PRESET_KINDS):
         names = preset_names(kind)
@@ -218,7 +286,8 @@ def _cmd_collective(args) -> int:
     return 0
 
 
-COMMANDS = {"presets": _cmd_presets, "validate": _cmd_validate, "collective": _cmd_collective, "simulate": _cmd_simulate}
+COMMANDS = {"presets": _cmd_presets, "validate": _cmd_validate, "collective": _cmd_collective, "simulate": _cmd_simulate,
+            "plan": _cmd_plan}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,34 +33,38 @@ class MemoryReport(BaseModel):
     note: str
 
 
-def parameters_per_chip(workload: WorkloadConfig, layout: Layout, placement: Placement | None) -> tuple[float, float]:
-    """(dense, expert) parameters on the chip hosting the most expert slots; dense ones are split over tensor ranks."""
+def expert_slots_on_busiest_chip(workload: WorkloadConfig, placement: Placement | None) -> int:
+    """Expert slots, summed over the MoE layers, on the chip hosting the most."""
+    return placement.busiest_rank_slots(len(workload.model.moe_layers)) if placement is not None else 0
+
+
+def parameters_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int) -> tuple[float, float]:
+    """(dense, expert) parameters on a chip hosting `expert_slots` experts over all MoE layers; dense ones
+    are split over tensor ranks."""
     model = workload.model
     s = layer_shapes(model)
     n_moe = len(model.moe_layers)
     n_dense = model.layers - n_moe
     dense = (model.layers * s.attention_params + n_dense * s.dense_ffn_params
              + n_moe * (s.router_params + s.shared_params) + s.embedding_params) / layout.tensor
-    slots = int(placement.experts_per_rank.max()) if placement is not None else 0
-    return dense, n_moe * slots * s.expert_params
+    return dense, expert_slots * s.expert_params
 
 
-def optimizer_params_per_chip(workload: WorkloadConfig, layout: Layout, placement: Placement | None) -> float:
+def optimizer_params_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int) -> float:
     """Parameters whose optimizer state a chip keeps and updates (ZeRO-1: its shard over each parameter's replicas)."""
-    dense, experts = parameters_per_chip(workload, layout, placement)
+    dense, experts = parameters_per_chip(workload, layout, expert_slots)
     if workload.training.shard_optimizer:
         return dense / layout.data + experts / layout.expert_replication
     return dense + experts
 
 
-def memory_per_chip(workload: WorkloadConfig, layout: Layout, placement: Placement | None, hbm_bytes: float,
+def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int, hbm_bytes: float,
                     tokens_per_chip: float) -> MemoryReport:
-    """The most loaded chip's HBM use (the one hosting the most expert slots)."""
+    """HBM use of a chip hosting `expert_slots` experts over all MoE layers (pass the busiest chip's)."""
     model = workload.model
-    params = sum(parameters_per_chip(workload, layout, placement))
+    params = sum(parameters_per_chip(workload, layout, expert_slots))
     dtype = model.dtype_bytes
-    optimizer = OPTIMIZER_STATE_BYTES[workload.training.optimizer] * optimizer_params_per_chip(workload, layout, placement)
-    slots = int(placement.experts_per_rank.max()) if placement is not None else 0
+    optimizer = OPTIMIZER_STATE_BYTES[workload.training.optimizer] * optimizer_params_per_chip(workload, layout, expert_slots)
     per_token = sum(activation_bytes_per_token(model, model.is_moe(i), workload.training.recompute)
                     for i in range(model.layers))
     # tokens_per_chip is already per tensor-parallel shard (sequence parallelism).
@@ -70,7 +74,7 @@ def memory_per_chip(workload: WorkloadConfig, layout: Layout, placement: Placeme
         parameters_bytes=params * dtype, gradients_bytes=params * dtype, optimizer_bytes=optimizer,
         activations_bytes=activations, total_bytes=total, hbm_bytes=hbm_bytes, headroom_bytes=hbm_bytes - total,
         fits=total <= hbm_bytes,
-        note=(f"chip with {slots} expert slot(s) per MoE layer; {workload.training.optimizer} state "
+        note=(f"chip with {expert_slots} expert slot(s) over {len(model.moe_layers)} MoE layers; {workload.training.optimizer} state "
               f"{'sharded (ZeRO-1)' if workload.training.shard_optimizer else 'replicated'}; "
               f"recompute {workload.training.recompute}"),
     )

@@ -70,6 +70,7 @@ class LayerRouting:
     routed: np.ndarray  # (tasks, experts) token-assignments routed to each expert
     dropped: np.ndarray  # (tasks,) token-assignments dropped at capacity
     chip_tokens: np.ndarray  # (chips,) token-assignments each (physical) chip's experts compute
+    chip_slots: np.ndarray  # (chips,) experts each physical chip hosts in this layer (their weights stream per pass)
     dispatch: Traffic  # token-assignments sent s -> c (diagonal: stay local); low-rank factors when cheaper
 
     @property
@@ -233,14 +234,17 @@ def _expected_overflow(tokens: np.ndarray, mean: np.ndarray, capacity: np.ndarra
     return np.where(single, 0.0, np.clip(above, 0.0, mean))
 
 
-def _sources(plan: RoutingPlan, layer: int, rng: np.random.Generator):
-    """Kept assignments per source row, the row of each chip, routed (tasks × experts), dropped per task."""
+def _sources(plan: RoutingPlan, layer: int, rng: np.random.Generator | None):
+    """Kept assignments per source row, the row of each chip, routed (tasks × experts), dropped per task.
+
+    ``rng=None`` gives the expectation (no batch noise): what planners balance.
+    """
     n = plan.task_tokens
     p = plan.probabilities[:, layer, :]
     k = plan.top_k
     experts = p.shape[1]
     q = np.minimum(k * p, 1.0)  # share of tokens that pick each expert: top-k picks distinct experts
-    if plan.sampling == "exact":
+    if plan.sampling == "exact" and rng is not None:
         counts = rng.binomial(n[:, :, None], q[None, :, :])  # (chips, tasks, experts)
         demand = counts.sum(axis=1).astype(np.float64)
         routed = counts.sum(axis=0).astype(np.float64)
@@ -253,7 +257,7 @@ def _sources(plan: RoutingPlan, layer: int, rng: np.random.Generator):
         return kept, np.arange(len(n)), routed, dropped
     # mean field: one draw per task, chips send in the realised proportions
     totals = n.sum(axis=0)
-    routed = rng.binomial(totals[:, None], q).astype(np.float64)  # (tasks, experts)
+    routed = totals[:, None] * q if rng is None else rng.binomial(totals[:, None], q).astype(np.float64)  # (tasks, experts)
     realised = routed / np.maximum(totals, 1)[:, None]  # realised share of each task's tokens per expert
     classes, row_of = np.unique(n, axis=0, return_inverse=True)
     row_of = row_of.ravel()
@@ -270,11 +274,17 @@ def _sources(plan: RoutingPlan, layer: int, rng: np.random.Generator):
     return mean - overflow, row_of, routed, dropped
 
 
+def expected_sources(plan: RoutingPlan, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """Expected kept assignments per source class (classes × experts) and each rank's class."""
+    kept, row_of, _, _ = _sources(plan, layer, None)
+    return kept, row_of
+
+
 def route_layer(plan: RoutingPlan, layout: Layout, placement: Placement, layer: int,
-                rng: np.random.Generator) -> LayerRouting:
-    """Sample one MoE layer of one micro-batch: loads, drops and the dispatch matrix."""
+                rng: np.random.Generator | None) -> LayerRouting:
+    """Sample one MoE layer of one micro-batch (``rng=None``: its expectation): loads, drops and the dispatch."""
     kept, row_of, routed, dropped = _sources(plan, layer, rng)
-    shares = placement.token_shares()  # experts × ranks
+    shares = placement.token_shares(layer)  # experts × ranks
     per_rank = np.asarray((shares.T @ kept.T).T)  # rows × ranks: kept assignments to each rank of the group
     chips = layout.chips
     rank_ids = np.arange(chips)  # ranks; layout.chip() maps them onto physical chips
@@ -282,6 +292,8 @@ def route_layer(plan: RoutingPlan, layout: Layout, placement: Placement, layer: 
     tensor_rank, data_rank = rank_ids % layout.tensor, rank_ids // layout.tensor
     position = data_rank % layout.expert
     group = (data_rank // layout.expert) * layout.tensor + tensor_rank  # expert group × tensor rank
+    chip_slots = np.empty(chips, dtype=np.int64)
+    chip_slots[chip] = np.bincount(shares.indices, minlength=layout.expert)[position]
     classes = per_rank.shape[0]
     rank = layout.expert_groups * layout.tensor * classes
     if rank * 4 <= chips:
@@ -300,4 +312,4 @@ def route_layer(plan: RoutingPlan, layout: Layout, placement: Placement, layer: 
         matrix[chip[:, None], layout.chip(dest)] = per_rank[row_of]
         dispatch = Traffic.from_matrix(matrix)
         chip_tokens = matrix.sum(axis=0)
-    return LayerRouting(routed=routed, dropped=dropped, chip_tokens=chip_tokens, dispatch=dispatch)
+    return LayerRouting(routed=routed, dropped=dropped, chip_tokens=chip_tokens, chip_slots=chip_slots, dispatch=dispatch)

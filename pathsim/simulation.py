@@ -14,25 +14,24 @@ from typing import Literal
 
 import numpy as np
 
-from pathsim.cluster import ClusterConfig, load_cluster
+from pathsim.cluster import ClusterConfig
 from pathsim.collectives import LinkUsage
-from pathsim.device import DeviceModel, DeviceProfile, load_profile
+from pathsim.device import DeviceProfile
 from pathsim.engine import StepRun, StepSchedule, run_step
 from pathsim.errors import PathsimConfigError
-from pathsim.memory import memory_per_chip
+from pathsim.memory import expert_slots_on_busiest_chip, memory_per_chip
 from pathsim.model_math import model_totals
-from pathsim.network import MODELS, get_model
-from pathsim.placement import Placement, make_placement
+from pathsim.placement import Placement
+from pathsim.planner import resolve_placement
 from pathsim.result import (Breakdown, CommunicationTotals, LayerLoad, ModalityLoad, SimulationResult, StepTimeStats,
                             TaskLoad)
-from pathsim.routing import LoadSample, build_plan, route_layer, step_rng
+from pathsim.routing import LoadSample, route_layer, step_rng
+from pathsim.run_setup import RunSetup, prepare_run
 from pathsim.step_ops import COMPUTE, Op, StepCoster
-from pathsim.topology import Torus, build_topology
 from pathsim.trace import write_trace
-from pathsim.workload import WorkloadConfig, dense_counterpart, load_workload, resolve_parallelism
+from pathsim.workload import WorkloadConfig
 
 MAX_STEPS = 10_000
-STEP_MODELS = ("fast",)  # see the check in simulate()
 
 
 def simulate(cluster: "str | Path | dict | ClusterConfig", workload: "str | Path | dict | WorkloadConfig", *,
@@ -42,53 +41,42 @@ def simulate(cluster: "str | Path | dict | ClusterConfig", workload: "str | Path
              trace: "str | Path | None" = None) -> SimulationResult:
     """Simulate `steps` training steps of `workload` on `cluster`.
 
-    ``dense`` simulates the workload's dense counterpart instead (same activated
-    FLOPs or same total parameters); ``trace`` writes a Perfetto trace.
+    ``placement`` is a policy name (planned here with default options; see
+    ``pathsim.plan`` for replicas and constraints), a placement JSON or a
+    Placement. ``dense`` simulates the workload's dense counterpart instead
+    (same activated FLOPs or same total parameters); ``trace`` writes a
+    Perfetto trace.
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
         raise PathsimConfigError("<arguments>", "steps", f"must be an integer from 1 to {MAX_STEPS}, got {steps!r}", "e.g. --steps 5")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise PathsimConfigError("<arguments>", "seed", f"must be a non-negative integer, got {seed!r}", "e.g. --seed 0")
-    if network not in STEP_MODELS:
-        why = ("the fluid model re-solves rates at every flow completion, which takes minutes per all-to-all of a "
-               "training step" if network in MODELS else f"unknown network model {network!r}")
-        raise PathsimConfigError("<arguments>", "network", why,
-                                 "simulate steps with the fast model; check single phases with `pathsim collective --model fluid`")
-    cluster_config = load_cluster(cluster)
-    workload_config = load_workload(workload)
-    source = str(workload) if isinstance(workload, (str, Path)) else f"<workload {workload_config.name}>"
-    if dense is not None:
-        workload_config = dense_counterpart(workload_config, dense)
-    topology = build_topology(cluster_config)
-    layout = resolve_parallelism(workload_config, topology.num_chips, source,
-                                 topology.dims if isinstance(topology, Torus) else None)
-    model = workload_config.model
-    moe = model.moe
-    if placement is not None and moe is None:
-        raise PathsimConfigError("<arguments>", "placement", f"{workload_config.name} has no experts to place", "drop --placement")
-    chosen = make_placement(placement, moe.experts, layout.expert) if moe else None
-    device_profile = load_profile(profile)
-    device = DeviceModel(cluster_config.chip, model.dtype, device_profile, source)
-    coster = StepCoster(workload_config, layout, topology, get_model(network, topology), device, chosen)
-    plan = build_plan(workload_config, layout, int(seed), sampling, source) if moe else None
+    setup = prepare_run(cluster, workload, seed=seed, network=network, sampling=sampling, profile=profile, dense=dense)
+    if placement is not None and setup.plan is None:
+        raise PathsimConfigError("<arguments>", "placement", f"{setup.workload.name} has no experts to place", "drop --placement")
+    chosen = resolve_placement(placement, setup) if setup.plan is not None else None
+    return run_steps(setup, chosen, int(steps), trace)
 
+
+def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "str | Path | None" = None) -> SimulationResult:
+    """Simulate `steps` steps of a prepared run with a resolved placement."""
+    workload_config, layout, plan, seed = setup.workload, setup.layout, setup.plan, setup.seed
+    coster = StepCoster(workload_config, layout, setup.topology, setup.network, setup.device, placement)
     fixed = _fixed_ops(coster)
     micro_batches = workload_config.training.micro_batches
     runs: list[StepRun] = []
     routings: list[list[LoadSample]] = []
-    for step in range(int(steps)):
-        rng = step_rng(int(seed), step)
+    for step in range(steps):
+        rng = step_rng(seed, step)
         batches = []
         for _ in range(micro_batches):
-            forward, backward, layer_routings = _micro_batch_ops(coster, fixed, plan, layout, chosen, rng)
+            forward, backward, layer_routings = _micro_batch_ops(coster, fixed, plan, layout, placement, rng)
             batches.append((forward, backward))
             routings.append(layer_routings)
         schedule = StepSchedule(batches, fixed["grad_sync"], fixed["optimizer"], workload_config.training.grad_sync_overlap)
         runs.append(run_step(schedule))
     if trace is not None:
-        write_trace(trace, runs, f"{workload_config.name} on {cluster_config.name}")
-    return _result(cluster_config, workload_config, device_profile, topology, layout, coster, chosen, plan,
-                   runs, routings, network, int(seed))
+        write_trace(trace, runs, f"{workload_config.name} on {setup.cluster.name}")
+    return _result(setup.cluster, workload_config, setup.device_profile, setup.topology, layout, coster, placement, plan,
+                   runs, routings, setup.network_name, seed)
 
 
 def _fixed_ops(coster: StepCoster) -> dict:
@@ -111,7 +99,7 @@ def _micro_batch_ops(coster, fixed, plan, layout, placement, rng):
     forward: list[Op] = []
     backward_by_layer: dict[int, list[Op]] = {model.layers: [fixed["head"][True]]}
     layer_routings: list[LoadSample] = []
-    moe_index = {layer: j for j, layer in enumerate(model.moe_layers)}
+    moe_index = coster.moe_index
     for i in range(model.layers):
         forward += fixed["attention"][False][i]
         if i in moe_index:
@@ -205,7 +193,8 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
         max_link_utilisation=float(utilisation.max(initial=0.0)),
         hottest_links=[LinkUsage(link=topology.link_label(int(i)), link_class=str(topology.link_class[i]),
                                  bytes=float(link_bytes[i] / n), utilisation=float(utilisation[i])) for i in hottest],
-        memory=memory_per_chip(workload, layout, placement, cluster.chip.hbm_bytes, coster.tokens_per_chip),
+        memory=memory_per_chip(workload, layout, expert_slots_on_busiest_chip(workload, placement), cluster.chip.hbm_bytes,
+                               coster.tokens_per_chip),
         events_per_step=int(np.mean([r.events for r in runs])),
         inputs={"cluster": cluster.model_dump(mode="json"), "workload": workload.model_dump(mode="json"),
                 "device_profile": profile.model_dump(mode="json")},

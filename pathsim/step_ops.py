@@ -31,7 +31,7 @@ import numpy as np
 
 from pathsim.collectives import collective_phases
 from pathsim.device import DeviceModel
-from pathsim.memory import OPTIMIZER_STATE_BYTES, optimizer_params_per_chip
+from pathsim.memory import OPTIMIZER_STATE_BYTES, expert_slots_on_busiest_chip, optimizer_params_per_chip
 from pathsim.model_math import LayerShapes, layer_shapes
 from pathsim.network.timing import NetworkModel
 from pathsim.placement import Placement
@@ -79,9 +79,7 @@ class StepCoster:
         # so expert gradients are all-reduced over the chips holding the same position of every copy.
         self.expert_groups = layout.chip(ranks.reshape(layout.expert_groups, layout.expert, layout.tensor)
                                          .transpose(1, 0, 2).reshape(layout.expert, -1))
-        if placement is not None:
-            self.chip_slots = np.empty(layout.chips, dtype=np.int64)  # expert slots per physical chip
-            self.chip_slots[layout.chip(ranks)] = placement.experts_per_rank[(ranks // layout.tensor) % layout.expert]
+        self.moe_index = {layer: j for j, layer in enumerate(self.model.moe_layers)}
 
     # ---- helpers ----------------------------------------------------------------------
     def _compute(self, name, family, flops, weight_bytes, layer, backward=False, category="compute") -> Op:
@@ -180,7 +178,7 @@ class StepCoster:
 
         tokens = routing.chip_tokens
         flops = tokens * 2.0 * s.expert_params
-        stream_bytes = (self.chip_slots * s.expert_params + tokens * (2 * d + self.model.ffn_matrices * moe.expert_ffn)) * self.dtype
+        stream_bytes = (routing.chip_slots * s.expert_params + tokens * (2 * d + self.model.ffn_matrices * moe.expert_ffn)) * self.dtype
         per_chip = self.device.time_s("expert_ffn", scale * flops, scale * stream_bytes)
         slowest, mean = float(per_chip.max()), float(per_chip.mean())
         experts = Op(f"L{layer} expert FFN {tag}", "compute", COMPUTE, slowest, layer, straggler_s=slowest - mean,
@@ -211,9 +209,37 @@ class StepCoster:
         all-to-all on the critical path waits for at most one bucket.
         """
         ops = self._bucketed(f"L{layer} grad all-reduce (dense)", layer, self.layer_dense_params(layer) * self.dtype, self.dense_groups)
-        if layer < self.model.layers and self.model.is_moe(layer) and self.layout.expert_replication > 1:
-            nbytes = int(self.placement.experts_per_rank.max()) * self.shapes.expert_params * self.dtype
+        if layer in self.moe_index:
+            ops += self._expert_grad_sync(layer)
+        return ops
+
+    def _expert_grad_sync(self, layer: int) -> list[Op]:
+        """Expert gradients summed over every copy: hierarchically, first over the expert groups and
+        tensor ranks holding the same rank position (reduce-scatter + all-gather of the busiest rank's
+        experts), and for experts replicated inside a group, in between, an all-reduce of the
+        1/(groups × tensor) shard among the replicas' positions."""
+        layout, expert_bytes = self.layout, self.shapes.expert_params * self.dtype
+        slots = self.placement.layer(self.moe_index[layer])
+        ops = []
+        if layout.expert_replication > 1:
+            nbytes = max(len(rank) for rank in slots) * expert_bytes
             ops += self._bucketed(f"L{layer} grad all-reduce (experts)", layer, nbytes, self.expert_groups)
+        positions: dict[int, list[int]] = {}
+        for r, rank in enumerate(slots):
+            for e in rank:
+                positions.setdefault(e, []).append(r)
+        by_count: dict[int, list[list[int]]] = {}
+        for e in sorted(positions):
+            if len(positions[e]) > 1:
+                by_count.setdefault(len(positions[e]), []).append(positions[e])
+        shard = expert_bytes / layout.expert_replication
+        copies = np.arange(layout.expert_replication)
+        group, tensor = copies // layout.tensor, copies % layout.tensor
+        for count, members in sorted(by_count.items()):
+            pos = np.array(members)  # (experts, count)
+            ranks = ((group[None, :, None] * layout.expert + pos[:, None, :]) * layout.tensor + tensor[None, :, None])
+            rings = layout.chip(ranks.reshape(-1, count))
+            ops += self._bucketed(f"L{layer} grad all-reduce (replicated experts x{count})", layer, shard, rings)
         return ops
 
     def _bucketed(self, name: str, layer: int, nbytes: float, groups: np.ndarray) -> list[Op]:
@@ -225,7 +251,7 @@ class StepCoster:
                    link_bytes=link_bytes) for b in range(buckets)]
 
     def optimizer(self) -> Op:
-        params = optimizer_params_per_chip(self.workload, self.layout, self.placement)
+        params = optimizer_params_per_chip(self.workload, self.layout, expert_slots_on_busiest_chip(self.workload, self.placement))
         state = OPTIMIZER_STATE_BYTES[self.workload.training.optimizer]
         nbytes = params * (2 * state + 3 * self.dtype)  # read/write state, read grads, read/write weights
         return Op("optimizer step", "optimizer", COMPUTE, float(self.device.time_s("optimizer", 10.0 * params, nbytes)), -1,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pathsim.placement import contiguous, make_placement, round_robin
+from pathsim.placement import contiguous, round_robin, shape_only_placement
 from pathsim.routing import build_plan, cap_probabilities, route_layer, split_tokens, step_rng
 from pathsim.workload import load_workload, resolve_parallelism
 
@@ -24,7 +24,7 @@ def workload(experts=32, top_k=2, cf=1.25, dropless=False, tasks=None, tokens=2*
 def route(wl, chips=64, sampling="exact", seed=0, layer=0, placement=None, step=0):
     layout = resolve_parallelism(wl, chips)
     plan = build_plan(wl, layout, seed, sampling)
-    placed = make_placement(placement, wl.model.moe.experts, layout.expert)
+    placed = shape_only_placement(placement or "round_robin", wl.model.moe.experts, layout.expert)
     return plan, layout, route_layer(plan, layout, placed, layer, step_rng(seed, step))
 
 

@@ -1,0 +1,74 @@
+"""What a run needs before any placement or step: configs → topology, layout, device model, routing plan.
+
+``pathsim.simulate`` and the placement planner build the same things from a
+cluster and a workload; this is the one place that does it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pathsim.cluster import ClusterConfig, load_cluster
+from pathsim.device import DeviceModel, DeviceProfile, load_profile
+from pathsim.errors import PathsimConfigError
+from pathsim.network import MODELS, get_model
+from pathsim.network.timing import NetworkModel
+from pathsim.routing import RoutingPlan, build_plan
+from pathsim.topology import Torus, build_topology
+from pathsim.topology.base import Topology
+from pathsim.workload import Layout, WorkloadConfig, dense_counterpart, load_workload, resolve_parallelism
+
+STEP_MODELS = ("fast",)  # the fluid model takes minutes per all-to-all of a training step
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    cluster: ClusterConfig
+    workload: WorkloadConfig
+    source: str  # where the workload came from, for error messages
+    topology: Topology
+    layout: Layout
+    network: NetworkModel
+    network_name: str
+    device_profile: DeviceProfile
+    device: DeviceModel
+    plan: RoutingPlan | None  # None for a dense model
+    seed: int
+
+    @property
+    def moe_layers(self) -> int:
+        return len(self.workload.model.moe_layers)
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not hasattr(seed, "__index__") or seed < 0:
+        raise PathsimConfigError("<arguments>", "seed", f"must be a non-negative integer, got {seed!r}", "e.g. --seed 0")
+    return int(seed)
+
+
+def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | Path | dict | WorkloadConfig", *,
+                seed: int = 0, network: str = "fast", sampling: str = "auto",
+                profile: "str | Path | DeviceProfile | None" = None,
+                dense: Literal["active_flops", "total_params"] | None = None) -> RunSetup:
+    seed = check_seed(seed)
+    if network not in STEP_MODELS:
+        why = ("the fluid model re-solves rates at every flow completion, which takes minutes per all-to-all of a "
+               "training step" if network in MODELS else f"unknown network model {network!r}")
+        raise PathsimConfigError("<arguments>", "network", why,
+                                 "simulate steps with the fast model; check single phases with `pathsim collective --model fluid`")
+    cluster_config = load_cluster(cluster)
+    workload_config = load_workload(workload)
+    source = str(workload) if isinstance(workload, (str, Path)) else f"<workload {workload_config.name}>"
+    if dense is not None:
+        workload_config = dense_counterpart(workload_config, dense)
+    topology = build_topology(cluster_config)
+    layout = resolve_parallelism(workload_config, topology.num_chips, source,
+                                 topology.dims if isinstance(topology, Torus) else None)
+    device_profile = load_profile(profile)
+    device = DeviceModel(cluster_config.chip, workload_config.model.dtype, device_profile, source)
+    plan = build_plan(workload_config, layout, seed, sampling, source) if workload_config.model.moe else None
+    return RunSetup(cluster=cluster_config, workload=workload_config, source=source, topology=topology, layout=layout,
+                    network=get_model(network, topology), network_name=network, device_profile=device_profile,
+                    device=device, plan=plan, seed=seed)
