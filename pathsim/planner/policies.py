@@ -49,7 +49,7 @@ def _provenance(setup: RunSetup, options: PlanOptions, budget: SlotBudget | None
     return info
 
 
-def _copies(setup: RunSetup, budget: SlotBudget, weights: np.ndarray) -> np.ndarray:
+def _replica_counts(setup: RunSetup, budget: SlotBudget, weights: np.ndarray) -> np.ndarray:
     return replicate(weights, budget.item_sizes, budget.physical_slots - setup.workload.model.moe.experts, setup.layout.expert)
 
 
@@ -57,7 +57,7 @@ def _balanced(setup: RunSetup, demand: ExpertDemand, budget: SlotBudget) -> list
     layers = []
     for l in range(demand.layers):
         weights = budget.item_weights(demand.load[l])
-        layers.append(lpt_pack(weights, budget.item_sizes, _copies(setup, budget, weights), setup.layout.expert, budget.slots_per_rank))
+        layers.append(lpt_pack(weights, budget.item_sizes, _replica_counts(setup, budget, weights), setup.layout.expert, budget.slots_per_rank))
     return layers
 
 
@@ -74,7 +74,7 @@ def _topology(setup: RunSetup, demand: ExpertDemand, budget: SlotBudget) -> list
             per_item = np.add.reduceat(demand.from_positions(l, positions)[flat], starts)
             return per_item[items]
 
-        layers.append(affinity_pack(weights, budget.item_sizes, _copies(setup, budget, weights), order,
+        layers.append(affinity_pack(weights, budget.item_sizes, _replica_counts(setup, budget, weights), order,
                                     budget.slots_per_rank, demand_from))
     return layers
 
