@@ -58,8 +58,7 @@ def optimizer_params_per_chip(workload: WorkloadConfig, layout: Layout, expert_s
     return dense + experts
 
 
-def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int, hbm_bytes: float,
-                    tokens_per_chip: float) -> MemoryReport:
+def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int, hbm_bytes: float) -> MemoryReport:
     """HBM use of a chip hosting `expert_slots` experts over all MoE layers (pass the busiest chip's)."""
     model = workload.model
     params = sum(parameters_per_chip(workload, layout, expert_slots))
@@ -67,8 +66,7 @@ def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int,
     optimizer = OPTIMIZER_STATE_BYTES[workload.training.optimizer] * optimizer_params_per_chip(workload, layout, expert_slots)
     per_token = sum(activation_bytes_per_token(model, model.is_moe(i), workload.training.recompute)
                     for i in range(model.layers))
-    # tokens_per_chip is already per tensor-parallel shard (sequence parallelism).
-    activations = per_token * tokens_per_chip * (dtype / 2.0)
+    activations = per_token * layout.tokens_per_chip(workload) * (dtype / 2.0)
     total = params * dtype + params * dtype + optimizer + activations
     return MemoryReport(
         parameters_bytes=params * dtype, gradients_bytes=params * dtype, optimizer_bytes=optimizer,

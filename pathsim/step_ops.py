@@ -68,7 +68,7 @@ class StepCoster:
         self.shapes: LayerShapes = layer_shapes(self.model)
         self.dtype = self.model.dtype_bytes
         tokens_mb = workload.training.tokens_per_step // workload.training.micro_batches
-        self.tokens_per_chip = tokens_mb / layout.chips  # sequence-parallel share of a data rank's tokens
+        self.tokens_per_chip = layout.tokens_per_chip(workload)
         self.tokens_per_data_rank = tokens_mb / layout.data
         self._collective_cache: dict[tuple, tuple[float, np.ndarray]] = {}
         ranks = np.arange(layout.chips)
@@ -219,24 +219,18 @@ class StepCoster:
         experts), and for experts replicated inside a group, in between, an all-reduce of the
         1/(groups × tensor) shard among the replicas' positions."""
         layout, expert_bytes = self.layout, self.shapes.expert_params * self.dtype
-        slots = self.placement.layer(self.moe_index[layer])
+        shares = self.placement.token_shares(self.moe_index[layer])  # experts × positions; row e: e's copies
         ops = []
         if layout.expert_replication > 1:
-            nbytes = max(len(rank) for rank in slots) * expert_bytes
+            nbytes = int(np.bincount(shares.indices, minlength=layout.expert).max()) * expert_bytes
             ops += self._bucketed(f"L{layer} grad all-reduce (experts)", layer, nbytes, self.expert_groups)
-        positions: dict[int, list[int]] = {}
-        for r, rank in enumerate(slots):
-            for e in rank:
-                positions.setdefault(e, []).append(r)
-        by_count: dict[int, list[list[int]]] = {}
-        for e in sorted(positions):
-            if len(positions[e]) > 1:
-                by_count.setdefault(len(positions[e]), []).append(positions[e])
+        copies_of = np.diff(shares.indptr)
         shard = expert_bytes / layout.expert_replication
         copies = np.arange(layout.expert_replication)
         group, tensor = copies // layout.tensor, copies % layout.tensor
-        for count, members in sorted(by_count.items()):
-            pos = np.array(members)  # (experts, count)
+        for count in np.unique(copies_of[copies_of > 1]).tolist():
+            replicated = np.flatnonzero(copies_of == count)
+            pos = shares.indices[shares.indptr[replicated][:, None] + np.arange(count)]  # (experts, count)
             ranks = ((group[None, :, None] * layout.expert + pos[:, None, :]) * layout.tensor + tensor[None, :, None])
             rings = layout.chip(ranks.reshape(-1, count))
             ops += self._bucketed(f"L{layer} grad all-reduce (replicated experts x{count})", layer, shard, rings)

@@ -307,6 +307,10 @@ class Layout(StrictModel):
     def expert_groups(self) -> int:
         return self.data // self.expert
 
+    def tokens_per_chip(self, workload: "WorkloadConfig") -> float:
+        """Tokens per micro-batch on one chip: a data rank's tokens split over its tensor ranks (sequence parallelism)."""
+        return workload.training.tokens_per_step // workload.training.micro_batches / self.chips
+
     @property
     def expert_replication(self) -> int:
         """Copies of each expert set (one per expert group and tensor rank)."""

@@ -61,8 +61,7 @@ class SlotBudget:
 
 
 def _memory_for(setup: RunSetup, slots_per_rank: int):
-    tokens_per_chip = setup.workload.training.tokens_per_step // setup.workload.training.micro_batches / setup.layout.chips
-    return memory_per_chip(setup.workload, setup.layout, slots_per_rank * setup.moe_layers, setup.cluster.chip.hbm_bytes, tokens_per_chip)
+    return memory_per_chip(setup.workload, setup.layout, slots_per_rank * setup.moe_layers, setup.cluster.chip.hbm_bytes)
 
 
 def slot_budget(setup: RunSetup, options: PlanOptions, source: str = "<arguments>") -> SlotBudget:

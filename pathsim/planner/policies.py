@@ -135,7 +135,7 @@ def place_experts(policy: str, setup: RunSetup, options: PlanOptions | None = No
                                      f"{policy} places experts by id alone and takes no replicas or together sets",
                                      "use balanced, eplb, topology or search")
         placement = shape_only_placement(policy, moe.experts, setup.layout.expert)
-        slot_budget(setup, options.model_copy(update={"replicas": int(placement.replicas.sum()) - moe.experts}))  # HBM
+        slot_budget(setup, options)  # HBM: the budget fills every rank as these policies do
         return placement.model_copy(update={"planned_for": _provenance(setup, options, None)})
     demand = demand or expected_demand(setup)
     budget = slot_budget(setup, options)

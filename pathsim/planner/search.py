@@ -74,13 +74,15 @@ def anneal(setup: RunSetup, demand: ExpertDemand, budget: SlotBudget, starts: li
             continue
         scored = [(objective(l, s[l]), k) for k, s in enumerate(starts)]
         best_time, k = min(scored)
-        current = [list(rank) for rank in starts[k][l]]
+        # Rank lists are never mutated, only replaced: copying the outer list is a full copy.
+        current = list(starts[k][l])
         current_time = best_time
-        best = [list(rank) for rank in current]
+        best = current
         start_total += best_time
         weights = budget.item_weights(demand.load[l])
         copies = np.bincount(np.concatenate([np.asarray(r, dtype=np.int64) for r in current]), minlength=len(weights))
         copy_load = weights / np.maximum(copies, 1)
+        loads = np.array([copy_load[rank].sum() if rank else 0.0 for rank in current])
         layer_deadline = time.perf_counter() + (deadline - time.perf_counter()) / (layers - l)
         temperature0 = START_TEMPERATURE * best_time
         used = len(scored)
@@ -88,17 +90,20 @@ def anneal(setup: RunSetup, demand: ExpertDemand, budget: SlotBudget, starts: li
             if time.perf_counter() > min(layer_deadline, deadline):
                 stopped = "time"
                 break
-            move = _propose(current, copy_load, sizes, budget.slots_per_rank, rng)
-            if move is None:
+            proposal = _propose(current, loads, copy_load, sizes, budget.slots_per_rank, rng)
+            if proposal is None:
                 break
+            move, changed = proposal
             candidate_time = objective(l, move)
             used += 1
             temperature = temperature0 * (1.0 - used / evals_per_layer)
             delta = candidate_time - current_time
             if delta <= 0 or (temperature > 0 and rng.random() < math.exp(-delta / temperature)):
                 current, current_time = move, candidate_time
+                for r in changed:
+                    loads[r] = copy_load[current[r]].sum() if current[r] else 0.0
                 if current_time < best_time:
-                    best, best_time = [list(rank) for rank in current], current_time
+                    best, best_time = current, current_time
         result.append(best)
         final_total += best_time
         searched += 1
@@ -107,11 +112,11 @@ def anneal(setup: RunSetup, demand: ExpertDemand, budget: SlotBudget, starts: li
     return result, info
 
 
-def _propose(current: list[list[int]], copy_load: np.ndarray, sizes: np.ndarray, slots_per_rank: int,
-             rng: np.random.Generator) -> list[list[int]] | None:
+def _propose(current: list[list[int]], loads: np.ndarray, copy_load: np.ndarray, sizes: np.ndarray,
+             slots_per_rank: int, rng: np.random.Generator) -> tuple[list[list[int]], tuple[int, int]] | None:
     """Move or swap one copy between a heavy rank (usually the heaviest) and a light one (usually among
-    the lightest quarter), preferring a swap that lowers the heavier of the two."""
-    loads = np.array([copy_load[rank].sum() if rank else 0.0 for rank in current])
+    the lightest quarter), preferring a swap that lowers the heavier of the two. Returns the new rank
+    lists (only ranks a and b are new lists) and (a, b)."""
     order = np.argsort(loads, kind="stable")
     a = int(order[-1]) if rng.random() < 0.75 else int(rng.integers(len(current)))
     if not current[a]:
@@ -125,14 +130,14 @@ def _propose(current: list[list[int]], copy_load: np.ndarray, sizes: np.ndarray,
         movable = [i for i in current[a] if i not in current[b]]
         if not movable:
             continue
-        move = [list(rank) for rank in current]
+        move = list(current)
         if used_b < slots_per_rank and rng.random() < 0.5:
             fitting = [i for i in movable if used_b + sizes[i] <= slots_per_rank]
             if fitting:
                 i = fitting[int(rng.integers(len(fitting)))]
-                move[a].remove(i)
-                move[b].append(i)
-                return move
+                move[a] = [x for x in current[a] if x != i]
+                move[b] = current[b] + [i]
+                return move, (a, b)
         pairs = [(i, j) for i in movable for j in current[b] if sizes[j] == sizes[i] and j not in current[a]]
         if not pairs:
             continue
@@ -141,9 +146,7 @@ def _propose(current: list[list[int]], copy_load: np.ndarray, sizes: np.ndarray,
                            for i, j in pairs])
         near = np.flatnonzero(spread <= spread.min() * 1.05 + 1e-12)
         i, j = pairs[int(near[rng.integers(len(near))])]
-        move[a].remove(i)
-        move[a].append(j)
-        move[b].remove(j)
-        move[b].append(i)
-        return move
+        move[a] = [x for x in current[a] if x != i] + [j]
+        move[b] = [x for x in current[b] if x != j] + [i]
+        return move, (a, b)
     return None
