@@ -2,7 +2,9 @@
 
 The issue-6 goal: planning 2048 experts over 4096 chips (one expert-parallel
 group spanning TPU v4 16x16x16) takes under 60 s per policy other than
-``search``, and ``search`` stops within its time budget. The 64-layer,
+``search``, and ``search`` stops within its time budget. Adding a task with
+256 new experts to the balanced placement (``pathsim plan --add-task``) is
+timed too. The 64-layer,
 32-MoE-layer workload of bench_step.py is planned with every policy; the
 reference measured in the same run is one numpy.sum over a 4096×4096 matrix.
 
@@ -24,7 +26,9 @@ import numpy as np  # noqa: E402
 
 from bench_step import WORKLOAD  # noqa: E402
 from pathsim.planner import PlanOptions, expected_demand, place_experts  # noqa: E402
+from pathsim.replanning import add_task  # noqa: E402
 from pathsim.run_setup import prepare_run  # noqa: E402
+from pathsim.task_addition import AddedTask  # noqa: E402
 from timing import best_of  # noqa: E402
 
 
@@ -59,6 +63,16 @@ def main() -> None:
         replicas = float((placement.replicas.sum(axis=1) - moe.experts).mean())
         print(f"{policy:12s} {seconds:8.2f} {seconds / reference:17.0f} {int(placement.experts_per_rank.max()):10d} "
               f"{replicas:8.0f}  {note}")
+        if policy == "balanced":
+            balanced = placement
+    # A task with 256 new experts added to the balanced placement: keep, the move frontier and a re-plan,
+    # each judged by one simulated step (what the time is mostly spent on).
+    task = AddedTask(name="added", share=0.05, new_experts=256, routing={"kind": "zipf", "exponent": 0.6}, new_expert_weight=0.7)
+    start = time.perf_counter()
+    report, _, _ = add_task(cluster, workload, balanced, task, options=PlanOptions(enforce_hbm=False))
+    seconds = time.perf_counter() - start
+    print(f"{'add-task':12s} {seconds:8.2f} {seconds / reference:17.0f}  {len(report.options)} options simulated "
+          f"({', '.join(o.name for o in report.options)})")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from pathsim.device import DeviceProfile, default_profile, load_profile
 from pathsim.result import SimulationResult
 from pathsim.simulation import simulate
 from pathsim.planning import PlacementReport, PlanComparison, compare_placements, plan
+from pathsim.task_addition import AddedTask, expand_workload
+from pathsim.replanning import DriftReport, TaskAdditionReport, add_task, random_walk_drift, routing_drift
 
 __all__ = [
     "ClusterConfig",
@@ -44,6 +46,13 @@ __all__ = [
     "compare_placements",
     "PlacementReport",
     "PlanComparison",
+    "AddedTask",
+    "expand_workload",
+    "add_task",
+    "TaskAdditionReport",
+    "routing_drift",
+    "random_walk_drift",
+    "DriftReport",
     "CollectiveResult",
     "PathsimConfigError",
     "Topology",

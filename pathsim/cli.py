@@ -20,6 +20,8 @@ from pathsim.network import MODELS
 from pathsim.numeric_files import read_numeric_array
 from pathsim.planner import POLICIES, PlanOptions
 from pathsim.planning import PlanComparison, compare_placements, write_placement
+from pathsim.replanning import DriftReport, TaskAdditionReport, add_task, random_walk_drift, routing_drift, write_workload
+from pathsim.run_setup import prepare_run
 from pathsim.presets import PRESET_KINDS, preset_names, preset_path
 from pathsim.model_math import model_totals
 from pathsim.result import SimulationResult
@@ -27,7 +29,7 @@ from pathsim.routing import SAMPLING_MODES
 from pathsim.simulation import simulate
 from pathsim.workload import load_workload, parse_expert_ids
 from pathsim.topology import build_topology
-from pathsim.units import format_bandwidth, format_bytes, format_seconds
+from pathsim.units import format_bandwidth, format_bytes, format_seconds, parse_bytes
 from pathsim.yaml_config import read_yaml_mapping, validate_model
 
 EXIT_USER_ERROR = 2
@@ -90,6 +92,18 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--profile", type=Path, help="device profile JSON (default: documented efficiencies)")
     plan.add_argument("--out", type=Path, metavar="PLACEMENT.json", help="write the placement (with --compare: the best one)")
     plan.add_argument("--json", type=Path, metavar="OUT", help="also write the report(s) as JSON")
+    grow = plan.add_argument_group("a task added to a placed model (SEN / Pathways: learn new tasks)")
+    grow.add_argument("--from", dest="from_placement", type=Path, metavar="PLACEMENT.json", help="the placement the model runs with now")
+    grow.add_argument("--add-task", type=Path, metavar="TASK.yaml", help="the task to add, with its new experts (see workloads/added-tasks/)")
+    grow.add_argument("--migration-budget", default=None, metavar="BYTES",
+                      help="most bytes to migrate for --out (e.g. 500GB; default: no limit)")
+    drift = plan.add_argument_group("routing drift")
+    drift.add_argument("--drift", default=None, metavar="FILE|random-walk:SIGMA",
+                       help="routing histograms per window (.npy/.csv, windows first), or a synthetic log-normal random walk")
+    drift.add_argument("--windows", type=int, default=8, help="random-walk drift: windows (default 8)")
+    drift.add_argument("--window-steps", type=int, default=1000, help="training steps per window (default 1000)")
+    drift.add_argument("--replan-every", type=int, nargs="+", default=[1, 2], metavar="K",
+                       help="re-planning intervals to compare, in windows (default 1 2)")
     return parser
 
 
@@ -218,17 +232,103 @@ def _plan_options(args) -> PlanOptions:
                                         "max_evaluations": args.max_evaluations}, "<command line>")
 
 
+def format_task_addition(report: TaskAdditionReport) -> str:
+    r = report
+    head = (f"adding {r.task} ({r.new_experts} new experts per MoE layer, {r.old_experts} before) to {r.workload} on {r.cluster}; "
+            f"step before: {format_seconds(r.step_time_before_s)}; one expert copy moved = {format_bytes(r.expert_copy_bytes)} per chip")
+    rows = []
+    for o in r.options:
+        if o.break_even_steps is None:
+            even = "never"
+        else:
+            even = "-" if o.migration_s == 0 else f"{o.break_even_steps:,.{1 if o.break_even_steps < 100 else 0}f}"
+        rows.append((o.name, format_seconds(o.report.step_time_s), f"{o.report.imbalance_mean:.3f}", f"{o.migrated_copies:,}",
+                     format_bytes(o.migrated_bytes), format_seconds(o.migration_s), format_seconds(o.step_saving_s), even,
+                     format_bytes(o.report.memory_headroom_bytes) + ("" if o.report.fits else " OVER")))
+    return "\n".join([head, _table(rows, ("option", "step time", "imbalance", "copies moved", "bytes moved", "migration",
+                                          "saving/step", "break-even steps", "HBM headroom")),
+                      "  copies moved: per expert group and tensor rank, all MoE layers; bytes: the whole cluster; migration: "
+                      "the moves as one network phase; saving: against keeping old copies in place"])
+
+
+def format_drift(report: DriftReport) -> str:
+    r = report
+    names = [s.name for s in r.strategies]
+    head = (f"routing drift: {r.workload} on {r.cluster}, {r.windows} windows of {r.steps_per_window:,} steps, "
+            f"{r.policy} placements")
+    rows = [(w.window, *(f"{w.imbalance[n]:.3f}" for n in names), *(format_seconds(w.step_time_s[n]) for n in names))
+            for w in r.windows_detail]
+    totals = [(s.name, format_seconds(s.total_time_s), format_bytes(s.migrated_bytes), format_seconds(s.migration_s),
+               format_seconds(s.net_gain_s)) for s in r.strategies]
+    return "\n".join([head, _table(rows, ("window", *(f"imbalance {n}" for n in names), *(f"step {n}" for n in names))),
+                      _table(totals, ("strategy", "total time", "bytes moved", "migration", "net gain vs fixed")),
+                      "  re-plans use the previous window's histogram; imbalance: max/mean expected tokens per chip"])
+
+
+def _write_out(path: Path, write, what: str):
+    try:
+        return write(path)
+    except OSError as exc:
+        raise PathsimConfigError(str(path), "--out", f"cannot write the {what} ({exc.strerror})", "choose a writable path") from None
+
+
+def _cmd_add_task(args, options: PlanOptions) -> int:
+    budget = parse_bytes(args.migration_budget) if args.migration_budget is not None else float("inf")
+    report, placements, setup = add_task(args.cluster, args.workload, args.from_placement, args.add_task, policy=args.policy,
+                                         options=options, seed=args.seed, steps=args.steps, sampling=args.sampling,
+                                         profile=args.profile)
+    print(format_task_addition(report))
+    if args.out:
+        fits = [o for o in report.options if o.migrated_bytes <= budget]
+        chosen = min(fits, key=lambda o: o.report.step_time_s)
+        path = _write_out(args.out, lambda p: write_placement(placements[chosen.name], p), "placement")
+        workload_path = _write_out(path.with_suffix(".workload.yaml"), lambda p: write_workload(setup, p), "workload")
+        print(f"wrote {path} ({chosen.name}) and {workload_path}; use them with "
+              f"`pathsim simulate --workload {workload_path} --placement {path}`")
+    if args.json:
+        _write_json(args.json, report.model_dump_json(indent=2), "--json")
+    return 0
+
+
+def _cmd_drift(args, options: PlanOptions) -> int:
+    drift: "str | np.ndarray" = args.drift
+    if args.drift.startswith("random-walk"):
+        _, _, sigma = args.drift.partition(":")
+        try:
+            sigma_value = float(sigma)
+        except ValueError:
+            raise PathsimConfigError("<command line>", "--drift", f"{args.drift!r} gives no random-walk sigma",
+                                     "write e.g. --drift random-walk:0.3") from None
+        setup = prepare_run(args.cluster, args.workload, seed=args.seed, sampling=args.sampling, profile=args.profile)
+        drift = random_walk_drift(setup, args.windows, sigma_value, args.seed)
+    report = routing_drift(args.cluster, args.workload, drift, policy=args.policy, replan_every=args.replan_every,
+                           steps_per_window=args.window_steps, options=options, seed=args.seed, steps=args.steps,
+                           sampling=args.sampling, profile=args.profile)
+    print(format_drift(report))
+    if args.json:
+        _write_json(args.json, report.model_dump_json(indent=2), "--json")
+    return 0
+
+
 def _cmd_plan(args) -> int:
     options = _plan_options(args)
+    modes = [flag for flag, given in (("--compare", args.compare), ("--add-task", args.add_task is not None),
+                                      ("--drift", args.drift is not None)) if given]
+    if len(modes) > 1:
+        raise PathsimConfigError("<command line>", modes[1], f"cannot be combined with {modes[0]}", "run them one at a time")
+    if (args.add_task is None) != (args.from_placement is None):
+        raise PathsimConfigError("<command line>", "--add-task" if args.add_task is None else "--from",
+                                 "--add-task and --from go together", "give the current placement and the task to add")
+    if args.add_task is not None:
+        return _cmd_add_task(args, options)
+    if args.drift is not None:
+        return _cmd_drift(args, options)
     policies = POLICIES if args.compare else (args.policy,)
     comparison, placements = compare_placements(args.cluster, args.workload, policies, options, seed=args.seed,
                                                 steps=args.steps, sampling=args.sampling, profile=args.profile)
     print(format_plan(comparison))
     if args.out:
-        try:
-            path = write_placement(placements[comparison.best], args.out)
-        except OSError as exc:
-            raise PathsimConfigError(str(args.out), "--out", f"cannot write the placement ({exc.strerror})", "choose a writable path") from None
+        path = _write_out(args.out, lambda p: write_placement(placements[comparison.best], p), "placement")
         print(f"wrote {path} ({comparison.best}); use it with `pathsim simulate --placement {path}`")
     if args.json:
         _write_json(args.json, comparison.model_dump_json(indent=2), "--json")

@@ -154,32 +154,39 @@ def cap_probabilities(p: np.ndarray, cap: float) -> np.ndarray:
     return p
 
 
-def task_distributions(workload: WorkloadConfig, rng: np.random.Generator, source: str = "<workload>") -> np.ndarray:
-    """(tasks, moe layers, experts) routing probabilities before the top-k cap."""
+def task_distributions(workload: WorkloadConfig, seed: int, source: str = "<workload>") -> np.ndarray:
+    """(tasks, moe layers, experts) routing probabilities before the top-k cap.
+
+    Each task draws from its own random stream, over the experts it can reach,
+    so adding a task (or experts only a new task reaches) leaves the routing of
+    the others exactly as it was.
+    """
     moe = workload.model.moe
     n_layers, n_experts = len(workload.model.moe_layers), moe.experts
-    out = np.empty((len(workload.tasks), n_layers, n_experts))
+    out = np.zeros((len(workload.tasks), n_layers, n_experts))
     for t, task in enumerate(workload.tasks):
+        rng = np.random.default_rng([seed, 0, t])
+        reach = task.reachable_ids(n_experts)
+        n_reach = len(reach)
         routing = task.routing
         if routing.kind == "uniform":
-            p = np.ones((n_layers, n_experts))
+            p = np.ones((n_layers, n_reach))
         elif routing.kind == "zipf":
-            weights = 1.0 / np.arange(1, n_experts + 1) ** routing.exponent
-            rank = rng.permuted(np.tile(np.arange(n_experts), (n_layers, 1)), axis=1)
+            weights = 1.0 / np.arange(1, n_reach + 1) ** routing.exponent
+            rank = rng.permuted(np.tile(np.arange(n_reach), (n_layers, 1)), axis=1)
             p = weights[rank]
         elif routing.kind == "dirichlet":
-            p = rng.dirichlet(np.full(n_experts, routing.concentration), size=n_layers)
+            p = rng.dirichlet(np.full(n_reach, routing.concentration), size=n_layers)
             p = np.maximum(p, 1e-300)  # tiny concentrations underflow to exact zeros
         else:
             p = load_histogram(workload, t, source)
         p = p / p.sum(axis=1, keepdims=True)
         if task.affinity is not None:
-            chosen = np.zeros(n_experts, dtype=bool)
-            chosen[task.affinity.expert_ids()] = True
+            chosen = np.isin(reach, task.affinity.expert_ids())
             if not chosen.all():
                 w = task.affinity.weight
                 p = w * _restricted(p, chosen) + (1 - w) * _restricted(p, ~chosen)
-        out[t] = p
+        out[t][:, reach] = p
     return out
 
 
@@ -199,8 +206,8 @@ def build_plan(workload: WorkloadConfig, layout: Layout, seed: int, sampling: st
     if sampling not in SAMPLING_MODES:
         raise PathsimConfigError("<arguments>", "sampling", f"unknown sampling mode {sampling!r}", f"use one of {', '.join(SAMPLING_MODES)}")
     task_tokens = split_tokens(workload, layout, source)
-    rng = np.random.default_rng([seed, 0])  # stream 0: static distributions; steps use [seed, 1, step]
-    probabilities = cap_probabilities(task_distributions(workload, rng, source), 1.0 / moe.top_k)
+    # streams [seed, 0, task]: static distributions; steps use [seed, 1, step]
+    probabilities = cap_probabilities(task_distributions(workload, seed, source), 1.0 / moe.top_k)
     if sampling == "auto":
         active_tasks = int((task_tokens > 0).sum(axis=1).max())
         sampling = "exact" if layout.chips * active_tasks * moe.experts <= EXACT_LIMIT else "mean_field"

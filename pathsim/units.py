@@ -122,6 +122,11 @@ def format_bytes(n: float) -> str:
 
 
 def format_seconds(t: float) -> str:
+    if t == 0:
+        return "0 s"
+    for unit, scale, least in (("d", 86400.0, 2), ("h", 3600.0, 1), ("min", 60.0, 10)):
+        if abs(t) >= least * scale:  # "90 min" and "36 h" read better than "1.5 h" and "1.5 d"
+            return f"{t / scale:.4g} {unit}"
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if abs(t) >= scale:
             return f"{t / scale:.4g} {unit}"

@@ -173,6 +173,12 @@ class TaskSpec(StrictModel):
     share: float = Field(gt=0, le=1, allow_inf_nan=False, description="fraction of the global tokens")
     routing: RoutingSpec = Field(default_factory=lambda: UniformRouting(kind="uniform"))
     affinity: AffinitySpec | None = None
+    reachable_experts: str | list[StrictInt] | None = Field(
+        None, description='expert ids this task\'s router can pick, e.g. "0-255" (default: all). Tasks trained before '
+                          'experts were added keep routing over the old ones; routing skew is drawn over this set.')
+
+    def reachable_ids(self, experts: int) -> np.ndarray:
+        return np.arange(experts) if self.reachable_experts is None else parse_expert_ids(self.reachable_experts)
 
 
 class WorkloadConfig(StrictModel):
@@ -200,13 +206,18 @@ class WorkloadConfig(StrictModel):
             needs_moe = task.affinity is not None or task.routing.kind != "uniform"
             if moe is None and needs_moe:
                 raise ValueError(f"tasks[{i}] ({task.name}) sets routing or affinity, but the model has no `moe:` section")
+            if moe is None and task.reachable_experts is not None:
+                raise ValueError(f"tasks[{i}] ({task.name}) sets reachable_experts, but the model has no `moe:` section")
+            reach = None
+            if task.reachable_experts is not None:
+                reach = _checked_ids(lambda: task.reachable_ids(moe.experts), f"tasks[{i}].reachable_experts", moe.experts)
+                if len(reach) < moe.top_k:
+                    raise ValueError(f"tasks[{i}].reachable_experts lists {len(reach)} experts; top_k={moe.top_k} needs at least that many")
             if task.affinity is not None:
-                try:
-                    ids = task.affinity.expert_ids()
-                except ValueError as exc:
-                    raise ValueError(f"tasks[{i}].affinity.experts: {exc}") from None
-                if ids.max() >= moe.experts:
-                    raise ValueError(f"tasks[{i}].affinity.experts names expert {ids.max()}, but the model has {moe.experts} (ids 0..{moe.experts - 1})")
+                ids = _checked_ids(task.affinity.expert_ids, f"tasks[{i}].affinity.experts", moe.experts)
+                if reach is not None and np.setdiff1d(ids, reach).size:
+                    raise ValueError(f"tasks[{i}].affinity.experts names expert {np.setdiff1d(ids, reach)[0]}, which is not among "
+                                     f"the task's reachable_experts")
         if self.training.tokens_per_step % self.training.micro_batches:
             raise ValueError(f"training.tokens_per_step ({self.training.tokens_per_step}) is not a multiple of "
                              f"training.micro_batches ({self.training.micro_batches})")
@@ -215,6 +226,16 @@ class WorkloadConfig(StrictModel):
     @property
     def modalities(self) -> list[str]:
         return sorted({t.modality for t in self.tasks})
+
+
+def _checked_ids(parse, field: str, experts: int) -> np.ndarray:
+    try:
+        ids = parse()
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+    if ids.max() >= experts:
+        raise ValueError(f"{field} names expert {ids.max()}, but the model has {experts} (ids 0..{experts - 1})")
+    return ids
 
 
 def parse_expert_ids(spec: "str | list[int]") -> np.ndarray:
@@ -259,7 +280,7 @@ def load_workload(spec: "str | Path | dict | WorkloadConfig") -> WorkloadConfig:
 
 
 def load_histogram(workload: WorkloadConfig, task_index: int, source: str = "<workload>") -> np.ndarray:
-    """The task's measured routing as a (MoE layers × experts) array of non-negative weights."""
+    """The task's measured routing as a (MoE layers × reachable experts) array of non-negative weights."""
     task = workload.tasks[task_index]
     field = f"tasks[{task_index}].routing.file"
     path = Path(task.routing.file)
@@ -268,14 +289,15 @@ def load_histogram(workload: WorkloadConfig, task_index: int, source: str = "<wo
     hist = read_numeric_array(path, source, field, "tokens per expert, one row per MoE layer")
     if hist.ndim == 1:
         hist = hist[None, :]
-    moe = workload.model.moe
+    experts = len(task.reachable_ids(workload.model.moe.experts))
     layers = len(workload.model.moe_layers)
-    if hist.ndim != 2 or hist.shape[1] != moe.experts or hist.shape[0] not in (1, layers):
-        raise PathsimConfigError(source, field, f"{path.name} has shape {hist.shape}; expected ({layers}, {moe.experts}) "
-                                 f"(MoE layers × experts) or ({moe.experts},)", "export one row per MoE layer, one column per expert")
+    columns = "experts" if task.reachable_experts is None else "reachable experts"
+    if hist.ndim != 2 or hist.shape[1] != experts or hist.shape[0] not in (1, layers):
+        raise PathsimConfigError(source, field, f"{path.name} has shape {hist.shape}; expected ({layers}, {experts}) "
+                                 f"(MoE layers × {columns}) or ({experts},)", f"export one row per MoE layer, one column per {columns[:-1]}")
     if not np.all(np.isfinite(hist)) or hist.min() < 0 or np.any(hist.sum(axis=1) <= 0):
         raise PathsimConfigError(source, field, f"{path.name} holds negative, non-finite or all-zero rows", "counts must be >= 0 with tokens in every row")
-    return np.broadcast_to(hist, (layers, moe.experts)).copy()
+    return np.broadcast_to(hist, (layers, experts)).copy()
 
 
 def check_histograms(workload: WorkloadConfig, source: str) -> None:

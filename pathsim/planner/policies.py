@@ -1,7 +1,8 @@
 """Placement policies: from a prepared run (and its expected expert loads) to a Placement.
 
 - ``round_robin``, ``contiguous``: by expert id only;
-- ``balanced``: replicas to the hottest experts, then LPT packing per MoE layer;
+- ``balanced``: replicas to the hottest experts, then LPT packing per MoE layer
+  and local moves off the most loaded rank;
 - ``eplb``: DeepSeek's EPLB (expert groups onto nodes, replicas inside nodes,
   copies onto GPUs), on the fat tree's servers or on one node of a torus;
 - ``topology``: replicas as ``balanced``, then recursive bisection that keeps
@@ -22,6 +23,7 @@ from pathsim.placement import SHAPE_ONLY_POLICIES, Placement, check_shape, read_
 from pathsim.planner.constraints import PlanOptions, SlotBudget, slot_budget
 from pathsim.planner.demand import ExpertDemand, expected_demand
 from pathsim.planner.eplb import rebalance_experts
+from pathsim.planner.moves import LayerMoves, rebalance_moves
 from pathsim.planner.packing import PackingError, affinity_pack, lpt_pack, replicate, separate_copies
 from pathsim.run_setup import RunSetup
 from pathsim.topology import FatTree
@@ -55,9 +57,14 @@ def _replica_counts(setup: RunSetup, budget: SlotBudget, weights: np.ndarray) ->
 
 def _balanced(setup: RunSetup, demand: ExpertDemand, budget: SlotBudget) -> list[list[list[int]]]:
     layers = []
+    sizes = budget.item_sizes
     for l in range(demand.layers):
         weights = budget.item_weights(demand.load[l])
-        layers.append(lpt_pack(weights, budget.item_sizes, _replica_counts(setup, budget, weights), setup.layout.expert, budget.slots_per_rank))
+        copies = _replica_counts(setup, budget, weights)
+        packed = lpt_pack(weights, sizes, copies, setup.layout.expert, budget.slots_per_rank)
+        refined = LayerMoves(l, packed, weights / copies, np.zeros(len(weights)), sizes, budget.slots_per_rank)
+        rebalance_moves([refined])
+        layers.append(refined.rank_lists)
     return layers
 
 
