@@ -66,8 +66,10 @@ class LayerMoves:
     """
 
     def __init__(self, index: int, rank_lists: list[list[int]], copy_load: np.ndarray, copy_bytes: np.ndarray,
-                 sizes: np.ndarray, slots_per_rank: int):
+                 sizes: np.ndarray, slots_per_rank: int, block: np.ndarray | None = None):
+        """``block``: a block id per rank; moves then stay inside the most loaded rank's block."""
         self.index = index
+        self.block = block
         self.rank_lists = [list(r) for r in rank_lists]
         self.copy_load = np.append(np.asarray(copy_load, dtype=np.float64), 0.0)  # index -1: an empty slot
         self.copy_bytes = np.append(np.asarray(copy_bytes, dtype=np.float64), 0.0)
@@ -104,6 +106,8 @@ class LayerMoves:
             ok &= (used[:, None] + self.sizes[i] - size_j <= self.slots_per_rank)
             ok &= (used[a] - self.sizes[i] + size_j <= self.slots_per_rank)
             ok[a] = False
+            if self.block is not None:
+                ok &= (self.block == self.block[a])[:, None]
             new_a = peak - self.copy_load[i] + w_j
             new_b = loads[:, None] + self.copy_load[i] - w_j
             gain = np.where(ok, peak - np.maximum(new_a, new_b), -np.inf)

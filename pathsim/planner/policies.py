@@ -6,7 +6,8 @@
 - ``eplb``: DeepSeek's EPLB (expert groups onto nodes, replicas inside nodes,
   copies onto GPUs), on the fat tree's servers or on one node of a torus;
 - ``topology``: replicas as ``balanced``, then recursive bisection that keeps
-  experts on the half of the chips that sends them more tokens;
+  experts on the half of the chips that sends them more tokens, and local
+  moves within blocks of neighbouring chips;
 - ``search``: time-bounded annealing on the simulator's predicted MoE-layer
   time, started from the best of ``balanced`` and ``topology``.
 """
@@ -29,6 +30,7 @@ from pathsim.run_setup import RunSetup
 from pathsim.topology import FatTree
 
 POLICIES = SHAPE_ONLY_POLICIES + ("balanced", "eplb", "topology", "search")
+TOPOLOGY_BLOCK_RANKS = 8  # neighbouring ranks in chip order the topology policy balances among: a DGX server, a torus row segment
 
 
 def locality_order(demand: ExpertDemand) -> np.ndarray:
@@ -73,6 +75,8 @@ def _topology(setup: RunSetup, demand: ExpertDemand, budget: SlotBudget) -> list
     members = budget.item_members
     flat = np.concatenate(members)
     starts = np.cumsum([0] + [len(m) for m in members[:-1]])
+    block = np.empty(len(order), dtype=np.int64)
+    block[order] = np.arange(len(order)) // TOPOLOGY_BLOCK_RANKS
     layers = []
     for l in range(demand.layers):
         weights = budget.item_weights(demand.load[l])
@@ -81,8 +85,13 @@ def _topology(setup: RunSetup, demand: ExpertDemand, budget: SlotBudget) -> list
             per_item = np.add.reduceat(demand.from_positions(l, positions)[flat], starts)
             return per_item[items]
 
-        layers.append(affinity_pack(weights, budget.item_sizes, _replica_counts(setup, budget, weights), order,
-                                    budget.slots_per_rank, demand_from))
+        copies = _replica_counts(setup, budget, weights)
+        packed = affinity_pack(weights, budget.item_sizes, copies, order, budget.slots_per_rank, demand_from)
+        # The bisection balances halves to within its tolerance; moves inside blocks of neighbouring
+        # chips even out the leaves without sending tokens further.
+        refined = LayerMoves(l, packed, weights / copies, np.zeros(len(weights)), budget.item_sizes, budget.slots_per_rank, block)
+        rebalance_moves([refined])
+        layers.append(refined.rank_lists)
     return layers
 
 
