@@ -168,6 +168,10 @@ def write_workload(setup: RunSetup, path: "str | Path") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = setup.workload.model_dump(mode="json", exclude={"base_dir"}, exclude_none=True)
+    for task in data["tasks"]:  # measured histograms stay where they are, wherever the YAML goes
+        routing = task["routing"]
+        if routing["kind"] == "histogram" and not Path(routing["file"]).is_absolute():
+            routing["file"] = str((Path(setup.workload.base_dir) / routing["file"]).resolve())
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
 

@@ -287,3 +287,17 @@ def test_cli_drift_arguments(tmp_path, capsys):
     assert main(base + ["--drift", "random-walk:0.4", "--compare"]) == 2
     assert main(base + ["--drift", "random-walk:0.4", "--window-steps", "0"]) == 2
     assert "window" in capsys.readouterr().err
+
+
+def test_a_grown_workload_written_elsewhere_still_finds_its_histograms(tmp_path):
+    from pathsim.replanning import write_workload
+    home = tmp_path / "home"
+    home.mkdir()
+    np.save(home / "hist.npy", np.arange(1, 65, dtype=float))
+    spec = skewed_multitask(experts=64, layout="mixed")
+    spec["tasks"][0]["routing"] = {"kind": "histogram", "file": "hist.npy"}
+    (home / "w.yaml").write_text(yaml.safe_dump(spec))
+    setup = prepare_run(CLUSTER, expand_workload(load_workload(home / "w.yaml"), new_task()), seed=0)
+    written = write_workload(setup, tmp_path / "elsewhere" / "grown.yaml")
+    again = prepare_run(CLUSTER, str(written), seed=0)
+    assert np.array_equal(again.plan.probabilities, setup.plan.probabilities)
