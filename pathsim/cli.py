@@ -273,7 +273,18 @@ def _write_out(path: Path, write, what: str):
 
 
 def _cmd_add_task(args, options: PlanOptions) -> int:
-    budget = parse_bytes(args.migration_budget) if args.migration_budget is not None else float("inf")
+    budget = float("inf")
+    if args.migration_budget is not None:
+        try:
+            budget = parse_bytes(args.migration_budget)
+        except (ValueError, PathsimConfigError):
+            budget = -1.0
+        if not budget >= 0:
+            raise PathsimConfigError("<command line>", "--migration-budget", f"{args.migration_budget!r} is not a byte count >= 0",
+                                     "write e.g. 500GB, or 0 to move nothing")
+        if not args.out:
+            raise PathsimConfigError("<command line>", "--migration-budget", "picks the option --out writes, and there is no --out",
+                                     "add --out PLACEMENT.json")
     report, placements, setup = add_task(args.cluster, args.workload, args.from_placement, args.add_task, policy=args.policy,
                                          options=options, seed=args.seed, steps=args.steps, sampling=args.sampling,
                                          profile=args.profile)

@@ -5,7 +5,9 @@ what it costs (expert copies migrated over the cluster's network):
 
 - :func:`add_task`: the new task's experts placed without moving any old
   copy; then greedy moves, best balance per migrated byte first (a frontier
-  of byte budgets); then a full re-plan by a policy. Each option reports its
+  of byte budgets; each move is priced as one copy, while the bytes reported
+  are the true difference from the old placement, so a copy moved twice or
+  moved back counts once or not at all); then a full re-plan by a policy. Each option reports its
   step time, migrated bytes and seconds, and how many steps its saving takes
   to pay for its migration.
 - :func:`routing_drift`: one routing histogram per window of steps; a
@@ -92,8 +94,8 @@ def _byte_marks(moves, fractions=(0.1, 0.25, 0.5, 1.0)) -> list[int]:
     free = int(np.searchsorted(spent, 0.0, side="right"))
     if spent[-1] == 0:
         return [len(moves)]
-    marks = [free] + [int(np.searchsorted(spent, f * spent[-1] * (1 - 1e-12))) + 1 for f in fractions]
-    return sorted(set(marks))
+    marks = [free] + [int(np.searchsorted(spent, f * spent[-1] * (1 - 1e-12))) + 1 for f in fractions[:-1]]
+    return sorted(set(marks + [len(moves)]))  # the whole frontier, free moves after the last costly one too
 
 
 def add_task(cluster, workload, placement: "str | Path | Placement", task: "str | Path | AddedTask", *,
@@ -242,6 +244,12 @@ def random_walk_drift(setup: RunSetup, windows: int, sigma: float, seed: int = 0
 
 
 def _window_setup(setup: RunSetup, histograms: np.ndarray) -> RunSetup:
+    experts = setup.workload.model.moe.experts
+    reach = np.array([np.isin(np.arange(experts), t.reachable_ids(experts)) for t in setup.workload.tasks])
+    histograms = histograms * reach[:, None, :]  # a task's router cannot pick experts out of its reach
+    if np.any(histograms.sum(axis=-1) <= 0):
+        raise PathsimConfigError("<drift>", "drift", "a window gives some task no tokens on the experts it can reach",
+                                 "give every task's reachable experts tokens in every window")
     probabilities = cap_probabilities(histograms, 1.0 / setup.plan.top_k)
     return dataclasses.replace(setup, plan=dataclasses.replace(setup.plan, probabilities=probabilities))
 
@@ -259,6 +267,9 @@ def routing_drift(cluster, workload, drift: "str | Path | np.ndarray", *, policy
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PathsimConfigError("<arguments>", field, f"must be a positive integer, got {value!r}", "e.g. 1000")
     histograms = drift if isinstance(drift, np.ndarray) else read_drift(drift, setup)
+    if histograms.ndim != 4 or histograms.shape[1:] != setup.plan.probabilities.shape or len(histograms) < 2:
+        raise PathsimConfigError("<drift>", "drift", f"array of shape {histograms.shape}; expected (windows >= 2, "
+                                 f"{', '.join(map(str, setup.plan.probabilities.shape))})", "see read_drift for the file forms")
     windows = [_window_setup(setup, h) for h in histograms]
     options = options or PlanOptions()
     strategies = [("fixed", None)] + [(f"re-plan every {k}", k) for k in sorted(set(replan_every))]

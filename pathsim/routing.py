@@ -155,11 +155,11 @@ def cap_probabilities(p: np.ndarray, cap: float) -> np.ndarray:
 
 
 def task_distributions(workload: WorkloadConfig, seed: int, source: str = "<workload>") -> np.ndarray:
-    """(tasks, moe layers, experts) routing probabilities before the top-k cap.
+    """(tasks, moe layers, experts) routing probabilities, water-filled to the top-k cap.
 
-    Each task draws from its own random stream, over the experts it can reach,
-    so adding a task (or experts only a new task reaches) leaves the routing of
-    the others exactly as it was.
+    Each task draws from its own random stream and is capped over the experts
+    it can reach only, so adding a task (or experts only a new task reaches)
+    leaves the routing of the others exactly as it was, bit for bit.
     """
     moe = workload.model.moe
     n_layers, n_experts = len(workload.model.moe_layers), moe.experts
@@ -186,7 +186,7 @@ def task_distributions(workload: WorkloadConfig, seed: int, source: str = "<work
             if not chosen.all():
                 w = task.affinity.weight
                 p = w * _restricted(p, chosen) + (1 - w) * _restricted(p, ~chosen)
-        out[t][:, reach] = p
+        out[t][:, reach] = cap_probabilities(p, 1.0 / moe.top_k)
     return out
 
 
@@ -207,7 +207,7 @@ def build_plan(workload: WorkloadConfig, layout: Layout, seed: int, sampling: st
         raise PathsimConfigError("<arguments>", "sampling", f"unknown sampling mode {sampling!r}", f"use one of {', '.join(SAMPLING_MODES)}")
     task_tokens = split_tokens(workload, layout, source)
     # streams [seed, 0, task]: static distributions; steps use [seed, 1, step]
-    probabilities = cap_probabilities(task_distributions(workload, seed, source), 1.0 / moe.top_k)
+    probabilities = task_distributions(workload, seed, source)
     if sampling == "auto":
         active_tasks = int((task_tokens > 0).sum(axis=1).max())
         sampling = "exact" if layout.chips * active_tasks * moe.experts <= EXACT_LIMIT else "mean_field"

@@ -49,6 +49,8 @@ class AddedTask(StrictModel):
             raise ValueError("new_experts is 0, so new_expert_weight must be 0 (the task routes to old experts only)")
         if self.new_experts > 0 and self.new_expert_weight == 0:
             raise ValueError("new_expert_weight 0 sends no tokens to the new experts; raise it or set new_experts: 0")
+        if self.new_expert_weight == 1 and self.reuses is not None:
+            raise ValueError("reuses names old experts, but new_expert_weight 1 routes only to the new ones; lower it or drop reuses")
         if self.reuses is not None:
             try:
                 parse_expert_ids(self.reuses)
@@ -91,13 +93,18 @@ def expand_workload(workload: WorkloadConfig, task: AddedTask, source: str = "<t
         reused = np.arange(old)
     new_ids = np.arange(old, old + task.new_experts)
     reach = new_ids if task.new_expert_weight == 1 else np.concatenate([reused, new_ids])
+    if len(reach) < moe.top_k:
+        raise PathsimConfigError(source, "new_experts" if task.new_expert_weight == 1 else "reuses",
+                                 f"the task reaches {len(reach)} experts, fewer than top_k={moe.top_k}",
+                                 f"bring at least {moe.top_k} new experts, or lower new_expert_weight and reuse old ones")
     data = workload.model_dump(exclude={"base_dir"})
     data["name"] = f"{workload.name}+{task.name}"
     data["description"] = f"{workload.name} with task {task.name} added ({task.new_experts} new experts)"
     data["model"]["moe"]["experts"] = old + task.new_experts
     tasks = []
+    total = sum(t.share for t in workload.tasks)  # 1 within validation's tolerance: renormalise exactly
     for spec, dumped in zip(workload.tasks, data["tasks"]):
-        dumped["share"] = spec.share * (1 - task.share)
+        dumped["share"] = spec.share / total * (1 - task.share)
         if spec.reachable_experts is None:
             dumped["reachable_experts"] = _id_ranges(np.arange(old))
         tasks.append(dumped)

@@ -301,3 +301,36 @@ def test_a_grown_workload_written_elsewhere_still_finds_its_histograms(tmp_path)
     written = write_workload(setup, tmp_path / "elsewhere" / "grown.yaml")
     again = prepare_run(CLUSTER, str(written), seed=0)
     assert np.array_equal(again.plan.probabilities, setup.plan.probabilities)
+
+
+@pytest.mark.parametrize("name", ["pathways-multitask"])
+def test_old_routing_stays_bit_identical_at_pod_scale(name):
+    from pathsim.presets import preset_dir
+    old = load_workload(name)
+    grown = expand_workload(old, read_added_task(preset_dir("workloads") / "added-tasks" / "sign-language-video.yaml"))
+    before = build_plan(old, resolve_parallelism(old, 512), seed=0)
+    after = build_plan(grown, resolve_parallelism(grown, 512), seed=0)
+    tasks = len(old.tasks)
+    assert np.array_equal(after.probabilities[:tasks, :, :256], before.probabilities)
+
+
+def test_relabelling_finds_the_optimal_assignment():
+    """Keeping 2 copies needs pairing a new rank with an old one it shares nothing with."""
+    kept = match_ranks([[1], [0, 2, 3], []], [[2], [3], [0, 1]], 4)
+    old = [[1], [0, 2, 3], []]
+    assert sum(len(set(a) & set(b)) for a, b in zip(old, kept)) == 2
+    assert sorted(e for r in kept for e in r) == [0, 1, 2, 3]
+
+
+def test_cli_refuses_a_bad_migration_budget(tmp_path, capsys):
+    workload = tmp_path / "w.yaml"
+    workload.write_text(yaml.safe_dump(skewed_multitask(experts=64, layout="mixed")))
+    task = tmp_path / "task.yaml"
+    task.write_text(yaml.safe_dump(new_task().model_dump(mode="json")))
+    before = tmp_path / "before.json"
+    assert main(["plan", "--cluster", CLUSTER, "--workload", str(workload), "--out", str(before)]) == 0
+    base = ["plan", "--cluster", CLUSTER, "--workload", str(workload), "--from", str(before), "--add-task", str(task)]
+    for budget in ("lots", "-1GB"):
+        assert main(base + [f"--migration-budget={budget}", "--out", str(tmp_path / "a.json")]) == 2
+    assert main(base + ["--migration-budget", "1GB"]) == 2
+    assert "--migration-budget" in capsys.readouterr().err

@@ -19,12 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from pathsim.memory import OPTIMIZER_STATE_BYTES
 from pathsim.model_math import layer_shapes
 from pathsim.run_setup import RunSetup
 from pathsim.traffic import Traffic
+
+DENSE_MATCH_RANKS = 1024  # a dense 1024² assignment solves in well under a second
 
 
 def expert_copy_bytes(setup: RunSetup) -> float:
@@ -92,9 +95,11 @@ def match_ranks(old: list[list[int]], new: list[list[int]], old_experts: int) ->
 
     For a placement that does not care which rank is which (``balanced``), any
     permutation of its ranks balances as well; this picks the one that moves
-    the fewest copies: a minimum-weight full matching over the sparse graph of
-    (new rank, old rank) pairs that share experts, plus each rank with itself
-    (so a full matching always exists).
+    the fewest copies: an optimal assignment on the (new rank × old rank)
+    matrix of shared experts. Above ``DENSE_MATCH_RANKS`` ranks the matrix is
+    too large to solve densely, and a minimum-weight full matching over the
+    sparse graph of pairs that share experts (plus each rank with itself) is
+    used instead, which may keep slightly fewer copies.
     """
     ranks = len(new)
     rows, cols, kept = list(range(ranks)), list(range(ranks)), [0.0] * ranks
@@ -110,10 +115,18 @@ def match_ranks(old: list[list[int]], new: list[list[int]], old_experts: int) ->
                 cols.append(r)
                 kept.append(1.0)
     overlap = sp.coo_matrix((kept, (rows, cols)), shape=(ranks, ranks)).tocsr()  # duplicates sum; zeros stay stored
+    if ranks <= DENSE_MATCH_RANKS:
+        rows_of, cols_of = linear_sum_assignment(overlap.toarray(), maximize=True)
+        return _relabelled(new, rows_of, cols_of)
     weight = overlap.copy()
     # Minimising Σ (ceiling − kept) maximises the copies kept; every stored entry stays positive.
     weight.data = (overlap.data.max(initial=0.0) + 1.0) - overlap.data
     rows_of, cols_of = min_weight_full_bipartite_matching(weight)
+    return _relabelled(new, rows_of, cols_of)
+
+
+def _relabelled(new: list[list[int]], rows_of: np.ndarray, cols_of: np.ndarray) -> list[list[int]]:
+    ranks = len(new)
     relabelled: list[list[int]] = [[] for _ in range(ranks)]
     for i, r in zip(rows_of.tolist(), cols_of.tolist()):
         relabelled[r] = sorted(new[i])
