@@ -277,10 +277,10 @@ def _cmd_add_task(args, options: PlanOptions) -> int:
     if args.migration_budget is not None:
         try:
             budget = parse_bytes(args.migration_budget)
-        except (ValueError, PathsimConfigError):
-            budget = -1.0
-        if not budget >= 0:
-            raise PathsimConfigError("<command line>", "--migration-budget", f"{args.migration_budget!r} is not a byte count >= 0",
+        except ValueError as exc:
+            raise PathsimConfigError("<command line>", "--migration-budget", str(exc), "write e.g. 500GB, or 0 to move nothing") from None
+        if budget < 0:
+            raise PathsimConfigError("<command line>", "--migration-budget", f"{args.migration_budget!r} is negative",
                                      "write e.g. 500GB, or 0 to move nothing")
         if not args.out:
             raise PathsimConfigError("<command line>", "--migration-budget", "picks the option --out writes, and there is no --out",

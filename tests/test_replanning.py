@@ -219,13 +219,24 @@ def test_an_old_placement_of_another_shape_is_refused():
     assert "ranks" in str(err.value)
 
 
-def test_cli_adds_a_task_and_simulates_the_result(tmp_path, capsys):
-    workload = tmp_path / "w.yaml"
-    workload.write_text(yaml.safe_dump(skewed_multitask(experts=64, layout="mixed")))
-    task = tmp_path / "task.yaml"
+def workload_file(folder):
+    path = folder / "w.yaml"
+    path.write_text(yaml.safe_dump(skewed_multitask(experts=64, layout="mixed")))
+    return path
+
+
+def planned_files(folder):
+    """The old workload, a task to add and the placement `pathsim plan --out` wrote for the workload."""
+    workload = workload_file(folder)
+    task = folder / "task.yaml"
     task.write_text(yaml.safe_dump(new_task().model_dump(mode="json")))
-    before = tmp_path / "before.json"
+    before = folder / "before.json"
     assert main(["plan", "--cluster", CLUSTER, "--workload", str(workload), "--out", str(before)]) == 0
+    return workload, task, before
+
+
+def test_cli_adds_a_task_and_simulates_the_result(tmp_path, capsys):
+    workload, task, before = planned_files(tmp_path)
     after = tmp_path / "after.json"
     assert main(["plan", "--cluster", CLUSTER, "--workload", str(workload), "--from", str(before), "--add-task", str(task),
                  "--migration-budget", "0B", "--out", str(after), "--json", str(tmp_path / "r.json")]) == 0
@@ -278,8 +289,7 @@ def test_drift_files_are_checked(tmp_path):
 
 
 def test_cli_drift_arguments(tmp_path, capsys):
-    workload = tmp_path / "w.yaml"
-    workload.write_text(yaml.safe_dump(skewed_multitask(experts=64, layout="mixed")))
+    workload = workload_file(tmp_path)
     base = ["plan", "--cluster", CLUSTER, "--workload", str(workload)]
     assert main(base + ["--drift", "random-walk:0.4", "--windows", "3", "--replan-every", "1"]) == 0
     assert "re-plan every 1" in capsys.readouterr().out
@@ -323,12 +333,7 @@ def test_relabelling_finds_the_optimal_assignment():
 
 
 def test_cli_refuses_a_bad_migration_budget(tmp_path, capsys):
-    workload = tmp_path / "w.yaml"
-    workload.write_text(yaml.safe_dump(skewed_multitask(experts=64, layout="mixed")))
-    task = tmp_path / "task.yaml"
-    task.write_text(yaml.safe_dump(new_task().model_dump(mode="json")))
-    before = tmp_path / "before.json"
-    assert main(["plan", "--cluster", CLUSTER, "--workload", str(workload), "--out", str(before)]) == 0
+    workload, task, before = planned_files(tmp_path)
     base = ["plan", "--cluster", CLUSTER, "--workload", str(workload), "--from", str(before), "--add-task", str(task)]
     for budget in ("lots", "-1GB"):
         assert main(base + [f"--migration-budget={budget}", "--out", str(tmp_path / "a.json")]) == 2

@@ -33,7 +33,7 @@ def _drop_spare_replicas(rank_lists: list[list[int]], load: np.ndarray, count: i
         if spare.size == 0:
             raise PackingError("no replica left to make room for the new experts")
         e = int(spare[np.argmin(load[spare] / (copies[spare] - 1))])
-        copy_load = load / np.maximum(copies, 1)
+        copy_load = copy_loads(rank_lists, load)
         holders = [r for r, rank in enumerate(rank_lists) if e in rank]
         busiest = max(holders, key=lambda r: (copy_load[rank_lists[r]].sum(), -r))
         rank_lists[busiest].remove(e)
