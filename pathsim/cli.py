@@ -15,6 +15,7 @@ import numpy as np
 
 from pathsim.cluster import load_cluster
 from pathsim.collectives import ALGORITHMS, OPS, CollectiveResult, run_collective
+from pathsim.device import load_profile
 from pathsim.errors import PathsimConfigError
 from pathsim.network import MODELS
 from pathsim.numeric_files import read_numeric_array
@@ -29,7 +30,7 @@ from pathsim.routing import SAMPLING_MODES
 from pathsim.simulation import simulate
 from pathsim.workload import load_workload, parse_expert_ids
 from pathsim.topology import build_topology
-from pathsim.units import format_bandwidth, format_bytes, format_seconds, parse_bytes
+from pathsim.units import format_bandwidth, format_bytes, format_flops, format_seconds, parse_bytes
 from pathsim.yaml_config import read_yaml_mapping, validate_model
 
 EXIT_USER_ERROR = 2
@@ -104,6 +105,20 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("--window-steps", type=int, default=1000, help="training steps per window (default 1000)")
     drift.add_argument("--replan-every", type=int, nargs="+", default=[1, 2], metavar="K",
                        help="re-planning intervals to compare, in windows (default 1 2)")
+
+    cal = sub.add_parser("calibrate", help="time pathsim's kernels with JAX on this machine, fit a device profile, measure its error")
+    cal.add_argument("--quick", action="store_true", help="a small bf16 sweep (about a minute on 2 CPU cores) instead of the full one")
+    cal.add_argument("--dtypes", nargs="+", choices=("bf16", "f32"), help="dtypes to measure (default: bf16 and f32; --quick: bf16)")
+    cal.add_argument("--devices", type=int, help="devices to run every kernel on at once (default: all JAX sees)")
+    cal.add_argument("--host-devices", type=int, default=8,
+                     help="CPU devices to split the host into (XLA's host platform device count; default 8)")
+    cal.add_argument("--seed", type=int, default=0, help="picks the sweep's shapes (default 0)")
+    cal.add_argument("--name", help="profile name (default: from the device kind and count)")
+    cal.add_argument("--out", type=Path, help="profile JSON to write (default: calibration/profiles/NAME.json in a checkout, else NAME.json)")
+    cal.add_argument("--validate", type=Path, metavar="PROFILE", help="measure held-out shapes now against this profile instead")
+    cal.add_argument("--detail", action="store_true", help="list every held-out shape with its prediction and measurement")
+    cal.add_argument("--json", type=Path, metavar="OUT", help="also write the validation report as JSON")
+    cal.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -351,7 +366,11 @@ def _cmd_presets(args) -> int:
         names = preset_names(kind)
         print(f"{kind}:" + ("" if names else " (none yet)"))
         for name in names:
-            description = read_yaml_mapping(preset_path(kind, name)).get("description", "")
+            if kind == "profiles":
+                profile = load_profile(name)
+                description = f"{profile.device_kind}; {', '.join(profile.dtypes)}; measured {profile.created}"
+            else:
+                description = read_yaml_mapping(preset_path(kind, name)).get("description", "")
             print(f"  {name:28s} {description}")
     return 0
 
@@ -397,8 +416,48 @@ def _cmd_collective(args) -> int:
     return 0
 
 
+def _cmd_calibrate(args) -> int:
+    if args.host_devices < 1 or (args.devices is not None and args.devices < 1):
+        raise PathsimConfigError("<arguments>", "--devices" if args.host_devices >= 1 else "--host-devices",
+                                 "must be at least 1", "give a positive device count")
+    profile = load_profile(args.validate) if args.validate else None  # a bad profile fails before jax starts
+    from pathsim.calibration.environment import force_host_devices
+
+    force_host_devices(args.host_devices)  # before jax starts
+    from pathsim.calibration.run import calibrate, stored_validation, validate
+    from pathsim.calibration.validation import format_report
+
+    mode = "quick" if args.quick else None
+    if args.devices is not None:
+        import jax
+
+        if args.devices > len(jax.devices()):
+            raise PathsimConfigError("<arguments>", "--devices", f"asks for {args.devices} devices, JAX sees {len(jax.devices())}",
+                                     f"use at most {len(jax.devices())} (or raise --host-devices on a CPU)")
+    if profile is not None:
+        if not profile.dtypes:
+            raise PathsimConfigError(str(args.validate), "dtypes", "holds no measured fits (documented defaults cannot be validated)",
+                                     "validate a profile written by `pathsim calibrate`")
+        report = validate(profile, mode=mode, devices=args.devices, progress=not args.no_progress)
+    else:
+        profile = calibrate(mode or "full", dtypes=tuple(args.dtypes) if args.dtypes else None, devices=args.devices,
+                            seed=args.seed, name=args.name, progress=not args.no_progress)
+        out = args.out or (Path("calibration/profiles") if Path("calibration/profiles").is_dir() else Path(".")) / f"{profile.name}.json"
+        _write_json(out, profile.model_dump_json(), "--out")  # compact: it carries every raw repeat
+        print(f"{profile.device_kind}: {profile.devices} device(s); "
+              + "; ".join(f"{d} best {format_flops(f.peak_flops)}, {format_bandwidth(f.hbm_bandwidth)}" for d, f in profile.dtypes.items())
+              + (f"; link {format_bandwidth(profile.network.link_bandwidth)}, {format_seconds(profile.network.latency_s)} latency"
+                 if profile.network else ""))
+        print(f"use it with `pathsim simulate --profile {out} ...`")
+        report = stored_validation(profile)
+    print(format_report(report, detail=args.detail))
+    if args.json:
+        _write_json(args.json, report.model_dump_json(indent=2), "--json")
+    return 0
+
+
 COMMANDS = {"presets": _cmd_presets, "validate": _cmd_validate, "collective": _cmd_collective, "simulate": _cmd_simulate,
-            "plan": _cmd_plan}
+            "plan": _cmd_plan, "calibrate": _cmd_calibrate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -184,6 +184,8 @@ class ClusterConfig(StrictModel):
     links: dict[str, LinkSpec]
     topology: TopologySpec
     source: str = ""
+    profile: str | None = Field(None, description="device profile for this cluster's chips: a shipped profile's name "
+                                                  "(`pathsim presets --kind profiles`) or a JSON file, relative to this file")
 
     @model_validator(mode="after")
     def _links_exist(self) -> "ClusterConfig":
@@ -214,6 +216,9 @@ def load_cluster(spec: "str | Path | dict | ClusterConfig") -> ClusterConfig:
         return validate_model(ClusterConfig, spec, "<python dict>")
     path = resolve_reference(spec, "topologies")
     data = load_with_extends(path, "topologies")
+    profile = data.get("profile")
+    if isinstance(profile, str) and profile.endswith(".json") and not Path(profile).is_absolute():
+        data["profile"] = str(path.resolve().parent / profile)
     return validate_model(ClusterConfig, data, str(path))
 
 

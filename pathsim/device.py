@@ -8,9 +8,14 @@ efficiencies, plus a fixed launch overhead:
     flops_eff(F) = flops_efficiency × F / (F + half_efficiency_flops)
 
 The second line is the usual saturating curve: small kernels do not fill the
-machine. A :class:`DeviceProfile` holds these numbers per kernel family and
-round-trips through JSON, so calibration (issue 7) can replace the documented
-defaults below with parameters fitted to measured kernels.
+machine. A fitted ``overlap_exponent`` p replaces the max by the soft
+roofline (C^p + M^p)^(1/p) for devices that do not overlap arithmetic with
+memory traffic perfectly. A :class:`DeviceProfile` holds these numbers per kernel family and
+round-trips through JSON. ``pathsim calibrate`` writes measured profiles: the
+parameters fitted per dtype, the network's fitted link bandwidth and latency,
+and every timed sample they were fitted to, with the device, versions and date.
+The FLOPs and bytes of each kernel come from :mod:`pathsim.kernel_costs`, for
+the simulator and the calibration alike.
 
 Default efficiencies are deliberately round figures from published
 utilisation: large bf16 matmuls reach 60–75 % of peak on TPU v4 and H100
@@ -33,9 +38,11 @@ from pydantic import Field, model_validator
 
 from pathsim.cluster import ChipSpec, StrictModel
 from pathsim.errors import PathsimConfigError
+from pathsim.presets import preset_names, preset_path
 from pathsim.yaml_config import validate_model
 
-KernelFamily = Literal["matmul", "attention", "expert_ffn", "router", "permute", "elementwise", "optimizer"]
+KernelFamily = Literal["matmul", "attention", "expert_ffn", "router", "permute", "unpermute", "dispatch_einsum",
+                       "elementwise", "copy", "optimizer"]
 KERNEL_FAMILIES: tuple[str, ...] = KernelFamily.__args__
 
 
@@ -44,26 +51,109 @@ class KernelModel(StrictModel):
     half_efficiency_flops: float = Field(0.0, ge=0, allow_inf_nan=False, description="kernel FLOPs at which half of flops_efficiency is reached")
     memory_efficiency: float = Field(gt=0, le=1, allow_inf_nan=False, description="fraction of HBM bandwidth reached")
     overhead_s: float = Field(0.0, ge=0, allow_inf_nan=False, description="fixed cost per kernel launch")
+    overlap_exponent: float | None = Field(
+        None, ge=1, allow_inf_nan=False,
+        description="how compute and memory time combine: (C^p + M^p)^(1/p); None is the roofline's max(C, M) "
+                    "(perfect overlap), 1 their sum (none). Calibration fits it: CPUs overlap far less than accelerators")
+
+
+def _missing_families(kernels: dict) -> list[str]:
+    return [k for k in KERNEL_FAMILIES if k not in kernels]
+
+
+class DtypeFit(StrictModel):
+    """Kernel models fitted to one dtype's measurements."""
+
+    peak_flops: float = Field(gt=0, allow_inf_nan=False,
+                              description="the best FLOP/s measured in this dtype; flops efficiencies are relative to it")
+    hbm_bandwidth: float = Field(gt=0, allow_inf_nan=False,
+                                 description="the best bytes/s measured in this dtype; memory efficiencies are relative to it")
+    kernels: dict[KernelFamily, KernelModel]
+
+    @model_validator(mode="after")
+    def _every_family(self) -> "DtypeFit":
+        if missing := _missing_families(self.kernels):
+            raise ValueError(f"kernels lacks {missing}; every kernel family needs a fit")
+        return self
+
+
+class KernelSample(StrictModel):
+    """One timed kernel shape: what ran, its cost by pathsim's formulas, and every repeat's time."""
+
+    kernel: str = Field(description="family/variant, e.g. 'expert_ffn/swiglu'")
+    family: KernelFamily
+    dtype: str
+    shape: dict[str, int]
+    flops: float = Field(ge=0, allow_inf_nan=False)
+    nbytes: float = Field(ge=0, allow_inf_nan=False)
+    times_s: list[float] = Field(min_length=1, description="every timed repeat (compile and warm-up excluded)")
+    held_out: bool = Field(False, description="measured for validation, not used by the fit")
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.times_s))
+
+
+class CollectiveSample(StrictModel):
+    op: Literal["all_to_all", "all_reduce", "all_gather"]
+    devices: int = Field(ge=2)
+    nbytes: float = Field(gt=0, description="bytes per device (the collective's size argument in pathsim.collectives)")
+    times_s: list[float] = Field(min_length=1)
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.times_s))
+
+
+class NetworkFit(StrictModel):
+    """Link bandwidth and latency of a one-switch cluster of the measured devices, fitted to its collectives."""
+
+    link_bandwidth: float = Field(gt=0, allow_inf_nan=False, description="bytes/s per direction of each device's link")
+    latency_s: float = Field(ge=0, allow_inf_nan=False, description="per hop")
+    samples: list[CollectiveSample] = Field(default_factory=list)
 
 
 class DeviceProfile(StrictModel):
-    """Per-kernel-family efficiencies for one device kind, with provenance."""
+    """Per-kernel-family efficiencies for one device kind, with provenance.
+
+    Either dtype-independent ``kernels`` (the documented defaults) or measured
+    ``dtypes``; a measured profile refuses a dtype it did not measure rather
+    than guess.
+    """
 
     name: str
     device_kind: str = Field(description="what was measured (e.g. 'NVIDIA H100 80GB HBM3'), or 'defaults'")
     source: str = Field(description="how the numbers were obtained: a citation, or the calibration command")
     created: str = Field(default_factory=lambda: datetime.date.today().isoformat())
     versions: dict[str, str] = Field(default_factory=dict, description="jax/jaxlib/driver versions for measured profiles")
-    peak_flops: float | None = Field(None, gt=0, description="override the chip's peak FLOP/s (measured profiles)")
+    host: str = Field("", description="the machine measured: platform, processor, cores")
+    devices: int = Field(1, ge=1, description="devices running each kernel at once (they may share a host's cores)")
+    sweep: Literal["quick", "full"] | None = Field(None, description="the calibration sweep measured")
+    seed: int = Field(0, description="the calibration sweep's seed (it picks the shapes)")
+    peak_flops: float | None = Field(None, gt=0, description="override the chip's peak FLOP/s")
     hbm_bandwidth: float | None = Field(None, gt=0, description="override the chip's HBM bandwidth (measured profiles)")
-    kernels: dict[KernelFamily, KernelModel]
+    kernels: dict[KernelFamily, KernelModel] | None = None
+    dtypes: dict[str, DtypeFit] = Field(default_factory=dict, description="fits per measured dtype")
+    network: NetworkFit | None = None
+    samples: list[KernelSample] = Field(default_factory=list, description="every timed kernel shape, fitted and held out")
 
     @model_validator(mode="after")
     def _every_family(self) -> "DeviceProfile":
-        missing = [k for k in KERNEL_FAMILIES if k not in self.kernels]
-        if missing:
+        if self.kernels is None and not self.dtypes:
+            raise ValueError("a profile needs `kernels` (for every dtype) or `dtypes` (fits per measured dtype)")
+        if self.kernels is not None and (missing := _missing_families(self.kernels)):
             raise ValueError(f"kernels lacks {missing}; every kernel family needs an entry")
         return self
+
+    def for_dtype(self, dtype: str, source: str = "<profile>") -> tuple[dict[str, KernelModel], float | None, float | None]:
+        """Kernel models, and peak FLOP/s and HBM bandwidth overrides, for a workload's dtype."""
+        if dtype in self.dtypes:
+            fit = self.dtypes[dtype]
+            return fit.kernels, fit.peak_flops, fit.hbm_bandwidth
+        if self.kernels is None:
+            raise PathsimConfigError(source, "model.dtype", f"device profile {self.name!r} measured only {sorted(self.dtypes)}, not {dtype!r}",
+                                     f"calibrate {dtype} (`pathsim calibrate --dtypes {dtype}`) or set model.dtype to one of those")
+        return self.kernels, self.peak_flops, self.hbm_bandwidth
 
 
 def default_profile() -> DeviceProfile:
@@ -79,21 +169,28 @@ def default_profile() -> DeviceProfile:
             "expert_ffn": KernelModel(flops_efficiency=0.60, half_efficiency_flops=4e9, memory_efficiency=0.80, overhead_s=10e-6),
             "router": KernelModel(flops_efficiency=0.40, half_efficiency_flops=1e8, memory_efficiency=0.80, overhead_s=5e-6),
             "permute": KernelModel(flops_efficiency=0.10, memory_efficiency=0.60, overhead_s=5e-6),
+            "unpermute": KernelModel(flops_efficiency=0.10, memory_efficiency=0.60, overhead_s=5e-6),
+            # A one-hot matmul: dense-matmul-like, but its capacity dimension is short and its mask is mostly zeros.
+            "dispatch_einsum": KernelModel(flops_efficiency=0.50, half_efficiency_flops=1e9, memory_efficiency=0.80, overhead_s=5e-6),
             "elementwise": KernelModel(flops_efficiency=0.10, memory_efficiency=0.80, overhead_s=2e-6),
+            "copy": KernelModel(flops_efficiency=0.10, memory_efficiency=0.85, overhead_s=2e-6),
             "optimizer": KernelModel(flops_efficiency=0.10, memory_efficiency=0.80, overhead_s=20e-6),
         },
     )
 
 
 def load_profile(spec: "str | Path | DeviceProfile | None") -> DeviceProfile:
-    """A profile from a JSON file (or the defaults for None)."""
+    """A profile from a JSON file or a shipped profile's name (calibration/profiles/NAME.json); the defaults for None."""
     if spec is None:
         return default_profile()
     if isinstance(spec, DeviceProfile):
         return spec
     path = Path(spec)
+    if not path.is_file() and path.suffix != ".json" and (shipped := preset_path("profiles", str(spec))) is not None:
+        path = shipped
     if not path.is_file():
-        raise PathsimConfigError(str(path), "", "profile file not found", "give a JSON profile, e.g. one under calibration/profiles/")
+        raise PathsimConfigError(str(path), "", "profile file not found",
+                                 f"give a JSON profile or one of the shipped profiles: {', '.join(preset_names('profiles')) or 'none'}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -104,29 +201,47 @@ def load_profile(spec: "str | Path | DeviceProfile | None") -> DeviceProfile:
 
 
 class DeviceModel:
-    """Kernel times on one chip from a ChipSpec and a DeviceProfile."""
+    """Kernel times on one chip from a ChipSpec and a DeviceProfile.
 
-    def __init__(self, chip: ChipSpec, dtype: str, profile: DeviceProfile | None = None, source: str = "<workload>"):
+    A measured profile carries its own peak rate and bandwidth per dtype, so
+    `chip` may be None for it (calibration predicts kernels this way).
+    """
+
+    def __init__(self, chip: ChipSpec | None, dtype: str, profile: DeviceProfile | None = None, source: str = "<workload>"):
         self.profile = profile or default_profile()
-        if self.profile.peak_flops is not None:
-            self.peak_flops = self.profile.peak_flops
-        elif dtype in chip.peak_flops:
+        self.kernels, peak_override, bandwidth_override = self.profile.for_dtype(dtype, source)
+        if peak_override is not None:
+            self.peak_flops = peak_override
+        elif chip is not None and dtype in chip.peak_flops:
             self.peak_flops = chip.peak_flops[dtype]
+        elif chip is None:
+            raise ValueError(f"profile {self.profile.name!r} has no measured peak for {dtype!r}; pass the chip")
         else:
             raise PathsimConfigError(source, "model.dtype", f"the cluster's chip ({chip.name}) has no peak rate for {dtype!r}",
                                      f"set model.dtype to one of {sorted(chip.peak_flops)} (a workload file with `extends:` "
                                      f"and `model: {{dtype: bf16}}` will do), or add {dtype} to the cluster's chip.peak_flops")
-        self.hbm_bandwidth = self.profile.hbm_bandwidth or chip.hbm_bandwidth
+        if bandwidth_override is None and chip is None:
+            raise ValueError(f"profile {self.profile.name!r} has no measured bandwidth for {dtype!r}; pass the chip")
+        self.hbm_bandwidth = bandwidth_override or chip.hbm_bandwidth
 
     def time_s(self, family: str, flops, nbytes=0.0):
-        """Seconds for a kernel of `flops` FLOPs moving `nbytes` HBM bytes (numpy arrays broadcast).
+        """Seconds for a kernel of `flops` FLOPs moving `nbytes` HBM bytes (numpy arrays broadcast)."""
+        return kernel_seconds(self.kernels[family], flops, nbytes, self.peak_flops, self.hbm_bandwidth)
 
-        With the saturating efficiency, flops / (peak × eff(F)) simplifies to
-        (F + F_half) / (peak × flops_efficiency) for F > 0.
-        """
-        k = self.profile.kernels[family]
-        flops = np.asarray(flops, dtype=np.float64)
-        compute = np.where(flops > 0, (flops + k.half_efficiency_flops) / (self.peak_flops * k.flops_efficiency), 0.0)
-        memory = np.asarray(nbytes, dtype=np.float64) / (self.hbm_bandwidth * k.memory_efficiency)
-        out = k.overhead_s + np.maximum(compute, memory)
-        return out if out.ndim else float(out)
+
+def kernel_seconds(k: KernelModel, flops, nbytes, peak_flops: float, hbm_bandwidth: float):
+    """The device model's time for one kernel (the formula in the module docstring).
+
+    With the saturating efficiency, flops / (peak × eff(F)) simplifies to
+    (F + F_half) / (peak × flops_efficiency) for F > 0.
+    """
+    flops = np.asarray(flops, dtype=np.float64)
+    compute = np.where(flops > 0, (flops + k.half_efficiency_flops) / (peak_flops * k.flops_efficiency), 0.0)
+    memory = np.asarray(nbytes, dtype=np.float64) / (hbm_bandwidth * k.memory_efficiency)
+    if k.overlap_exponent is None:
+        busy = np.maximum(compute, memory)
+    else:  # a soft roofline; scaled by the larger term so high exponents cannot overflow
+        p, top = k.overlap_exponent, np.maximum(np.maximum(compute, memory), 1e-300)
+        busy = top * ((compute / top) ** p + (memory / top) ** p) ** (1.0 / p)
+    out = k.overhead_s + busy
+    return out if out.ndim else float(out)

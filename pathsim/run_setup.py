@@ -66,7 +66,7 @@ def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | P
     topology = build_topology(cluster_config)
     layout = resolve_parallelism(workload_config, topology.num_chips, source,
                                  topology.dims if isinstance(topology, Torus) else None)
-    device_profile = load_profile(profile)
+    device_profile = load_profile(profile if profile is not None else cluster_config.profile)
     device = DeviceModel(cluster_config.chip, workload_config.model.dtype, device_profile, source)
     plan = build_plan(workload_config, layout, seed, sampling, source) if workload_config.model.moe else None
     return RunSetup(cluster=cluster_config, workload=workload_config, source=source, topology=topology, layout=layout,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pathsim.collectives import collective_phases
+from pathsim import kernel_costs as kc
 from pathsim.device import DeviceModel
 from pathsim.memory import OPTIMIZER_STATE_BYTES, expert_slots_on_busiest_chip, optimizer_params_per_chip
 from pathsim.model_math import LayerShapes, layer_shapes
@@ -82,11 +83,11 @@ class StepCoster:
         self.moe_index = {layer: j for j, layer in enumerate(self.model.moe_layers)}
 
     # ---- helpers ----------------------------------------------------------------------
-    def _compute(self, name, family, flops, weight_bytes, layer, backward=False, category="compute") -> Op:
-        """A matmul-like op: FLOPs per chip and the bytes it streams (weights + activations)."""
+    def _compute(self, name, family, cost: kc.KernelCost, layer, backward=False, category="compute") -> Op:
+        """An op on every chip from its per-chip cost (backward: data and weight gradients, twice the forward)."""
         scale = 2.0 if backward else 1.0
-        duration = self.device.time_s(family, scale * flops, scale * weight_bytes)
-        return Op(name, category, COMPUTE, float(duration), layer, flops=scale * flops)
+        duration = self.device.time_s(family, scale * cost.flops, scale * cost.nbytes)
+        return Op(name, category, COMPUTE, float(duration), layer, flops=scale * cost.flops)
 
     def collective(self, op: str, nbytes: float, groups: np.ndarray) -> tuple[float, np.ndarray]:
         """Time and link bytes of a collective over concurrent groups, cached by (op, bytes, groups)."""
@@ -115,11 +116,14 @@ class StepCoster:
     def attention(self, layer: int, backward: bool) -> list[Op]:
         s, t = self.shapes, self.tokens_per_chip
         tag = "bwd" if backward else "fwd"
-        proj = self._compute(f"L{layer} attention proj {tag}", "matmul", t * s.attention_proj_flops,
-                             s.attention_params / self.layout.tensor * self.dtype + 4 * t * self.model.d_model * self.dtype, layer, backward)
-        core = self._compute(f"L{layer} attention core {tag}", "attention", t * s.attention_core_flops,
-                             3 * t * self.model.d_model * self.dtype, layer, backward)
-        norm = self._compute(f"L{layer} norms+residual {tag}", "elementwise", 0.0, 8 * t * self.model.d_model * self.dtype, layer, backward)
+        d, tp, td = self.model.d_model, self.layout.tensor, self.tokens_per_data_rank
+        # A tensor rank runs its data rank's tokens through its shard of the heads: the input is read whole,
+        # q/k/v/attention outputs are its shard, and the output projection writes partial sums of width d.
+        proj = self._compute(f"L{layer} attention proj {tag}", "matmul",
+                             kc.dense(td, s.attention_params / tp, 2 * d + 4 * d / tp, self.dtype), layer, backward)
+        core = self._compute(f"L{layer} attention core {tag}", "attention",
+                             kc.attention_core(td, self.model.seq_len, self.model.heads / tp, s.head_dim, self.dtype), layer, backward)
+        norm = self._compute(f"L{layer} norms+residual {tag}", "elementwise", kc.elementwise(t, d, 8, self.dtype), layer, backward)
         ops = [proj, core, norm] + self._tensor_allreduce(f"L{layer} attention all-reduce {tag}", layer)
         if backward and self.workload.training.recompute != "none":
             # Rematerialise before differentiating: everything (full) or the attention core (selective).
@@ -129,10 +133,11 @@ class StepCoster:
         return ops
 
     def dense_ffn(self, layer: int, backward: bool) -> list[Op]:
-        s, t = self.shapes, self.tokens_per_chip
         tag = "bwd" if backward else "fwd"
-        ffn = self._compute(f"L{layer} dense FFN {tag}", "matmul", t * 2.0 * s.dense_ffn_params,
-                            s.dense_ffn_params / self.layout.tensor * self.dtype + 2 * t * self.model.d_model * self.dtype, layer, backward)
+        ffn = self._compute(f"L{layer} dense FFN {tag}", "matmul",
+                            kc.ffn(self.tokens_per_data_rank, self.model.d_model, self.model.dense_ffn / self.layout.tensor,
+                                   self.model.ffn_matrices, self.dtype),
+                            layer, backward)
         ops = [ffn] + self._tensor_allreduce(f"L{layer} FFN all-reduce {tag}", layer)
         if backward and self.workload.training.recompute == "full":
             ops.insert(0, replace(self.dense_ffn(layer, False)[0], name=f"L{layer} dense FFN recompute"))
@@ -171,28 +176,34 @@ class StepCoster:
             first, second = replace(a2a[1], name=f"L{layer} dispatch-grad all-to-all"), replace(a2a[0], name=f"L{layer} combine-grad all-to-all")
         else:
             first, second = a2a
-        router = self._compute(f"L{layer} router {tag}", "router", t * 2.0 * s.router_params, s.router_params * self.dtype, layer, backward)
-        permute_bytes = 2 * t * moe.top_k * d * self.dtype  # gather tokens into expert order: read + write
-        permute = self._compute(f"L{layer} permute {tag}", "permute", 0.0, permute_bytes, layer, backward)
-        unpermute = self._compute(f"L{layer} un-permute {tag}", "permute", 0.0, permute_bytes, layer, backward)
+        router = self._compute(f"L{layer} router {tag}", "router", kc.router(t, d, moe.experts, self.dtype), layer, backward)
+        if moe.dispatch == "einsum":  # one group per chip: the mask is [tokens, experts, capacity]
+            capacity = math.ceil(moe.capacity_factor * t * moe.top_k / moe.experts)
+            family = "dispatch_einsum"
+            to_experts = from_experts = kc.einsum_dispatch(t, moe.experts, capacity, d, self.dtype)
+        else:
+            family = None
+            to_experts, from_experts = kc.gather_permute(t, moe.top_k, d, self.dtype), kc.gather_combine(t, moe.top_k, d, self.dtype)
+        permute = self._compute(f"L{layer} permute {tag}", family or "permute", to_experts, layer, backward)
+        unpermute = self._compute(f"L{layer} un-permute {tag}", family or "unpermute", from_experts, layer, backward)
 
-        tokens = routing.chip_tokens
-        flops = tokens * 2.0 * s.expert_params
-        stream_bytes = (routing.chip_slots * s.expert_params + tokens * (2 * d + self.model.ffn_matrices * moe.expert_ffn)) * self.dtype
-        per_chip = self.device.time_s("expert_ffn", scale * flops, scale * stream_bytes)
+        cost = kc.ffn(routing.chip_tokens, d, moe.expert_ffn, self.model.ffn_matrices, self.dtype, weight_sets=routing.chip_slots)
+        per_chip = self.device.time_s("expert_ffn", scale * cost.flops, scale * cost.nbytes)
         slowest, mean = float(per_chip.max()), float(per_chip.mean())
         experts = Op(f"L{layer} expert FFN {tag}", "compute", COMPUTE, slowest, layer, straggler_s=slowest - mean,
-                     flops=float(scale * flops.mean()))
+                     flops=float(scale * np.mean(cost.flops)))
         ops = [router, permute, first, experts, second, unpermute]
         if s.shared_params:
-            ops.append(self._compute(f"L{layer} shared experts {tag}", "matmul", t * 2.0 * s.shared_params,
-                                     s.shared_params / self.layout.tensor * self.dtype, layer, backward))
+            shared_ffn = (moe.shared_ffn or moe.expert_ffn) * moe.shared_experts / self.layout.tensor
+            ops.append(self._compute(f"L{layer} shared experts {tag}", "matmul",
+                                     kc.ffn(self.tokens_per_data_rank, d, shared_ffn, self.model.ffn_matrices, self.dtype),
+                                     layer, backward))
         return ops
 
     def head(self, backward: bool) -> Op:
-        s, t = self.shapes, self.tokens_per_chip
-        return self._compute(f"LM head {'bwd' if backward else 'fwd'}", "matmul", t * s.head_flops,
-                             s.embedding_params / 2 / self.layout.tensor * self.dtype, self.model.layers, backward)
+        return self._compute(f"LM head {'bwd' if backward else 'fwd'}", "matmul",
+                             kc.matmul(self.tokens_per_data_rank, self.model.d_model, self.model.vocab / self.layout.tensor, self.dtype),
+                             self.model.layers, backward)
 
     # ---- gradient sync and optimizer ---------------------------------------------------
     def layer_dense_params(self, layer: int) -> float:
@@ -246,8 +257,7 @@ class StepCoster:
 
     def optimizer(self) -> Op:
         params = optimizer_params_per_chip(self.workload, self.layout, expert_slots_on_busiest_chip(self.workload, self.placement))
-        state = OPTIMIZER_STATE_BYTES[self.workload.training.optimizer]
-        nbytes = params * (2 * state + 3 * self.dtype)  # read/write state, read grads, read/write weights
-        return Op("optimizer step", "optimizer", COMPUTE, float(self.device.time_s("optimizer", 10.0 * params, nbytes)), -1,
-                  flops=10.0 * params)
+        cost = kc.optimizer(params, OPTIMIZER_STATE_BYTES[self.workload.training.optimizer], self.dtype)
+        return Op("optimizer step", "optimizer", COMPUTE, float(self.device.time_s("optimizer", cost.flops, cost.nbytes)), -1,
+                  flops=cost.flops)
 

@@ -137,6 +137,14 @@ def format_bandwidth(bw: float) -> str:
     return f"{bw / 1e9:.4g} GB/s"
 
 
+def format_flops(rate: float) -> str:
+    """FLOP/s in the largest decimal unit that keeps the number at least 1: 4.5e10 -> '45 GFLOP/s'."""
+    for unit, scale in (("PFLOP/s", 1e15), ("TFLOP/s", 1e12), ("GFLOP/s", 1e9), ("MFLOP/s", 1e6)):
+        if abs(rate) >= scale:
+            return f"{rate / scale:.4g} {unit}"
+    return f"{rate:.4g} FLOP/s"
+
+
 Bytes = Annotated[float, BeforeValidator(parse_bytes)]
 BytesPerSecond = Annotated[float, BeforeValidator(parse_bandwidth)]
 Seconds = Annotated[float, BeforeValidator(parse_seconds)]

@@ -43,11 +43,17 @@ class MoESpec(StrictModel):
     shared_ffn: PositiveInt | None = Field(None, description="d_ff of one shared expert (default: expert_ffn)")
     capacity_factor: float = Field(1.25, gt=0, allow_inf_nan=False)
     dropless: bool = False
+    dispatch: Literal["gather", "einsum"] = Field(
+        "gather", description="how tokens reach expert order on a chip: sort and gather (MegaBlocks, dropless-capable), or "
+                              "GShard's one-hot einsum over a [tokens, experts, capacity] mask, one group per chip (Mesh TF, Switch)")
 
     @model_validator(mode="after")
     def _top_k_fits(self) -> "MoESpec":
         if self.top_k > self.experts:
             raise ValueError(f"top_k ({self.top_k}) exceeds the number of experts ({self.experts})")
+        if self.dispatch == "einsum" and self.dropless:
+            raise ValueError("einsum dispatch needs a capacity (its mask is [tokens, experts, capacity]); "
+                             "set dropless: false or dispatch: gather")
         return self
 
 

@@ -1,28 +1,36 @@
-"""Built-in presets: the YAML files in the source tree's ``topologies/`` and
-``workloads/`` folders, shipped inside the wheel as ``pathsim/presets/<kind>/``."""
+"""Built-in presets: the files in the source tree's ``topologies/``, ``workloads/``
+and ``calibration/profiles/`` folders, shipped inside the wheel (as
+``pathsim/presets/<kind>/`` and ``pathsim/calibration/profiles/``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-PRESET_KINDS = ("topologies", "workloads")
+PRESET_KINDS = ("topologies", "workloads", "profiles")
+# kind -> (folder under the installed pathsim package, folder in a checkout, file suffix)
+_LOCATIONS = {
+    "topologies": ("presets/topologies", "topologies", ".yaml"),
+    "workloads": ("presets/workloads", "workloads", ".yaml"),
+    "profiles": ("calibration/profiles", "calibration/profiles", ".json"),
+}
 
 
 def preset_dir(kind: str) -> Path:
-    """Folder holding the presets of one kind ('topologies' or 'workloads')."""
+    """Folder holding the presets of one kind."""
     if kind not in PRESET_KINDS:
         raise ValueError(f"unknown preset kind {kind!r}")
-    installed = Path(__file__).parent / kind  # a wheel install copies them here
+    installed_rel, checkout_rel, _ = _LOCATIONS[kind]
+    installed = Path(__file__).parent.parent / installed_rel  # a wheel install copies them here
     if installed.is_dir():
         return installed
     # An editable install or a plain checkout reads them where users edit them.
-    return Path(__file__).resolve().parents[2] / kind
+    return Path(__file__).resolve().parents[2] / checkout_rel
 
 
 def preset_names(kind: str) -> list[str]:
-    return sorted(p.stem for p in preset_dir(kind).glob("*.yaml"))
+    return sorted(p.stem for p in preset_dir(kind).glob(f"*{_LOCATIONS[kind][2]}"))
 
 
 def preset_path(kind: str, name: str) -> Path | None:
-    path = preset_dir(kind) / f"{name}.yaml"
+    path = preset_dir(kind) / f"{name}{_LOCATIONS[kind][2]}"
     return path if path.is_file() else None

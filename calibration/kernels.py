@@ -1,0 +1,185 @@
+"""The MoE kernels pathsim prices, written in JAX so they can be timed for real.
+
+Each variant builds a pure per-device function, the inputs it takes and its
+cost by :mod:`pathsim.kernel_costs` (the formulas the step coster uses), so a
+fitted profile predicts exactly what the simulator will ask of it. The
+harness runs every kernel on all devices at once, as a step does.
+
+Variants, by the simulator's kernel family:
+- matmul: a dense [t, d_in] @ [d_in, d_out] (the compute anchor);
+- attention: softmax(Q·Kᵀ/√d)·V over [b, s, h, d_head];
+- expert_ffn: a batched einsum over local experts, GELU (2 matrices) or SwiGLU (3);
+- router: logits, softmax in float32, top-k and renormalised gates;
+- permute and unpermute: the sort-and-gather (dropless) dispatch, and its gate-weighted combine;
+- dispatch_einsum: GShard's one-hot einsum dispatch and combine over a capacity;
+- elementwise: residual add + layer norm; copy: a scaled copy (the memory anchor);
+- optimizer: an Adam update with float32 master weights and moments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from pathsim import kernel_costs as kc
+from pathsim.memory import OPTIMIZER_STATE_BYTES
+
+DTYPES = {"bf16": jnp.bfloat16, "f32": jnp.float32}
+DTYPE_BYTES = {"bf16": 2, "f32": 4}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int, ...]
+    dtype: str  # a key of DTYPES, "f32" for float32 state, or "int32"
+    high: int = 0  # int32 inputs are uniform in [0, high)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str  # family/variant
+    family: str
+    shape: dict[str, int]
+    dtype: str
+    inputs: tuple[InputSpec, ...]
+    body: Callable  # per-device arrays -> per-device outputs
+    cost: kc.KernelCost
+
+
+def _matmul(shape, dt, dtype):
+    t, d_in, d_out = shape["t"], shape["d_in"], shape["d_out"]
+    return ((InputSpec((t, d_in), dtype), InputSpec((d_in, d_out), dtype)),
+            lambda x, w: x @ w,
+            kc.matmul(t, d_in, d_out, DTYPE_BYTES[dtype]))
+
+
+def _attention(shape, dt, dtype):
+    b, s, h, hd = shape["b"], shape["s"], shape["h"], shape["hd"]
+
+    def body(q, k, v):
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(float(hd))
+        return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1).astype(dt), v)
+
+    spec = InputSpec((b, s, h, hd), dtype)
+    return (spec, spec, spec), body, kc.attention_core(b * s, s, h, hd, DTYPE_BYTES[dtype])
+
+
+def _expert_ffn(swiglu: bool):
+    def build(shape, dt, dtype):
+        e, c, d, f = shape["e"], shape["c"], shape["d"], shape["f"]
+        x, up, down = InputSpec((e, c, d), dtype), InputSpec((e, d, f), dtype), InputSpec((e, f, d), dtype)
+        if swiglu:
+            def body(x, w_gate, w_up, w_down):
+                hidden = jax.nn.silu(jnp.einsum("ecd,edf->ecf", x, w_gate)) * jnp.einsum("ecd,edf->ecf", x, w_up)
+                return jnp.einsum("ecf,efd->ecd", hidden, w_down)
+            return (x, up, up, down), body, kc.ffn(e * c, d, f, 3, DTYPE_BYTES[dtype], weight_sets=e)
+
+        def body(x, w_up, w_down):
+            return jnp.einsum("ecf,efd->ecd", jax.nn.gelu(jnp.einsum("ecd,edf->ecf", x, w_up)), w_down)
+        return (x, up, down), body, kc.ffn(e * c, d, f, 2, DTYPE_BYTES[dtype], weight_sets=e)
+    return build
+
+
+def _router(shape, dt, dtype):
+    t, d, e, k = shape["t"], shape["d"], shape["e"], shape["k"]
+
+    def body(x, w):
+        probs = jax.nn.softmax((x @ w).astype(jnp.float32), axis=-1)
+        gates, ids = jax.lax.top_k(probs, k)
+        return gates / jnp.sum(gates, axis=-1, keepdims=True), ids
+
+    return (InputSpec((t, d), dtype), InputSpec((d, e), dtype)), body, kc.router(t, d, e, DTYPE_BYTES[dtype])
+
+
+def _gather_dispatch(shape, dt, dtype):
+    t, d, e, k = shape["t"], shape["d"], shape["e"], shape["k"]
+
+    def body(x, expert_ids):
+        order = jnp.argsort(expert_ids.reshape(-1), stable=True)
+        return x[order // k], order
+
+    return (InputSpec((t, d), dtype), InputSpec((t, k), "int32", e)), body, kc.gather_permute(t, k, d, DTYPE_BYTES[dtype])
+
+
+def _gather_combine(shape, dt, dtype):
+    t, d, k = shape["t"], shape["d"], shape["k"]
+
+    def body(expert_out, inverse_order, gates):
+        rows = expert_out[inverse_order].reshape(t, k, d)
+        return jnp.einsum("tkd,tk->td", rows, gates.astype(dt))
+
+    return ((InputSpec((t * k, d), dtype), InputSpec((t * k,), "int32", t * k), InputSpec((t, k), "f32")),
+            body, kc.gather_combine(t, k, d, DTYPE_BYTES[dtype]))
+
+
+def _einsum_dispatch(shape, dt, dtype):
+    t, e, c, d = shape["t"], shape["e"], shape["c"], shape["d"]
+    return ((InputSpec((t, e, c), dtype), InputSpec((t, d), dtype)),
+            lambda mask, x: jnp.einsum("tec,td->ecd", mask, x),
+            kc.einsum_dispatch(t, e, c, d, DTYPE_BYTES[dtype]))
+
+
+def _einsum_combine(shape, dt, dtype):
+    t, e, c, d = shape["t"], shape["e"], shape["c"], shape["d"]
+    return ((InputSpec((t, e, c), dtype), InputSpec((e, c, d), dtype)),
+            lambda weights, y: jnp.einsum("tec,ecd->td", weights, y),
+            kc.einsum_dispatch(t, e, c, d, DTYPE_BYTES[dtype]))
+
+
+def _residual_norm(shape, dt, dtype):
+    t, d = shape["t"], shape["d"]
+
+    def body(x, residual, scale):
+        summed = x + residual
+        h = summed.astype(jnp.float32)
+        normed = (h - h.mean(-1, keepdims=True)) * jax.lax.rsqrt(h.var(-1, keepdims=True) + 1e-6)
+        return summed, (normed * scale).astype(dt)
+
+    return ((InputSpec((t, d), dtype), InputSpec((t, d), dtype), InputSpec((d,), "f32")), body,
+            kc.elementwise(t, d, 4, DTYPE_BYTES[dtype]))
+
+
+def _copy(shape, dt, dtype):
+    t, d = shape["t"], shape["d"]
+    return (InputSpec((t, d), dtype),), lambda x: x * jnp.asarray(2, dt), kc.elementwise(t, d, 2, DTYPE_BYTES[dtype])
+
+
+def _adam(shape, dt, dtype):
+    p = shape["p"]
+    b1, b2, lr, eps = 0.9, 0.95, 1e-4, 1e-8
+
+    def body(master, m, v, grad):
+        g = grad.astype(jnp.float32)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        master = master - lr * m / (jnp.sqrt(v) + eps)
+        return master, m, v, master.astype(dt)
+
+    state = InputSpec((p,), "f32")
+    return (state, state, state, InputSpec((p,), dtype)), body, kc.optimizer(p, OPTIMIZER_STATE_BYTES["adam"], DTYPE_BYTES[dtype])
+
+
+VARIANTS: dict[str, Callable] = {
+    "matmul/dense": _matmul,
+    "attention/core": _attention,
+    "expert_ffn/gelu": _expert_ffn(swiglu=False),
+    "expert_ffn/swiglu": _expert_ffn(swiglu=True),
+    "router/topk": _router,
+    "permute/gather_dispatch": _gather_dispatch,
+    "unpermute/gather_combine": _gather_combine,
+    "dispatch_einsum/dispatch": _einsum_dispatch,
+    "dispatch_einsum/combine": _einsum_combine,
+    "elementwise/residual_norm": _residual_norm,
+    "copy/scale": _copy,
+    "optimizer/adam": _adam,
+}
+
+
+def build(name: str, shape: dict[str, int], dtype: str) -> Kernel:
+    """One kernel variant at one shape and dtype."""
+    inputs, body, cost = VARIANTS[name](shape, DTYPES[dtype], dtype)
+    return Kernel(name, name.split("/")[0], dict(shape), dtype, tuple(inputs), body,
+                  kc.KernelCost(float(cost.flops), float(cost.nbytes)))
