@@ -22,7 +22,7 @@ from pathsim.network import get_model
 from pathsim.topology import build_topology
 from pathsim.cluster import ClusterConfig
 
-COLLECTIVES = ("all_to_all", "all_reduce", "all_gather")
+COLLECTIVES: tuple[str, ...] = CollectiveSample.model_fields["op"].annotation.__args__
 SIZES = {"quick": (1 << 18, 1 << 20, 1 << 22), "full": tuple(1 << k for k in range(16, 25, 2))}
 HELD_OUT_SIZES = {"quick": (3 << 19,), "full": tuple(3 << k for k in range(15, 24, 2))}  # between the fit sizes
 _ELEMENT_BYTES = 4  # float32 buffers

@@ -41,8 +41,8 @@ def _processor() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe() -> dict:
-    """Device kind, device count, versions and host of the default JAX backend."""
+def describe(used: int | None = None) -> dict:
+    """Device kind, device count, versions and host of the default JAX backend (`used` of its devices calibrated)."""
     import jax
     import jax.extend.backend
     import jaxlib
@@ -52,7 +52,7 @@ def describe() -> dict:
     host = f"{platform.node()} ({platform.system()} {platform.machine()}, {_processor()}, {os.cpu_count()} cores)"
     kind = first.device_kind
     if first.platform == "cpu":
-        kind = f"cpu: {_processor()}, {os.cpu_count()} cores as {len(devices)} host devices"
+        kind = f"cpu: {_processor()}, {os.cpu_count()} cores as {used or len(devices)} host devices"
     versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "python": platform.python_version(),
-                "backend": f"{first.platform} {jax.extend.backend.get_backend().platform_version}".strip()}
+                "backend": jax.extend.backend.get_backend().platform_version}
     return {"device_kind": kind, "platform": first.platform, "devices": len(devices), "host": host, "versions": versions}

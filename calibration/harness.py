@@ -104,11 +104,6 @@ class KernelTimer:
         return time_call(fn, args, per_round, self.budget.min_time_s / self.rounds, -(-self.budget.max_repeats // self.rounds))
 
 
-def time_kernel(kernel: Kernel, mesh: Mesh, budget: Budget, seed: int = 0) -> list[float]:
-    """All of one kernel's repeats in one go."""
-    return KernelTimer(mesh, budget, rounds=1).time(0, kernel, seed)
-
-
 class Progress:
     """A one-line progress bar on stderr (quiet when stderr is not a terminal, except every tenth)."""
 

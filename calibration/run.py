@@ -26,9 +26,9 @@ def default_name(device_kind: str, devices: int) -> str:
 def calibrate(mode: str = "full", dtypes: tuple[str, ...] | None = None, devices: int | None = None,
               seed: int = 0, name: str | None = None, progress: bool = True) -> DeviceProfile:
     """Time every kernel variant (fit and held-out shapes) and the collectives; fit; return the profile."""
-    env = describe()
     mesh = make_mesh(devices)
     n = mesh.devices.size
+    env = describe(n)
     dtypes = dtypes or MODES[mode].dtypes
     budget = QUICK if mode == "quick" else FULL
     samples = measure_kernels(mode, dtypes, budget, rounds=ROUNDS[mode], devices=n, seed=seed, progress=progress)
@@ -38,8 +38,7 @@ def calibrate(mode: str = "full", dtypes: tuple[str, ...] | None = None, devices
                                                budget.max_repeats, progress)
         network = coll.fit_network(fit_samples)
     command = f"pathsim calibrate{' --quick' if mode == 'quick' else ''} --dtypes {' '.join(dtypes)} --devices {n} --seed {seed}"
-    kind = env["device_kind"] if n == env["devices"] or env["platform"] != "cpu" else env["device_kind"].replace(
-        f"as {env['devices']} host devices", f"as {n} host devices")
+    kind = env["device_kind"]
     return DeviceProfile(
         name=name or default_name(kind, n), device_kind=kind, source=command,
         created=datetime.date.today().isoformat(), versions=env["versions"], host=env["host"], devices=n,

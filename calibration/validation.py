@@ -15,6 +15,7 @@ from collections import defaultdict
 import numpy as np
 from pydantic import BaseModel
 
+from pathsim.calibration.collectives import predict
 from pathsim.device import CollectiveSample, DeviceModel, DeviceProfile, KernelSample, NetworkFit
 from pathsim.units import format_seconds
 
@@ -74,8 +75,6 @@ def predict_kernels(profile: DeviceProfile, samples: list[KernelSample]) -> list
 
 
 def predict_collectives(network: NetworkFit, samples: list[CollectiveSample]) -> list[Prediction]:
-    from pathsim.calibration.collectives import predict
-
     return [Prediction(kernel=f"collective/{s.op}", family=s.op, dtype="f32", shape={"bytes": int(s.nbytes), "devices": s.devices},
                        predicted_s=predict(network, s.op, s.nbytes, s.devices), measured_s=s.median_s,
                        repeat_spread=_spread(s.times_s)) for s in samples]

@@ -37,7 +37,6 @@ class LayerShapes:
     expert_params: int  # one routed expert
     shared_params: int  # all shared experts together
     head_dim: int
-    attention_proj_flops: float  # per token, forward
     attention_core_flops: float  # per token, forward
     embedding_params: int
     head_flops: float  # LM head per token, forward
@@ -61,7 +60,6 @@ def layer_shapes(model: ModelSpec) -> LayerShapes:
         expert_params=expert,
         shared_params=shared,
         head_dim=head_dim,
-        attention_proj_flops=2.0 * attention,
         attention_core_flops=4.0 * model.seq_len * model.heads * head_dim,
         embedding_params=2 * model.vocab * model.d_model,  # input embedding + untied output head
         head_flops=2.0 * model.vocab * model.d_model,

@@ -222,8 +222,13 @@ def step_rng(seed: int, step: int) -> np.random.Generator:
 # ---- stage 2: one layer ----------------------------------------------------------------
 
 
+def expert_capacity(capacity_factor: float, tokens, top_k: int, experts: int):
+    """Slots per expert for a group of `tokens` (GShard/Switch): ceil(capacity_factor × tokens × top_k / experts)."""
+    return np.ceil(capacity_factor * tokens * top_k / experts)
+
+
 def _capacity(plan: RoutingPlan, chip_tokens: np.ndarray, experts: int) -> np.ndarray:
-    return np.ceil(plan.capacity_factor * chip_tokens * plan.top_k / experts)
+    return expert_capacity(plan.capacity_factor, chip_tokens, plan.top_k, experts)
 
 
 def _expected_overflow(tokens: np.ndarray, mean: np.ndarray, capacity: np.ndarray) -> np.ndarray:

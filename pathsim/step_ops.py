@@ -36,7 +36,7 @@ from pathsim.memory import OPTIMIZER_STATE_BYTES, expert_slots_on_busiest_chip, 
 from pathsim.model_math import LayerShapes, layer_shapes
 from pathsim.network.timing import NetworkModel
 from pathsim.placement import Placement
-from pathsim.routing import LayerRouting
+from pathsim.routing import LayerRouting, expert_capacity
 from pathsim.topology.base import Topology
 from pathsim.traffic import Traffic
 from pathsim.workload import Layout, WorkloadConfig
@@ -177,15 +177,15 @@ class StepCoster:
         else:
             first, second = a2a
         router = self._compute(f"L{layer} router {tag}", "router", kc.router(t, d, moe.experts, self.dtype), layer, backward)
-        if moe.dispatch == "einsum":  # one group per chip: the mask is [tokens, experts, capacity]
-            capacity = math.ceil(moe.capacity_factor * t * moe.top_k / moe.experts)
-            family = "dispatch_einsum"
-            to_experts = from_experts = kc.einsum_dispatch(t, moe.experts, capacity, d, self.dtype)
+        if moe.dispatch == "einsum":  # one group per chip: the mask is [tokens, experts, capacity], each way
+            capacity = float(expert_capacity(moe.capacity_factor, t, moe.top_k, moe.experts))
+            one_hot = kc.einsum_dispatch(t, moe.experts, capacity, d, self.dtype)
+            to_experts, from_experts = ("dispatch_einsum", one_hot), ("dispatch_einsum", one_hot)
         else:
-            family = None
-            to_experts, from_experts = kc.gather_permute(t, moe.top_k, d, self.dtype), kc.gather_combine(t, moe.top_k, d, self.dtype)
-        permute = self._compute(f"L{layer} permute {tag}", family or "permute", to_experts, layer, backward)
-        unpermute = self._compute(f"L{layer} un-permute {tag}", family or "unpermute", from_experts, layer, backward)
+            to_experts = ("permute", kc.gather_permute(t, moe.top_k, d, self.dtype))
+            from_experts = ("unpermute", kc.gather_combine(t, moe.top_k, d, self.dtype))
+        permute = self._compute(f"L{layer} permute {tag}", *to_experts, layer, backward)
+        unpermute = self._compute(f"L{layer} un-permute {tag}", *from_experts, layer, backward)
 
         cost = kc.ffn(routing.chip_tokens, d, moe.expert_ffn, self.model.ffn_matrices, self.dtype, weight_sets=routing.chip_slots)
         per_chip = self.device.time_s("expert_ffn", scale * cost.flops, scale * cost.nbytes)
