@@ -7,11 +7,13 @@ harness runs every kernel on all devices at once, as a step does.
 
 Variants, by the simulator's kernel family:
 - matmul: a dense [t, d_in] @ [d_in, d_out] (the compute anchor);
+- ffn: a dense FFN with its activation (GELU, 2 matrices, or SwiGLU, 3);
 - attention: softmax(Q·Kᵀ/√d)·V over [b, s, h, d_head];
 - expert_ffn: a batched einsum over local experts, GELU (2 matrices) or SwiGLU (3);
 - router: logits, softmax in float32, top-k and renormalised gates;
 - permute and unpermute: the sort-and-gather (dropless) dispatch, and its gate-weighted combine;
-- dispatch_einsum: GShard's one-hot einsum dispatch and combine over a capacity;
+- dispatch_einsum: GShard's dispatch and combine over a capacity: the one-hot masks built from the routing
+  (:func:`gshard_masks`, as the end-to-end step builds them) and the einsum through them;
 - elementwise: residual add + layer norm; copy: a scaled copy (the memory anchor);
 - optimizer: an Adam update with float32 master weights and moments.
 """
@@ -67,19 +69,39 @@ def _attention(shape, dt, dtype):
     return (spec, spec, spec), body, kc.attention_core(b * s, s, h, hd, DTYPE_BYTES[dtype])
 
 
+EXPERT_SUBSCRIPTS = ("ecd,edf->ecf", "ecf,efd->ecd")
+
+
 def _expert_ffn(swiglu: bool):
     def build(shape, dt, dtype):
         e, c, d, f = shape["e"], shape["c"], shape["d"], shape["f"]
         x, up, down = InputSpec((e, c, d), dtype), InputSpec((e, d, f), dtype), InputSpec((e, f, d), dtype)
-        if swiglu:
-            def body(x, w_gate, w_up, w_down):
-                hidden = jax.nn.silu(jnp.einsum("ecd,edf->ecf", x, w_gate)) * jnp.einsum("ecd,edf->ecf", x, w_up)
-                return jnp.einsum("ecf,efd->ecd", hidden, w_down)
-            return (x, up, up, down), body, kc.ffn(e * c, d, f, 3, DTYPE_BYTES[dtype], weight_sets=e)
+        matrices = 3 if swiglu else 2
+        return ((x, *(up,) * (matrices - 1), down), lambda x, *w: ffn_forward(x, w, swiglu, EXPERT_SUBSCRIPTS),
+                kc.ffn(e * c, d, f, matrices, DTYPE_BYTES[dtype], weight_sets=e))
+    return build
 
-        def body(x, w_up, w_down):
-            return jnp.einsum("ecf,efd->ecd", jax.nn.gelu(jnp.einsum("ecd,edf->ecf", x, w_up)), w_down)
-        return (x, up, down), body, kc.ffn(e * c, d, f, 2, DTYPE_BYTES[dtype], weight_sets=e)
+
+def ffn_forward(x, weights, swiglu: bool, subscripts: tuple[str, str] = ("td,df->tf", "tf,fd->td")):
+    """One FFN (dense: the default subscripts; experts: batched over their weights), as every kernel and the
+    end-to-end step compute it."""
+    up, down = subscripts
+    if swiglu:
+        w_gate, w_up, w_down = weights
+        hidden = jax.nn.silu(jnp.einsum(up, x, w_gate)) * jnp.einsum(up, x, w_up)
+    else:
+        w_up, w_down = weights
+        hidden = jax.nn.gelu(jnp.einsum(up, x, w_up))
+    return jnp.einsum(down, hidden, w_down)
+
+
+def _dense_ffn(swiglu: bool):
+    def build(shape, dt, dtype):
+        t, d, f = shape["t"], shape["d"], shape["f"]
+        up, down = InputSpec((d, f), dtype), InputSpec((f, d), dtype)
+        matrices = 3 if swiglu else 2
+        return ((InputSpec((t, d), dtype), *(up,) * (matrices - 1), down),
+                lambda x, *w: ffn_forward(x, w, swiglu), kc.ffn(t, d, f, matrices, DTYPE_BYTES[dtype]))
     return build
 
 
@@ -115,18 +137,44 @@ def _gather_combine(shape, dt, dtype):
             body, kc.gather_combine(t, k, d, DTYPE_BYTES[dtype]))
 
 
+def gshard_masks(ids, gates, experts: int, capacity: int, dt):
+    """GShard's dispatch mask and combine weights, both [tokens, experts, capacity], from top-k `ids` and `gates`.
+
+    A token-assignment's slot is its order among the assignments to its expert,
+    first choices of every token before second choices; past `capacity` it is
+    dropped. Built as Mesh TensorFlow does, an einsum over k of an expert
+    one-hot and a slot one-hot, which XLA runs far faster than one-hot
+    encoding the slot over the whole [experts × capacity] plane.
+    """
+    chosen = jax.nn.one_hot(ids.T, experts, dtype=jnp.int32)  # [k, tokens, experts]
+    slot = ((jnp.cumsum(chosen.reshape(-1, experts), axis=0).reshape(chosen.shape) - 1) * chosen).sum(-1)  # [k, tokens]
+    expert_hot = jax.nn.one_hot(ids.T, experts, dtype=dt) * (slot < capacity)[..., None].astype(dt)
+    slot_hot = jax.nn.one_hot(slot, capacity, dtype=dt)
+    dispatch = jnp.einsum("kte,ktc->tec", expert_hot, slot_hot)
+    combine = jnp.einsum("kte,ktc->tec", expert_hot * gates.T[..., None].astype(dt), slot_hot)
+    return dispatch, combine
+
+
 def _einsum_dispatch(shape, dt, dtype):
-    t, e, c, d = shape["t"], shape["e"], shape["c"], shape["d"]
-    return ((InputSpec((t, e, c), dtype), InputSpec((t, d), dtype)),
-            lambda mask, x: jnp.einsum("tec,td->ecd", mask, x),
-            kc.einsum_dispatch(t, e, c, d, DTYPE_BYTES[dtype]))
+    t, e, c, d, k = shape["t"], shape["e"], shape["c"], shape["d"], shape["k"]
+
+    def body(ids, x):
+        dispatch, _ = gshard_masks(ids, jnp.ones(ids.shape, dt), e, c, dt)
+        return jnp.einsum("tec,td->ecd", dispatch, x)
+
+    return ((InputSpec((t, k), "int32", e), InputSpec((t, d), dtype)), body,
+            kc.einsum_dispatch(t, k, e, c, d, DTYPE_BYTES[dtype]))
 
 
 def _einsum_combine(shape, dt, dtype):
-    t, e, c, d = shape["t"], shape["e"], shape["c"], shape["d"]
-    return ((InputSpec((t, e, c), dtype), InputSpec((e, c, d), dtype)),
-            lambda weights, y: jnp.einsum("tec,ecd->td", weights, y),
-            kc.einsum_dispatch(t, e, c, d, DTYPE_BYTES[dtype]))
+    t, e, c, d, k = shape["t"], shape["e"], shape["c"], shape["d"], shape["k"]
+
+    def body(ids, gates, y):
+        _, combine = gshard_masks(ids, gates, e, c, dt)
+        return jnp.einsum("tec,ecd->td", combine, y)
+
+    return ((InputSpec((t, k), "int32", e), InputSpec((t, k), "f32"), InputSpec((e, c, d), dtype)), body,
+            kc.einsum_dispatch(t, k, e, c, d, DTYPE_BYTES[dtype]))
 
 
 def _residual_norm(shape, dt, dtype):
@@ -164,6 +212,8 @@ def _adam(shape, dt, dtype):
 
 VARIANTS: dict[str, Callable] = {
     "matmul/dense": _matmul,
+    "ffn/gelu": _dense_ffn(swiglu=False),
+    "ffn/swiglu": _dense_ffn(swiglu=True),
     "attention/core": _attention,
     "expert_ffn/gelu": _expert_ffn(swiglu=False),
     "expert_ffn/swiglu": _expert_ffn(swiglu=True),

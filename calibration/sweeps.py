@@ -30,16 +30,23 @@ _EXPERT_FFN = {"e": Dim(FIXED, (1, 2, 4), (3,)),  # local experts
                "c": Dim(TOKEN, (32, 128, 512), (64, 256)),  # tokens per expert
                "d": Dim(WIDTH, (128, 256, 512), (192, 384)),
                "f": Dim(WIDTH, (256, 512, 1024), (384, 768))}
-_ONE_HOT = {"t": Dim(TOKEN, (128, 256, 512), (192, 384)),  # group size
+# Capacity per expert is ~1.25 × t × k / e in training, so it grows with the group: a token-like dimension.
+_ONE_HOT = {"t": Dim(TOKEN, (128, 512, 1024), (256, 768)),  # group size
             "e": Dim(FIXED, (8, 16, 32), (12, 24)),
-            "c": Dim(FIXED, (8, 16, 32), (12, 24)),  # capacity per expert
-            "d": Dim(WIDTH, (128, 256, 512), (192, 384))}
+            "c": Dim(TOKEN, (16, 64, 256), (32, 128)),
+            "d": Dim(WIDTH, (128, 256, 512), (192, 384)),
+            "k": Dim(FIXED, (1, 2), (1, 2))}
+_DENSE_FFN = {"t": Dim(TOKEN, (64, 256, 1024), (128, 512)),
+              "d": Dim(WIDTH, (128, 256, 512), (192, 384)),
+              "f": Dim(WIDTH, (256, 1024, 2048), (512, 1536))}
 
 # Sizes for one host-CPU device; `scale` multiplies token and width dimensions on accelerators.
 GRIDS: dict[str, dict[str, Dim]] = {
     "matmul/dense": {"t": Dim(TOKEN, (64, 256, 1024), (128, 512)),
                      "d_in": Dim(WIDTH, (128, 512, 1024), (256, 768)),
                      "d_out": Dim(WIDTH, (128, 512, 1024), (256, 768))},
+    "ffn/gelu": _DENSE_FFN,
+    "ffn/swiglu": _DENSE_FFN,
     "attention/core": {"b": Dim(TOKEN, (1, 2, 4), (3,)),
                        "s": Dim(WIDTH, (64, 128, 256), (96, 192)),
                        "h": Dim(FIXED, (4, 8), (6,)),

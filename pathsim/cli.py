@@ -7,6 +7,7 @@ lines naming the file, the field and the fix, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -116,8 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--name", help="profile name (default: from the device kind and count)")
     cal.add_argument("--out", type=Path, help="profile JSON to write (default: calibration/profiles/NAME.json in a checkout, else NAME.json)")
     cal.add_argument("--validate", type=Path, metavar="PROFILE", help="measure held-out shapes now against this profile instead")
+    cal.add_argument("--end-to-end", nargs="?", const="", metavar="PROFILE",
+                     help="time a real expert-parallel MoE training step and compare it with pathsim's prediction from "
+                          "PROFILE (a file or a shipped name); alone, from the profile this calibration writes")
     cal.add_argument("--detail", action="store_true", help="list every held-out shape with its prediction and measurement")
-    cal.add_argument("--json", type=Path, metavar="OUT", help="also write the validation report as JSON")
+    cal.add_argument("--json", type=Path, metavar="OUT", help="also write the validation (or end-to-end) report as JSON")
     cal.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -420,7 +424,15 @@ def _cmd_calibrate(args) -> int:
     if args.host_devices < 1 or (args.devices is not None and args.devices < 1):
         raise PathsimConfigError("<arguments>", "--devices" if args.host_devices >= 1 else "--host-devices",
                                  "must be at least 1", "give a positive device count")
-    profile = load_profile(args.validate) if args.validate else None  # a bad profile fails before jax starts
+    if args.validate and args.end_to_end is not None:
+        raise PathsimConfigError("<arguments>", "--end-to-end", "cannot run with --validate",
+                                 "run `pathsim calibrate --validate PROFILE` and `pathsim calibrate --end-to-end PROFILE` apart")
+    # A bad profile fails before jax starts.
+    profile = load_profile(args.validate or args.end_to_end) if (args.validate or args.end_to_end) else None
+    if profile is not None and not profile.dtypes:
+        raise PathsimConfigError(str(args.validate or args.end_to_end), "dtypes",
+                                 "holds no measured fits (documented defaults cannot be checked against this machine)",
+                                 "use a profile written by `pathsim calibrate`")
     from pathsim.calibration.environment import force_host_devices
 
     force_host_devices(args.host_devices)  # before jax starts
@@ -428,18 +440,19 @@ def _cmd_calibrate(args) -> int:
     from pathsim.calibration.validation import format_report
 
     mode = "quick" if args.quick else None
-    if args.devices is not None:
+    wanted = args.devices or (profile.devices if profile is not None else None)
+    if wanted is not None:
         import jax
 
-        if args.devices > len(jax.devices()):
-            raise PathsimConfigError("<arguments>", "--devices", f"asks for {args.devices} devices, JAX sees {len(jax.devices())}",
-                                     f"use at most {len(jax.devices())} (or raise --host-devices on a CPU)")
-    if profile is not None:
-        if not profile.dtypes:
-            raise PathsimConfigError(str(args.validate), "dtypes", "holds no measured fits (documented defaults cannot be validated)",
-                                     "validate a profile written by `pathsim calibrate`")
+        if wanted > len(jax.devices()):
+            what = "--devices" if args.devices else f"{args.validate or args.end_to_end}: devices"
+            raise PathsimConfigError("<arguments>", what, f"asks for {wanted} devices, JAX sees {len(jax.devices())}",
+                                     f"use at most {len(jax.devices())} with --devices (or raise --host-devices on a CPU)")
+    reports = {}
+    report = None
+    if args.validate:
         report = validate(profile, mode=mode, devices=args.devices, progress=not args.no_progress)
-    else:
+    elif not args.end_to_end:
         profile = calibrate(mode or "full", dtypes=tuple(args.dtypes) if args.dtypes else None, devices=args.devices,
                             seed=args.seed, name=args.name, progress=not args.no_progress)
         out = args.out or (Path("calibration/profiles") if Path("calibration/profiles").is_dir() else Path(".")) / f"{profile.name}.json"
@@ -450,9 +463,21 @@ def _cmd_calibrate(args) -> int:
                  if profile.network else ""))
         print(f"use it with `pathsim simulate --profile {out} ...`")
         report = stored_validation(profile)
-    print(format_report(report, detail=args.detail))
+    if report is not None:
+        print(format_report(report, detail=args.detail))
+        reports["validation"] = report.model_dump(mode="json")
+    if args.end_to_end is not None:
+        from pathsim.calibration.end_to_end import end_to_end, format_end_to_end
+
+        dtype = args.dtypes[0] if args.dtypes else None
+        if dtype is not None and dtype not in profile.dtypes:
+            raise PathsimConfigError(str(args.end_to_end or "--dtypes"), "dtypes", f"has no fit for {dtype}",
+                                     f"use one of {sorted(profile.dtypes)}")
+        checked = end_to_end(profile, dtype=dtype, devices=args.devices)
+        print(format_end_to_end(checked))
+        reports["end_to_end"] = checked.model_dump(mode="json")
     if args.json:
-        _write_json(args.json, report.model_dump_json(indent=2), "--json")
+        _write_json(args.json, json.dumps(reports, indent=2), "--json")
     return 0
 
 

@@ -164,7 +164,7 @@ class GraphSpec(StrictModel):
     """Any other network: chips 0..chips-1, named switches, and an edge list."""
 
     kind: Literal["graph"]
-    chips: int = Field(gt=1, le=MAX_CHIPS)
+    chips: int = Field(ge=1, le=MAX_CHIPS)
     switches: list[str] = Field(default_factory=list)
     edges: list[GraphEdge] = Field(min_length=1)
 

@@ -41,7 +41,7 @@ from pathsim.errors import PathsimConfigError
 from pathsim.presets import preset_names, preset_path
 from pathsim.yaml_config import validate_model
 
-KernelFamily = Literal["matmul", "attention", "expert_ffn", "router", "permute", "unpermute", "dispatch_einsum",
+KernelFamily = Literal["matmul", "ffn", "attention", "expert_ffn", "router", "permute", "unpermute", "dispatch_einsum",
                        "elementwise", "copy", "optimizer"]
 KERNEL_FAMILIES: tuple[str, ...] = KernelFamily.__args__
 
@@ -165,6 +165,8 @@ def default_profile() -> DeviceProfile:
         created="2026-11-23",
         kernels={
             "matmul": KernelModel(flops_efficiency=0.70, half_efficiency_flops=2e9, memory_efficiency=0.80, overhead_s=5e-6),
+            # Accelerators fuse the activation into the matmul's epilogue: a dense FFN runs like a matmul.
+            "ffn": KernelModel(flops_efficiency=0.70, half_efficiency_flops=2e9, memory_efficiency=0.80, overhead_s=5e-6),
             "attention": KernelModel(flops_efficiency=0.55, half_efficiency_flops=2e9, memory_efficiency=0.80, overhead_s=5e-6),
             "expert_ffn": KernelModel(flops_efficiency=0.60, half_efficiency_flops=4e9, memory_efficiency=0.80, overhead_s=10e-6),
             "router": KernelModel(flops_efficiency=0.40, half_efficiency_flops=1e8, memory_efficiency=0.80, overhead_s=5e-6),

@@ -60,14 +60,17 @@ def gather_combine(tokens, top_k, d_model, dtype_bytes) -> KernelCost:
     return KernelCost(2.0 * tokens * top_k * d_model, (top_k + 1.0) * tokens * d_model * dtype_bytes)
 
 
-def einsum_dispatch(tokens, experts, capacity, d_model, dtype_bytes) -> KernelCost:
-    """GShard one-hot dispatch (or combine): einsum of a [tokens, experts, capacity] mask with [tokens, d_model].
+def einsum_dispatch(tokens, top_k, experts, capacity, d_model, dtype_bytes) -> KernelCost:
+    """GShard one-hot dispatch (or combine): build the [tokens, experts, capacity] mask from the top-k choices, then
+    einsum it with [tokens, d_model] (or with the [experts, capacity, d_model] expert outputs).
 
     `capacity` is per expert within the group of `tokens`; the mask makes this
-    a real matmul whose FLOPs grow with the group's size.
+    a real matmul whose FLOPs grow with the group's size. Building the mask
+    writes k expert and slot one-hots and the mask, which the einsum reads.
     """
     slots = experts * capacity
-    return KernelCost(2.0 * tokens * slots * d_model, (tokens * d_model + slots * d_model + tokens * slots) * dtype_bytes)
+    mask_bytes = 2.0 * tokens * slots + top_k * tokens * (experts + capacity)
+    return KernelCost(2.0 * tokens * slots * d_model, (tokens * d_model + slots * d_model + mask_bytes) * dtype_bytes)
 
 
 def attention_core(tokens, seq_len, heads, head_dim, dtype_bytes) -> KernelCost:

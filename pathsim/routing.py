@@ -16,6 +16,9 @@ Two stages, both seeded and vectorised (no loop over chips or tokens):
    top_k / experts)``; over-capacity tokens are dropped) unless dropless, and
    maps the kept tokens through the placement onto chips: the per-chip expert
    load and the dispatch traffic matrix in bytes. The combine is its transpose.
+   With GShard's einsum dispatch the buffers are padded: every source sends, and
+   every expert computes, its full capacity whatever the routing (drops still
+   follow the routing).
 
 Sampling has two fidelities:
 - ``exact``: a multinomial draw per (source chip, task) over the experts; drops
@@ -54,6 +57,7 @@ class RoutingPlan:
     top_k: int
     capacity_factor: float | None  # None: dropless
     sampling: str  # exact | mean_field
+    padded: bool = False  # einsum dispatch: every source sends and every expert computes whole capacity buffers
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,8 @@ def build_plan(workload: WorkloadConfig, layout: Layout, seed: int, sampling: st
         active_tasks = int((task_tokens > 0).sum(axis=1).max())
         sampling = "exact" if layout.chips * active_tasks * moe.experts <= EXACT_LIMIT else "mean_field"
     return RoutingPlan(task_tokens=task_tokens, probabilities=probabilities, top_k=moe.top_k,
-                       capacity_factor=None if moe.dropless else moe.capacity_factor, sampling=sampling)
+                       capacity_factor=None if moe.dropless else moe.capacity_factor, sampling=sampling,
+                       padded=moe.dispatch == "einsum")
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:
@@ -296,6 +301,12 @@ def route_layer(plan: RoutingPlan, layout: Layout, placement: Placement, layer: 
                 rng: np.random.Generator | None) -> LayerRouting:
     """Sample one MoE layer of one micro-batch (``rng=None``: its expectation): loads, drops and the dispatch."""
     kept, row_of, routed, dropped = _sources(plan, layer, rng)
+    if plan.padded:
+        # GShard's einsum dispatch works on fixed [experts, capacity] buffers: the empty slots travel in the
+        # all-to-all and go through the experts like real tokens, so load follows capacity, not demand.
+        row_capacity = np.zeros(len(kept))
+        row_capacity[row_of] = _capacity(plan, plan.task_tokens.sum(axis=1), kept.shape[1])
+        kept = np.broadcast_to(row_capacity[:, None], kept.shape)
     shares = placement.token_shares(layer)  # experts × ranks
     per_rank = np.asarray((shares.T @ kept.T).T)  # rows × ranks: kept assignments to each rank of the group
     chips = layout.chips

@@ -134,7 +134,7 @@ class StepCoster:
 
     def dense_ffn(self, layer: int, backward: bool) -> list[Op]:
         tag = "bwd" if backward else "fwd"
-        ffn = self._compute(f"L{layer} dense FFN {tag}", "matmul",
+        ffn = self._compute(f"L{layer} dense FFN {tag}", "ffn",
                             kc.ffn(self.tokens_per_data_rank, self.model.d_model, self.model.dense_ffn / self.layout.tensor,
                                    self.model.ffn_matrices, self.dtype),
                             layer, backward)
@@ -179,7 +179,7 @@ class StepCoster:
         router = self._compute(f"L{layer} router {tag}", "router", kc.router(t, d, moe.experts, self.dtype), layer, backward)
         if moe.dispatch == "einsum":  # one group per chip: the mask is [tokens, experts, capacity], each way
             capacity = float(expert_capacity(moe.capacity_factor, t, moe.top_k, moe.experts))
-            one_hot = kc.einsum_dispatch(t, moe.experts, capacity, d, self.dtype)
+            one_hot = kc.einsum_dispatch(t, moe.top_k, moe.experts, capacity, d, self.dtype)
             to_experts, from_experts = ("dispatch_einsum", one_hot), ("dispatch_einsum", one_hot)
         else:
             to_experts = ("permute", kc.gather_permute(t, moe.top_k, d, self.dtype))
@@ -195,7 +195,7 @@ class StepCoster:
         ops = [router, permute, first, experts, second, unpermute]
         if s.shared_params:
             shared_ffn = (moe.shared_ffn or moe.expert_ffn) * moe.shared_experts / self.layout.tensor
-            ops.append(self._compute(f"L{layer} shared experts {tag}", "matmul",
+            ops.append(self._compute(f"L{layer} shared experts {tag}", "ffn",
                                      kc.ffn(self.tokens_per_data_rank, d, shared_ffn, self.model.ffn_matrices, self.dtype),
                                      layer, backward))
         return ops

@@ -28,8 +28,10 @@ def test_kernel_costs_closed_forms():
     flops, nbytes = kc.ffn(100, 512, 2048, 3, 2, weight_sets=4)
     assert flops == 2 * 100 * 3 * 512 * 2048
     assert nbytes == (4 * 3 * 512 * 2048 + 100 * (2 * 512 + 3 * 2048)) * 2
-    # GShard's one-hot dispatch is a matmul whose FLOPs grow with the group: 2·t·E·C·d
-    assert kc.einsum_dispatch(1024, 64, 40, 768, 2).flops == 2 * 1024 * 64 * 40 * 768
+    # GShard's one-hot dispatch is a matmul whose FLOPs grow with the group (2·t·E·C·d); building its mask writes the
+    # k expert and slot one-hots and the mask, which the einsum reads with the tokens and the buffers
+    assert kc.einsum_dispatch(1024, 2, 64, 40, 768, 2) == (2 * 1024 * 64 * 40 * 768,
+                                                           (1024 * 768 + 64 * 40 * 768 + 2 * 1024 * 64 * 40 + 2 * 1024 * (64 + 40)) * 2)
     assert kc.gather_permute(1000, 2, 512, 2) == (0.0, 2 * 1000 * 2 * 512 * 2)
     assert kc.gather_combine(1000, 2, 512, 2).nbytes == 3 * 1000 * 512 * 2
     assert kc.attention_core(2048, 2048, 16, 128, 2).flops == 4 * 2048 * 2048 * 16 * 128
@@ -57,10 +59,14 @@ def test_xla_counts_the_same_flops_as_pathsim():
     cases = [("matmul/dense", {"t": 64, "d_in": 128, "d_out": 96}),
              ("expert_ffn/gelu", {"e": 2, "c": 32, "d": 64, "f": 128}),
              ("expert_ffn/swiglu", {"e": 2, "c": 32, "d": 64, "f": 128}),
-             ("dispatch_einsum/dispatch", {"t": 64, "e": 8, "c": 16, "d": 32})]
+             ("ffn/gelu", {"t": 64, "d": 64, "f": 256}),
+             ("ffn/swiglu", {"t": 64, "d": 64, "f": 256}),
+             ("dispatch_einsum/dispatch", {"t": 64, "e": 8, "c": 16, "d": 128, "k": 2}),
+             ("dispatch_einsum/combine", {"t": 64, "e": 8, "c": 16, "d": 128, "k": 2})]
     for name, shape in cases:
         kernel = kn.build(name, shape, "f32")
-        args = [jax.ShapeDtypeStruct(s.shape, jax.numpy.float32) for s in kernel.inputs]
+        args = [jax.ShapeDtypeStruct(s.shape, jax.numpy.int32 if s.dtype == "int32" else jax.numpy.float32)
+                for s in kernel.inputs]
         analysis = jax.jit(kernel.body).lower(*args).compile().cost_analysis()
         analysis = analysis[0] if isinstance(analysis, list) else analysis
         # XLA also counts the activation's few FLOPs per element; the matmuls dominate
@@ -219,7 +225,7 @@ def quick_profile(tmp_path_factory):
                           "--out", str(out / "quick.json"), "--json", str(out / "report.json")],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    return load_profile(out / "quick.json"), json.loads((out / "report.json").read_text()), run.stdout
+    return load_profile(out / "quick.json"), json.loads((out / "report.json").read_text())["validation"], run.stdout
 
 
 def test_quick_calibration_fits_every_family_from_real_samples(quick_profile):

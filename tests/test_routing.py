@@ -171,3 +171,17 @@ def test_placement_policies_place_every_expert():
             assert (p.replicas >= 1).all()
             shares = p.token_shares().toarray()
             assert shares.sum(axis=1) == pytest.approx(np.ones(experts))
+
+
+@pytest.mark.parametrize("sampling", ["exact", "mean_field"])
+def test_einsum_dispatch_pads_every_buffer_to_capacity(sampling):
+    """GShard's einsum sends and computes whole [experts, capacity] buffers: load is flat whatever the skew,
+    the bytes are capacity × experts per source, and drops are those of the same routing through the gather."""
+    chips, experts, cf = 64, 32, 1.25
+    gather_plan, _, gather = route(workload(experts=experts, cf=cf), chips=chips, sampling=sampling)
+    plan, layout, padded = route(workload(experts=experts, cf=cf, dispatch="einsum"), chips=chips, sampling=sampling)
+    capacity = np.ceil(cf * plan.task_tokens.sum(axis=1) * 2 / experts)  # per source chip
+    assert np.allclose(padded.dispatch_tokens.sum(axis=1), capacity * experts)
+    assert np.allclose(padded.chip_tokens, capacity.sum() * experts / chips)  # every chip's slots, used or not
+    assert gather.chip_tokens.max() > 1.2 * gather.chip_tokens.min()  # the routing itself is skewed
+    assert np.array_equal(padded.dropped, gather.dropped) and padded.dropped.sum() > 0
