@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="time a real expert-parallel MoE training step and compare it with pathsim's prediction from "
                           "PROFILE (a file or a shipped name); alone, from the profile this calibration writes")
     cal.add_argument("--detail", action="store_true", help="list every held-out shape with its prediction and measurement")
-    cal.add_argument("--json", type=Path, metavar="OUT", help="also write the validation (or end-to-end) report as JSON")
+    cal.add_argument("--json", type=Path, metavar="OUT", help="also write the reports as JSON: {\"validation\": ..., \"end_to_end\": ...}")
     cal.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
