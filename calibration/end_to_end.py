@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from pathsim.device import DeviceProfile
+from pathsim.result import Breakdown
 from pathsim.routing import expert_capacity
 from pathsim.units import format_seconds
 from pathsim.workload import WorkloadConfig
@@ -67,7 +68,7 @@ class EndToEndReport(BaseModel):
     measured_median_s: float
     measured_iqr_s: tuple[float, float]
     predicted_s: float
-    predicted_breakdown: dict[str, float]
+    predicted_breakdown: Breakdown
     error: float  # (predicted − measured) / measured
     xla_flops_per_device: float  # the compiled step's own count (XLA cost analysis)
     pathsim_flops_per_device: float  # the FLOPs pathsim's ops price
@@ -81,10 +82,6 @@ class EndToEndReport(BaseModel):
 
 def format_end_to_end(rep: EndToEndReport) -> str:
     m = rep.workload.model
-    b = rep.predicted_breakdown
-    parts = [("compute", b["compute_s"]), ("stragglers", b["straggler_s"]), ("all-to-all", b["all_to_all_s"]),
-             ("tensor parallel", b["tensor_parallel_s"]), ("grad sync (exposed)", b["grad_sync_exposed_s"]),
-             ("optimizer", b["optimizer_s"])]
     low, high = rep.measured_iqr_s
     return "\n".join([
         f"end-to-end check: {rep.workload.name} ({m.layers} layers, d_model {m.d_model}, {len(m.moe_layers)} MoE layers of "
@@ -93,7 +90,7 @@ def format_end_to_end(rep: EndToEndReport) -> str:
         f"    measured   {format_seconds(rep.measured_median_s)} per step (median of {len(rep.measured_s)}; "
         f"IQR {format_seconds(low)} to {format_seconds(high)})",
         f"    predicted  {format_seconds(rep.predicted_s)} per step: "
-        + ", ".join(f"{name} {format_seconds(v)}" for name, v in parts if v > 0),
+        + ", ".join(f"{cause} {format_seconds(v)}" for cause, v in rep.predicted_breakdown.causes() if v > 0),
         f"    error      {100 * rep.error:+.1f} % (goal: within {100 * GOAL:g} %): {'met' if rep.within_goal else 'missed'}",
         f"    FLOPs per device and step: XLA counts {rep.xla_flops_per_device:.4g}, pathsim prices "
         f"{rep.pathsim_flops_per_device:.4g} ({100 * (rep.pathsim_flops_per_device / rep.xla_flops_per_device - 1):+.1f} %)",
@@ -154,7 +151,8 @@ def build_step(workload: WorkloadConfig, mesh):
     from jax.sharding import PartitionSpec
 
     from pathsim.calibration.harness import AXIS
-    from pathsim.calibration.kernels import DTYPES, EXPERT_SUBSCRIPTS, ffn_forward, gshard_masks
+    from pathsim.calibration.kernels import (DTYPES, EXPERT_SUBSCRIPTS, adam_update, attention_core, ffn_forward,
+                                             gshard_masks, layer_norm, top_k_router)
 
     m, n = workload.model, mesh.devices.size
     dt = DTYPES[m.dtype]
@@ -165,22 +163,15 @@ def build_step(workload: WorkloadConfig, mesh):
     local = moe.experts // n
     moe_layers = set(m.moe_layers)
 
-    def norm(x, scale):
-        h = x.astype(jnp.float32)
-        return ((h - h.mean(-1, keepdims=True)) * jax.lax.rsqrt(h.var(-1, keepdims=True) + 1e-6) * scale).astype(dt)
-
     def attention(x, p):
         b = x.shape[0] // m.seq_len
         q, k, v = ((x @ p[w]).reshape(b, m.seq_len, m.heads, hd) for w in ("wq", "wk", "wv"))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
-        out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1).astype(dt), v)
-        return out.reshape(x.shape[0], -1) @ p["wo"]
+        return attention_core(q, k, v, dt).reshape(x.shape[0], -1) @ p["wo"]
 
     def experts(x, p):
         """GShard: top-k, positions in each expert's buffer (first choices first), one-hot dispatch and combine."""
-        probs = jax.nn.softmax((x @ p["router"]).astype(jnp.float32), axis=-1)
-        gates, ids = jax.lax.top_k(probs, moe.top_k)
-        dispatch, combine = gshard_masks(ids, gates / gates.sum(-1, keepdims=True), moe.experts, capacity, dt)
+        gates, ids = top_k_router(x, p["router"], moe.top_k)
+        dispatch, combine = gshard_masks(ids, gates, moe.experts, capacity, dt)
         buffers = jnp.einsum("tec,td->ecd", dispatch, x)  # [experts, capacity, d]
         arrived = jax.lax.all_to_all(buffers, AXIS, 0, 0, tiled=True)  # [sources × local, capacity, d]
         arrived = arrived.reshape(n, local, capacity, -1).transpose(1, 0, 2, 3).reshape(local, n * capacity, -1)
@@ -193,8 +184,8 @@ def build_step(workload: WorkloadConfig, mesh):
         x = params["embed"][token_ids.reshape(-1)]
         kept_total = jnp.zeros((), jnp.float32)
         for i, p in enumerate(params["layers"]):
-            x = x + attention(norm(x, p["norm1"]), p)
-            h = norm(x, p["norm2"])
+            x = x + attention(layer_norm(x, p["norm1"], dt), p)
+            h = layer_norm(x, p["norm2"], dt)
             if i in moe_layers:
                 y, kept_here = experts(h, p)
                 kept_total = kept_total + kept_here
@@ -205,26 +196,17 @@ def build_step(workload: WorkloadConfig, mesh):
         nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets.reshape(-1, 1), axis=-1)
         return nll.mean(), kept_total
 
-    def adam(master, mom, vel, grad, step):
-        b1, b2, lr, eps = 0.9, 0.95, 1e-3, 1e-8
-        g = grad.astype(jnp.float32)
-        mom = b1 * mom + (1 - b1) * g
-        vel = b2 * vel + (1 - b2) * g * g
-        master = master - lr * (mom / (1 - b1 ** step)) / (jnp.sqrt(vel / (1 - b2 ** step)) + eps)
-        return master, mom, vel
-
     def per_device(state, token_ids, targets):
-        params, master, mom, vel, step = jax.tree.map(lambda a: a[0], state)
+        params, master, mom, vel = jax.tree.map(lambda a: a[0], state)
         (loss, kept), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, token_ids[0], targets[0])
         # Data parallelism: dense gradients are averaged over the replicas; an expert's gradient is whole already
         # (every device's tokens reached it through the all-to-all).
         grads = jax.tree_util.tree_map_with_path(lambda path, g: g if is_expert(path) else jax.lax.pmean(g, AXIS), grads)
-        step = step + 1
         leaves, tree = jax.tree.flatten(master)
-        updated = [adam(*leaf, step.astype(jnp.float32)) for leaf in zip(leaves, *(jax.tree.leaves(x) for x in (mom, vel, grads)))]
+        updated = [adam_update(*leaf, lr=1e-3) for leaf in zip(leaves, *(jax.tree.leaves(x) for x in (mom, vel, grads)))]
         master, mom, vel = (jax.tree.unflatten(tree, [u[j] for u in updated]) for j in range(3))
         params = jax.tree.map(lambda w: w.astype(dt), master)
-        new_state = jax.tree.map(lambda a: a[None], (params, master, mom, vel, step))
+        new_state = jax.tree.map(lambda a: a[None], (params, master, mom, vel))
         return new_state, jax.lax.pmean(loss, AXIS)[None], jax.lax.psum(kept, AXIS)[None]
 
     def is_expert(path) -> bool:
@@ -245,8 +227,7 @@ def initial_inputs(workload: WorkloadConfig, mesh, seed: int):
     from pathsim.calibration.harness import AXIS
 
     n, m = mesh.devices.size, workload.model
-    params, master, mom, vel = _init_state(workload, n, seed)
-    state = (params, master, mom, vel, jnp.zeros((n,), jnp.int32))
+    state = _init_state(workload, n, seed)
     shape = (n, workload.training.tokens_per_step // n // m.seq_len, m.seq_len)
     token_key, target_key = jax.random.split(jax.random.key(seed + 1))
     tokens = jax.random.randint(token_key, shape, 0, m.vocab, dtype=jnp.int32)
@@ -258,7 +239,7 @@ def initial_inputs(workload: WorkloadConfig, mesh, seed: int):
 # ---- measurement, prediction, report ---------------------------------------------------
 
 
-def _xla_flops(compiled) -> float:
+def xla_flops(compiled) -> float:
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jaxlibs: one dict per program
         analysis = analysis[0]
@@ -270,28 +251,28 @@ def measure_step(workload: WorkloadConfig, mesh, repeats: int, min_time_s: float
 
     The state is donated and threaded through, as in training; compilation and two warm-up steps are excluded.
     """
-    import time
-
     import jax
+
+    from pathsim.calibration.harness import time_call
 
     step = build_step(workload, mesh)
     state, tokens, targets = initial_inputs(workload, mesh, seed)
     compiled = step.lower(state, tokens, targets).compile()
-    flops = _xla_flops(compiled)
+    outputs = [state, None, None]
+
+    def train_one_step():
+        outputs[:] = compiled(outputs[0], tokens, targets)
+        return outputs
+
     for _ in range(2):
-        state, loss, kept = compiled(state, tokens, targets)
-    jax.block_until_ready(state)
-    times: list[float] = []
-    while len(times) < repeats or sum(times) < min_time_s:
-        start = time.perf_counter()
-        state, loss, kept = compiled(state, tokens, targets)
-        jax.block_until_ready((state, loss, kept))
-        times.append(time.perf_counter() - start)
+        jax.block_until_ready(train_one_step())
+    times = time_call(train_one_step, (), repeats, min_time_s, max_repeats=10 * repeats)
+    _, loss, kept = outputs
     if not np.isfinite(float(loss[0])):
         raise RuntimeError("the check's training step diverged (loss is not finite)")
     m = workload.model
     assignments = workload.training.tokens_per_step * m.moe.top_k * len(m.moe_layers)
-    return times, flops, float(kept[0]) / assignments
+    return times, xla_flops(compiled), float(kept[0]) / assignments
 
 
 def predict_step(workload: WorkloadConfig, profile: DeviceProfile, devices: int, seed: int = 0):
@@ -321,13 +302,13 @@ def end_to_end(profile: DeviceProfile, dtype: str | None = None, devices: int | 
     profile.for_dtype(dtype, profile.name)  # refuses a dtype the profile did not measure
     workload = check_workload(n, dtype)
     predicted = predict_step(workload, profile, n, seed)
-    times, xla_flops, kept_share = measure_step(workload, mesh, repeats, min_time_s, seed)
+    times, counted_flops, kept_share = measure_step(workload, mesh, repeats, min_time_s, seed)
     median = float(np.median(times))
     fit = profile.dtypes[dtype]
     return EndToEndReport(
         workload=workload, profile=profile.name, devices=n, dtype=dtype, measured_s=times, measured_median_s=median,
         measured_iqr_s=(float(np.percentile(times, 25)), float(np.percentile(times, 75))),
-        predicted_s=predicted.step_time.mean_s, predicted_breakdown=predicted.breakdown.model_dump(),
-        error=(predicted.step_time.mean_s - median) / median, xla_flops_per_device=xla_flops,
+        predicted_s=predicted.step_time.mean_s, predicted_breakdown=predicted.breakdown,
+        error=(predicted.step_time.mean_s - median) / median, xla_flops_per_device=counted_flops,
         pathsim_flops_per_device=predicted.hfu * predicted.step_time.mean_s * fit.peak_flops,
         measured_dropped_fraction=1.0 - kept_share, predicted_dropped_fraction=predicted.dropped_fraction)

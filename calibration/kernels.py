@@ -58,15 +58,42 @@ def _matmul(shape, dt, dtype):
             kc.matmul(t, d_in, d_out, DTYPE_BYTES[dtype]))
 
 
+# The computations below are shared by the kernels and the end-to-end training step, so what is timed alone is
+# what runs in the step.
+
+
+def attention_core(q, k, v, dt):
+    """softmax(Q·Kᵀ/√d)·V over [batch, seq, heads, head_dim], the scores in float32."""
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(float(q.shape[-1]))
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1).astype(dt), v)
+
+
+def layer_norm(x, scale, dt):
+    """Layer norm in float32 with a float32 scale, back in the compute dtype."""
+    h = x.astype(jnp.float32)
+    return ((h - h.mean(-1, keepdims=True)) * jax.lax.rsqrt(h.var(-1, keepdims=True) + 1e-6) * scale).astype(dt)
+
+
+def top_k_router(x, w, k: int):
+    """Router logits, softmax in float32, top-k and renormalised gates: (gates, expert ids), both [tokens, k]."""
+    probs = jax.nn.softmax((x @ w).astype(jnp.float32), axis=-1)
+    gates, ids = jax.lax.top_k(probs, k)
+    return gates / jnp.sum(gates, axis=-1, keepdims=True), ids
+
+
+def adam_update(master, m, v, grad, lr: float = 1e-4):
+    """One Adam step on float32 master weights and moments from a compute-dtype gradient."""
+    b1, b2, eps = 0.9, 0.95, 1e-8
+    g = grad.astype(jnp.float32)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    return master - lr * m / (jnp.sqrt(v) + eps), m, v
+
+
 def _attention(shape, dt, dtype):
     b, s, h, hd = shape["b"], shape["s"], shape["h"], shape["hd"]
-
-    def body(q, k, v):
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(float(hd))
-        return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1).astype(dt), v)
-
     spec = InputSpec((b, s, h, hd), dtype)
-    return (spec, spec, spec), body, kc.attention_core(b * s, s, h, hd, DTYPE_BYTES[dtype])
+    return (spec, spec, spec), lambda q, k, v: attention_core(q, k, v, dt), kc.attention_core(b * s, s, h, hd, DTYPE_BYTES[dtype])
 
 
 EXPERT_SUBSCRIPTS = ("ecd,edf->ecf", "ecf,efd->ecd")
@@ -107,13 +134,8 @@ def _dense_ffn(swiglu: bool):
 
 def _router(shape, dt, dtype):
     t, d, e, k = shape["t"], shape["d"], shape["e"], shape["k"]
-
-    def body(x, w):
-        probs = jax.nn.softmax((x @ w).astype(jnp.float32), axis=-1)
-        gates, ids = jax.lax.top_k(probs, k)
-        return gates / jnp.sum(gates, axis=-1, keepdims=True), ids
-
-    return (InputSpec((t, d), dtype), InputSpec((d, e), dtype)), body, kc.router(t, d, e, DTYPE_BYTES[dtype])
+    return ((InputSpec((t, d), dtype), InputSpec((d, e), dtype)), lambda x, w: top_k_router(x, w, k),
+            kc.router(t, d, e, DTYPE_BYTES[dtype]))
 
 
 def _gather_dispatch(shape, dt, dtype):
@@ -182,9 +204,7 @@ def _residual_norm(shape, dt, dtype):
 
     def body(x, residual, scale):
         summed = x + residual
-        h = summed.astype(jnp.float32)
-        normed = (h - h.mean(-1, keepdims=True)) * jax.lax.rsqrt(h.var(-1, keepdims=True) + 1e-6)
-        return summed, (normed * scale).astype(dt)
+        return summed, layer_norm(summed, scale, dt)
 
     return ((InputSpec((t, d), dtype), InputSpec((t, d), dtype), InputSpec((d,), "f32")), body,
             kc.elementwise(t, d, 4, DTYPE_BYTES[dtype]))
@@ -197,13 +217,9 @@ def _copy(shape, dt, dtype):
 
 def _adam(shape, dt, dtype):
     p = shape["p"]
-    b1, b2, lr, eps = 0.9, 0.95, 1e-4, 1e-8
 
     def body(master, m, v, grad):
-        g = grad.astype(jnp.float32)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        master = master - lr * m / (jnp.sqrt(v) + eps)
+        master, m, v = adam_update(master, m, v, grad)
         return master, m, v, master.astype(dt)
 
     state = InputSpec((p,), "f32")

@@ -180,8 +180,7 @@ def format_simulation(result: SimulationResult) -> str:
     ]
     b = result.breakdown
     total = max(st.mean_s, 1e-30)
-    rows = [(name.removesuffix("_s").replace("_", " "), format_seconds(value), f"{100 * value / total:.1f} %")
-            for name, value in b.model_dump().items()]
+    rows = [(cause, format_seconds(value), f"{100 * value / total:.1f} %") for cause, value in b.causes()]
     lines = [head, _table(summary, ("metric", "value", "note")), "  where the time goes (critical path, mean step):",
              _table(rows, ("cause", "time", "share"))]
     c = result.communication

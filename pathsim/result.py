@@ -38,6 +38,10 @@ class Breakdown(BaseModel):
     def total_s(self) -> float:
         return sum(getattr(self, f) for f in type(self).model_fields)
 
+    def causes(self) -> list[tuple[str, float]]:
+        """(cause, seconds) for every field, named for a reader."""
+        return [(name.removesuffix("_s").replace("_", " "), value) for name, value in self.model_dump().items()]
+
 
 class CommunicationTotals(BaseModel):
     all_to_all_s: float

@@ -47,7 +47,7 @@ def _tiny(devices: int):
 
 def test_the_training_step_learns_and_xla_counts_the_flops_pathsim_prices():
     """The JAX step is real training (the loss falls on a fixed batch), and pathsim prices the step XLA compiled."""
-    from pathsim.calibration.end_to_end import build_step, initial_inputs, predict_step
+    from pathsim.calibration.end_to_end import build_step, initial_inputs, predict_step, xla_flops
     from pathsim.calibration.harness import make_mesh
     from pathsim.device import load_profile
 
@@ -64,13 +64,11 @@ def test_the_training_step_learns_and_xla_counts_the_flops_pathsim_prices():
     m = workload.model
     assert 0 < float(kept[0]) <= workload.training.tokens_per_step * m.moe.top_k * len(m.moe_layers)
 
-    from pathsim.calibration.end_to_end import _xla_flops
-
     profile = load_profile("cpu-epyc-2core-x8")
     predicted = predict_step(workload, profile, 1)
     priced = predicted.hfu * predicted.step_time.mean_s * profile.dtypes["f32"].peak_flops
     # XLA also counts softmaxes, norms, the loss and Adam; at these tiny widths they are a few percent
-    assert priced == pytest.approx(_xla_flops(compiled), rel=0.10)
+    assert priced == pytest.approx(xla_flops(compiled), rel=0.10)
 
 
 def test_end_to_end_refuses_bad_arguments(tmp_path, capsys):
