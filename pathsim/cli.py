@@ -31,7 +31,7 @@ from pathsim.routing import SAMPLING_MODES
 from pathsim.simulation import simulate
 from pathsim.workload import load_workload, parse_expert_ids
 from pathsim.topology import build_topology
-from pathsim.units import format_bandwidth, format_bytes, format_flops, format_seconds, parse_bytes
+from pathsim.units import format_bandwidth, format_bytes, format_flops, format_seconds, parse_bytes, parse_count, parse_seconds
 from pathsim.yaml_config import read_yaml_mapping, validate_model
 
 EXIT_USER_ERROR = 2
@@ -106,6 +106,30 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("--window-steps", type=int, default=1000, help="training steps per window (default 1000)")
     drift.add_argument("--replan-every", type=int, nargs="+", default=[1, 2], metavar="K",
                        help="re-planning intervals to compare, in windows (default 1 2)")
+
+    rep = sub.add_parser("report", help="cost, energy and carbon report of a workload on a cluster: HTML with plots, "
+                                        "Markdown, and the data as CSV/JSON")
+    rep.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
+    rep.add_argument("--workload", required=True, help="workload preset name or YAML file")
+    rep.add_argument("--compare-cluster", nargs="+", action="extend", default=[], metavar="CLUSTER",
+                     help="other candidate clusters: cost against time, with the Pareto front (repeatable)")
+    rep.add_argument("--run-tokens", metavar="TOKENS", help="size of the training run, e.g. 1T or 600B (rounded up to whole steps)")
+    rep.add_argument("--run-steps", type=int, metavar="N", help="size of the training run in steps (instead of --run-tokens)")
+    rep.add_argument("--deadline", metavar="DURATION", help="mark which clusters finish the run in time, e.g. 30d or 72h")
+    rep.add_argument("--dense", default="both", choices=("both", "active_flops", "total_params", "none"),
+                     help="dense counterparts to compare against (default both)")
+    rep.add_argument("--price", default="on_demand", metavar="TERM|USD",
+                     help="on_demand (default), commit_1y, commit_3y (topologies/economics/prices.yaml) or USD per chip-hour")
+    rep.add_argument("--provider", help="which cloud's offer for the chip, when prices.yaml lists several (default: the first)")
+    rep.add_argument("--region", help="grid region (topologies/economics/grid-intensity.yaml; default: the offer's)")
+    rep.add_argument("--grid-intensity", metavar="KG_PER_KWH", help="grid carbon intensity in kg CO2e per kWh, instead of --region")
+    rep.add_argument("--pue", help="power usage effectiveness: a number >= 1 or an operator in topologies/economics/facilities.yaml "
+                                   "(default: the offer's provider)")
+    rep.add_argument("--steps", type=int, default=2, help="training steps to simulate per cluster (default 2)")
+    rep.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")
+    rep.add_argument("--placement", default=None, help="expert placement policy or placement JSON (default round_robin)")
+    rep.add_argument("--profile", type=Path, help="device profile JSON for the main cluster (default: the cluster's)")
+    rep.add_argument("--out", type=Path, metavar="DIR", help="folder to write (default reports/WORKLOAD-on-CLUSTER/)")
 
     cal = sub.add_parser("calibrate", help="time pathsim's kernels with JAX on this machine, fit a device profile, measure its error")
     cal.add_argument("--quick", action="store_true", help="a small bf16 sweep (about a minute on 2 CPU cores) instead of the full one")
@@ -419,6 +443,36 @@ def _cmd_collective(args) -> int:
     return 0
 
 
+def _quantity(text: str | None, parse, flag: str, example: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise PathsimConfigError("<command line>", flag, str(exc), f"write e.g. {flag} {example}") from None
+
+
+def _cmd_report(args) -> int:
+    from pathsim.report import build_report, write_report
+
+    report = build_report(args.cluster, args.workload, compare_clusters=tuple(args.compare_cluster), dense=args.dense,
+                          run_tokens=_quantity(args.run_tokens, parse_count, "--run-tokens", "1T"), run_steps=args.run_steps,
+                          deadline_s=_quantity(args.deadline, parse_seconds, "--deadline", "30d"), steps=args.steps,
+                          seed=args.seed, placement=args.placement, profile=args.profile, price=args.price,
+                          provider=args.provider, region=args.region,
+                          grid_intensity=_quantity(args.grid_intensity, float, "--grid-intensity", "0.4"), pue=args.pue)
+    out = args.out or Path("reports") / f"{report.workload}-on-{report.cluster}"
+    written = write_report(report, out)
+    rows = [(h.metric, h.unit, f"{h.per_step:.4g}", f"{h.per_million_tokens:.4g}", "-" if h.per_run is None else f"{h.per_run:.4g}")
+            for h in report.headline]
+    print(report.title)
+    print(_table(rows, ("metric", "unit", "per step", "per million tokens", "per run")))
+    if report.comparison:
+        print("  " + report.comparison.statement)
+    print(f"wrote {len(written)} files under {out}/: open {out / 'index.html'}")
+    return 0
+
+
 def _cmd_calibrate(args) -> int:
     if args.host_devices < 1 or (args.devices is not None and args.devices < 1):
         raise PathsimConfigError("<arguments>", "--devices" if args.host_devices >= 1 else "--host-devices",
@@ -481,7 +535,7 @@ def _cmd_calibrate(args) -> int:
 
 
 COMMANDS = {"presets": _cmd_presets, "validate": _cmd_validate, "collective": _cmd_collective, "simulate": _cmd_simulate,
-            "plan": _cmd_plan, "calibrate": _cmd_calibrate}
+            "plan": _cmd_plan, "report": _cmd_report, "calibrate": _cmd_calibrate}
 
 
 def main(argv: list[str] | None = None) -> int:

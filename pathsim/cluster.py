@@ -42,6 +42,11 @@ class ChipSpec(StrictModel):
     hbm_bandwidth: Annotated[BytesPerSecond, Gt(0)]
     idle_power: Annotated[Watts, Ge(0)]
     peak_power: Annotated[Watts, Gt(0)]
+    communication_activity: float = Field(
+        0.25, ge=0.0, le=1.0, allow_inf_nan=False,
+        description="share of (peak_power - idle_power) drawn while the chip only communicates: its matrix units idle "
+                    "while HBM, DMA engines and link SerDes run. Default 0.25 is an assumption: no per-state "
+                    "measurement is published; calibrate it from a power trace")
     source: str
 
     @field_validator("peak_flops")
@@ -72,6 +77,15 @@ class LinkSpec(StrictModel):
 class HostSpec(StrictModel):
     chips_per_host: int = Field(gt=0)
     power: Annotated[Watts, Ge(0)] = Field(description="host power excluding the accelerators (CPUs, memory, NICs, fans)")
+    source: str
+
+
+class NetworkPowerSpec(StrictModel):
+    """Power of the network outside the chips and hosts, for energy reports."""
+
+    per_switch: Annotated[Watts, Ge(0)] = Field(0.0, description="each network switch the topology builds (fat-tree "
+                                                                  "leaves and spines, graph switches; NVSwitches are host power)")
+    per_chip: Annotated[Watts, Ge(0)] = Field(0.0, description="optics and optical circuit switches, counted per chip")
     source: str
 
 
@@ -184,6 +198,8 @@ class ClusterConfig(StrictModel):
     links: dict[str, LinkSpec]
     topology: TopologySpec
     source: str = ""
+    network_power: NetworkPowerSpec | None = Field(None, description="switch and optics power; absent means 0 W, "
+                                                                       "and reports say so")
     profile: str | None = Field(None, description="device profile for this cluster's chips: a shipped profile's name "
                                                   "(`pathsim presets --kind profiles`) or a JSON file, relative to this file")
 
@@ -230,6 +246,7 @@ __all__ = [
     "GraphSpec",
     "HostSpec",
     "LinkSpec",
+    "NetworkPowerSpec",
     "PathsimConfigError",
     "TorusSpec",
     "load_cluster",

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pathsim.collectives import LinkUsage
+from pathsim.energy import StepEnergy
 from pathsim.memory import MemoryReport
 from pathsim.version import __version__
 
@@ -73,6 +74,32 @@ class ModalityLoad(BaseModel):
     max_over_mean_expert_load: float
 
 
+class TimelineSpan(BaseModel):
+    """One op of the step shown in a timeline, as the schedule ran it."""
+
+    name: str
+    category: str
+    resource: str
+    stream: str
+    layer: int
+    start_s: float
+    end_s: float
+    straggler_s: float
+    waited_s: float
+
+
+class SimulationDetail(BaseModel):
+    """The per-op, per-link and per-expert evidence behind a result (``simulate(..., detail=True)``); for reports."""
+
+    timeline_step: int  # the simulated step shown: the one nearest the median step time
+    timeline: list[TimelineSpan]
+    state_boundaries_s: list[float]  # the mean chip's states over that step (pathsim.energy)
+    states: list[str]
+    link_utilisation: list[float]  # per link id of the cluster's topology, mean over steps
+    expert_load_layer: int  # the MoE layer whose busiest expert is furthest above the mean (-1: dense)
+    expert_load: list[list[float]]  # in that layer, per task, per expert: assignments per step
+
+
 class SimulationResult(BaseModel):
     cluster: str
     workload: str
@@ -102,5 +129,7 @@ class SimulationResult(BaseModel):
     hottest_links: list[LinkUsage]
     memory: MemoryReport
     events_per_step: int
+    energy: StepEnergy  # IT energy of the mean step (chips, hosts, network), with its inputs
     inputs: dict[str, Any]  # the full cluster, workload and device-profile configs
     pathsim_version: str = __version__
+    detail: SimulationDetail | None = None

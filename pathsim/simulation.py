@@ -18,13 +18,14 @@ from pathsim.cluster import ClusterConfig
 from pathsim.collectives import LinkUsage
 from pathsim.device import DeviceProfile
 from pathsim.engine import StepRun, StepSchedule, run_step
+from pathsim.energy import STATES, ChipActivity, power_inputs, state_timeline, step_energy
 from pathsim.errors import PathsimConfigError
 from pathsim.memory import expert_slots_on_busiest_chip, memory_per_chip
 from pathsim.model_math import model_totals
 from pathsim.placement import Placement
 from pathsim.planner import resolve_placement
-from pathsim.result import (Breakdown, CommunicationTotals, LayerLoad, ModalityLoad, SimulationResult, StepTimeStats,
-                            TaskLoad)
+from pathsim.result import (Breakdown, CommunicationTotals, LayerLoad, ModalityLoad, SimulationDetail, SimulationResult,
+                            StepTimeStats, TaskLoad, TimelineSpan)
 from pathsim.routing import LoadSample, route_layer, step_rng
 from pathsim.run_setup import RunSetup, prepare_run
 from pathsim.step_ops import COMPUTE, Op, StepCoster
@@ -38,14 +39,16 @@ def simulate(cluster: "str | Path | dict | ClusterConfig", workload: "str | Path
              placement: "str | Path | Placement | None" = None, steps: int = 1, seed: int = 0,
              network: str = "fast", sampling: str = "auto", profile: "str | Path | DeviceProfile | None" = None,
              dense: Literal["active_flops", "total_params"] | None = None,
-             trace: "str | Path | None" = None) -> SimulationResult:
+             trace: "str | Path | None" = None, detail: bool = False) -> SimulationResult:
     """Simulate `steps` training steps of `workload` on `cluster`.
 
     ``placement`` is a policy name (planned here with default options; see
     ``pathsim.plan`` for replicas and constraints), a placement JSON or a
     Placement. ``dense`` simulates the workload's dense counterpart instead
     (same activated FLOPs or same total parameters); ``trace`` writes a
-    Perfetto trace.
+    Perfetto trace; ``detail`` adds the timeline of one step, every link's
+    utilisation and every expert's load per task (``result.detail``), which
+    reports plot.
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
         raise PathsimConfigError("<arguments>", "steps", f"must be an integer from 1 to {MAX_STEPS}, got {steps!r}", "e.g. --steps 5")
@@ -53,10 +56,11 @@ def simulate(cluster: "str | Path | dict | ClusterConfig", workload: "str | Path
     if placement is not None and setup.plan is None:
         raise PathsimConfigError("<arguments>", "placement", f"{setup.workload.name} has no experts to place", "drop --placement")
     chosen = resolve_placement(placement, setup) if setup.plan is not None else None
-    return run_steps(setup, chosen, int(steps), trace)
+    return run_steps(setup, chosen, int(steps), trace, detail)
 
 
-def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "str | Path | None" = None) -> SimulationResult:
+def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "str | Path | None" = None,
+              detail: bool = False) -> SimulationResult:
     """Simulate `steps` steps of a prepared run with a resolved placement."""
     workload_config, layout, plan, seed = setup.workload, setup.layout, setup.plan, setup.seed
     coster = StepCoster(workload_config, layout, setup.topology, setup.network, setup.device, placement)
@@ -76,7 +80,7 @@ def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "
     if trace is not None:
         write_trace(trace, runs, f"{workload_config.name} on {setup.cluster.name}")
     return _result(setup.cluster, workload_config, setup.device_profile, setup.topology, layout, coster, placement, plan,
-                   runs, routings, setup.network_name, seed)
+                   runs, routings, setup.network_name, seed, detail)
 
 
 def _fixed_ops(coster: StepCoster) -> dict:
@@ -121,7 +125,7 @@ def _percentile(values: np.ndarray, q: float) -> float:
 
 
 def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster, placement, plan, runs, routings,
-            network, seed) -> SimulationResult:
+            network, seed, detail: bool) -> SimulationResult:
     times = np.array([r.step_time_s for r in runs])
     mean_time = float(times.mean())
 
@@ -176,6 +180,8 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
     hottest = np.argsort(-utilisation, kind="stable")[:5]
 
     tasks, modalities, layers, dropped_fraction = _loads(workload, plan, routings)
+    timelines = [state_timeline(run.spans, run.step_time_s) for run in runs]
+    energy = step_energy(ChipActivity.mean_of(timelines), power_inputs(cluster, topology))
     return SimulationResult(
         cluster=cluster.name, workload=workload.name, chips=layout.chips,
         parallelism=dict(data=layout.data, tensor=layout.tensor, expert=layout.expert, expert_groups=layout.expert_groups),
@@ -195,9 +201,29 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
                                  bytes=float(link_bytes[i] / n), utilisation=float(utilisation[i])) for i in hottest],
         memory=memory_per_chip(workload, layout, expert_slots_on_busiest_chip(workload, placement), cluster.chip.hbm_bytes),
         events_per_step=int(np.mean([r.events for r in runs])),
+        energy=energy,
+        detail=_detail(runs, timelines, times, utilisation, workload, routings, n) if detail else None,
         inputs={"cluster": cluster.model_dump(mode="json"), "workload": workload.model_dump(mode="json"),
                 "device_profile": profile.model_dump(mode="json")},
     )
+
+
+def _detail(runs: list[StepRun], timelines, times: np.ndarray, utilisation: np.ndarray, workload: WorkloadConfig,
+            routings: list[list[LoadSample]], steps: int) -> SimulationDetail:
+    shown = int(np.argmin(np.abs(times - np.median(times))))
+    spans = [TimelineSpan(name=s.op.name, category=s.op.category, resource=s.op.resource, stream=s.stream, layer=s.op.layer,
+                          start_s=s.start_s, end_s=s.end_s, straggler_s=s.op.straggler_s, waited_s=s.waited_s)
+             for s in sorted(runs[shown].spans, key=lambda s: (s.start_s, s.end_s))]
+    expert_load: list[list[float]] = []
+    hottest_layer = -1
+    if routings and routings[0]:
+        routed = np.array([[r.routed for r in batch] for batch in routings]).sum(axis=0) / steps  # (layers, tasks, experts)
+        j = int(np.argmax(_max_over_mean(routed.sum(axis=1))))
+        hottest_layer, expert_load = workload.model.moe_layers[j], routed[j].tolist()
+    states = timelines[shown]
+    return SimulationDetail(timeline_step=shown, timeline=spans, state_boundaries_s=states.boundaries_s.tolist(),
+                            states=[STATES[i] for i in states.states], link_utilisation=utilisation.tolist(),
+                            expert_load_layer=hottest_layer, expert_load=expert_load)
 
 
 def _max_over_mean(load: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -22,7 +22,7 @@ from pydantic import BeforeValidator
 
 _DECIMAL = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 _BINARY = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
-_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12, "min": 60.0, "h": 3600.0}
+_TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 _NUMBER = r"(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
 _QUANTITY = re.compile(_NUMBER + r"\s*(?P<unit>[^\s\d].*)?$")
@@ -101,6 +101,12 @@ def parse_flop_rate(value: object) -> float:
         return _DECIMAL[match.group(1)] if match else None
 
     return _parse(value, "a compute rate", "FLOP/s", scale, "'275TFLOP/s' or 2.75e14")
+
+
+def parse_count(value: object) -> float:
+    """A count of things such as tokens: '1T' -> 1e12; '600B' (billion) -> 6e11; '2.5M' -> 2.5e6; '1e12'."""
+    scales = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
+    return _parse(value, "a count", "", scales.get, "'1T', '600B', '2.5M' or 1e12")
 
 
 def parse_watts(value: object) -> float:

@@ -66,6 +66,11 @@ class Topology(ABC):
         count, labels = sp.csgraph.connected_components(adjacency, directed=True, connection="strong")
         return count == 1 or len(set(labels[: self.num_chips].tolist())) == 1
 
+    @property
+    def network_switches(self) -> int:
+        """Switches whose power the network pays for (those inside a host are host power)."""
+        return self.num_nodes - self.num_chips
+
     def link_label(self, link: int) -> str:
         return f"{self.node_names[self.link_src[link]]} -> {self.node_names[self.link_dst[link]]}"
 

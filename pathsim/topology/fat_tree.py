@@ -159,6 +159,29 @@ class FatTree(Topology):
             loads[self._down:self._down + self.n_leaves * S] = np.repeat(leaf_traffic.sum(axis=0) / S, S)
         return loads
 
+    def by_tier(self, link_values: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-link values by tier, each (…, up / down): ``nvlink`` and ``nic`` as (node, GPU of the node, 2),
+        ``fabric`` as (leaf, spine, 2); tiers the fabric lacks are left out."""
+        values = np.asarray(link_values, dtype=np.float64)
+        gpus, nodes = self.num_chips, self.num_chips // self.gpus_per_node
+
+        def pair(up: int, down: int, shape: tuple[int, int]) -> np.ndarray:
+            count = shape[0] * shape[1]
+            return np.stack([values[up:up + count].reshape(shape), values[down:down + count].reshape(shape)], axis=-1)
+
+        tiers = {}
+        if self._nv_up >= 0:
+            tiers["nvlink"] = pair(self._nv_up, self._nv_down, (nodes, self.gpus_per_node))
+        tiers["nic"] = pair(self._nic_up, self._nic_down, (nodes, self.gpus_per_node))
+        if self.n_spines:
+            tiers["fabric"] = pair(self._up, self._down, (self.n_leaves, self.n_spines))
+        assert sum(t.size for t in tiers.values()) == values.size == self.num_links and gpus == nodes * self.gpus_per_node
+        return tiers
+
+    @property
+    def network_switches(self) -> int:
+        return self.n_leaves + self.n_spines  # NVSwitches sit inside the nodes: host power
+
     def describe(self) -> dict:
         info = super().describe()
         info.update(gpus_per_node=self.gpus_per_node, leaves=self.n_leaves, spines=self.n_spines)

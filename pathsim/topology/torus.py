@@ -100,6 +100,13 @@ class Torus(Topology):
         self.hop_latency = float(link_latency)
 
     # ---- geometry -------------------------------------------------------
+    def by_direction(self, link_values: np.ndarray) -> np.ndarray:
+        """Per-link values laid out as (chip, dimension, + / −); NaN where a chip has no such link."""
+        full = np.full(self._full_to_link.shape, np.nan)
+        present = self._full_to_link >= 0
+        full[present] = np.asarray(link_values, dtype=np.float64)[self._full_to_link[present]]
+        return full.reshape(self.num_chips, self.ndim, 2)
+
     def index(self, coords: np.ndarray) -> np.ndarray:
         return coords @ self._strides
 

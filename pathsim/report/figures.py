@@ -1,0 +1,307 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot state, no display needed).
+
+Each function takes the report's data and returns a :class:`Figure` plus the
+rows behind it (written next to the figure as CSV), so every plotted number
+can be checked and re-plotted.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
+from matplotlib.transforms import offset_copy
+
+from pathsim.cluster import ClusterConfig
+from pathsim.report.content import ClusterOption
+from pathsim.energy import STATES
+from pathsim.result import Breakdown, SimulationResult
+from pathsim.topology import FatTree, Torus, build_topology
+from pathsim.topology.torus import AXIS_NAMES
+from pathsim.units import format_seconds
+
+# One colour per cause, used by every figure that shows it.
+CAUSE_COLOURS = {"compute": "#4C72B0", "straggler": "#8FB0E0", "all to all": "#DD8452", "tensor parallel": "#937860",
+                 "grad sync exposed": "#C44E52", "optimizer": "#8172B3"}
+CATEGORY_COLOURS = {"compute": CAUSE_COLOURS["compute"], "all_to_all": CAUSE_COLOURS["all to all"],
+                    "tensor_parallel": CAUSE_COLOURS["tensor parallel"], "grad_sync": CAUSE_COLOURS["grad sync exposed"],
+                    "optimizer": CAUSE_COLOURS["optimizer"]}
+STATE_COLOURS = {"compute": "#4C72B0", "communication": "#DD8452", "idle": "#BBBBBB"}
+ENERGY_COLOURS = {"chips: compute": "#4C72B0", "chips: communication": "#DD8452", "chips: idle": "#BBBBBB",
+                  "hosts": "#55A868", "network": "#937860", "facility overhead (PUE)": "#C44E52"}
+
+
+@dataclass
+class Drawn:
+    """A figure and the table of numbers it plots."""
+
+    name: str
+    title: str
+    caption: str
+    figure: Figure
+    columns: list[str]
+    rows: list[list]
+
+
+def png_bytes(figure: Figure, dpi: int = 100) -> bytes:
+    """The figure as PNG, without the matplotlib version stamp (the same inputs give the same bytes)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None}, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _footer(figure: Figure, text: str) -> None:
+    """A note under the whole figure (below its bottom edge, so it never covers an axis label)."""
+    below = offset_copy(figure.transFigure, fig=figure, y=-6, units="points")
+    figure.text(0.01, 0.0, text, transform=below, fontsize=7, color="#555555", ha="left", va="top")
+
+
+def breakdown_figure(variants: list[tuple[str, SimulationResult]]) -> Drawn:
+    """Where a step's time goes, one bar per simulated variant, as shares of its step time."""
+    figure = Figure(figsize=(9, 1.1 + 0.55 * len(variants)))
+    ax = figure.add_subplot()
+    causes = [name.removesuffix("_s").replace("_", " ") for name in Breakdown.model_fields]
+    rows = []
+    for y, (label, result) in enumerate(variants):
+        total = result.breakdown.total_s() or 1.0
+        left = 0.0
+        for cause, seconds in result.breakdown.causes():
+            share = seconds / total
+            ax.barh(y, share, left=left, color=CAUSE_COLOURS[cause], edgecolor="white", linewidth=0.5)
+            if share > 0.07:
+                ax.text(left + share / 2, y, f"{100 * share:.0f}%", ha="center", va="center", fontsize=7, color="white")
+            left += share
+            rows.append([label, cause, seconds, share])
+        ax.text(1.01, y, f"{format_seconds(result.step_time.mean_s)} per step", va="center", fontsize=8)
+    ax.set_yticks(range(len(variants)), [label for label, _ in variants], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the step (critical path, mean step)")
+    ax.legend(handles=[Patch(color=CAUSE_COLOURS[c], label=c) for c in causes], ncols=len(causes), fontsize=7,
+              loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    figure.subplots_adjust(left=0.3, right=0.85)
+    return Drawn("step_breakdown", "Where a step's time goes",
+                 "Critical path of the mean simulated step by cause; the causes add up to the step time.",
+                 figure, ["variant", "cause", "seconds", "share"], rows)
+
+
+def gantt_figure(result: SimulationResult) -> Drawn:
+    """One step as it ran: ops per stream of work, and the IT power it drew."""
+    detail = result.detail
+    figure = Figure(figsize=(11, 4.2))
+    grid = figure.add_gridspec(2, 1, height_ratios=[3, 1.3], hspace=0.08)
+    ax = figure.add_subplot(grid[0])
+    tracks = ["compute", "all_to_all", "tensor_parallel", "grad_sync"]
+    names = {"compute": "compute", "all_to_all": "all-to-all", "tensor_parallel": "tensor-parallel", "grad_sync": "gradient sync"}
+    rows = []
+    for category in tracks + ["optimizer"]:
+        spans = [s for s in detail.timeline if s.category == category]
+        if not spans:
+            continue
+        y = tracks.index("compute" if category == "optimizer" else category)
+        busy = [(s.start_s, s.end_s - s.start_s - s.straggler_s) for s in spans]
+        ax.broken_barh(busy, (y - 0.35, 0.7), facecolors=CATEGORY_COLOURS[category], linewidth=0)
+        tails = [(s.end_s - s.straggler_s, s.straggler_s) for s in spans if s.straggler_s > 0]
+        if tails:
+            ax.broken_barh(tails, (y - 0.35, 0.7), facecolors=CAUSE_COLOURS["straggler"], linewidth=0)
+        rows += [[s.name, s.category, s.stream, s.layer, s.start_s, s.end_s, s.straggler_s, s.waited_s] for s in spans]
+    ax.set_yticks(range(len(tracks)), [names[t] for t in tracks], fontsize=8)
+    ax.invert_yaxis()
+    step_s = result.detail.state_boundaries_s[-1]
+    ax.set_xlim(0, step_s)
+    ax.tick_params(labelbottom=False)
+    ax.legend(handles=[Patch(color=CATEGORY_COLOURS[c], label=names.get(c, c)) for c in tracks + ["optimizer"]]
+              + [Patch(color=CAUSE_COLOURS["straggler"], label="waiting for the slowest chip")],
+              ncols=6, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+
+    power = figure.add_subplot(grid[1], sharex=ax)
+    boundaries = np.array(detail.state_boundaries_s)
+    inputs = result.energy.inputs
+    chip_watts = inputs.chip_watts()
+    constant_w = inputs.hosts * inputs.host_w + inputs.network_w()
+    watts = np.array([inputs.chips * chip_watts[s] + constant_w for s in detail.states])
+    power.stairs(watts / 1e3, boundaries, color="black", linewidth=0.8)
+    for state in STATES:
+        mask = np.array([s == state for s in detail.states])
+        if mask.any():
+            power.broken_barh(list(zip(boundaries[:-1][mask], np.diff(boundaries)[mask])), (0, 1), facecolors=STATE_COLOURS[state],
+                              alpha=0.35, transform=power.get_xaxis_transform(), linewidth=0)
+    power.set_ylim(0, watts.max(initial=1.0) / 1e3 * 1.15)
+    power.set_ylabel("IT power (kW)", fontsize=8)
+    power.set_xlabel("time in the step (s)")
+    power.legend(handles=[Patch(color=STATE_COLOURS[s], alpha=0.5, label=f"mean chip {s}") for s in STATES], fontsize=7,
+                 ncols=3, loc="lower right", frameon=False)
+    _footer(figure, f"Step {detail.timeline_step} of {result.steps} (the one nearest the median). Power: {inputs.chips} chips at "
+                    f"{chip_watts['idle']:.0f}/{chip_watts['communication']:.0f}/{chip_watts['compute']:.0f} W idle/communicating/"
+                    f"computing, {inputs.hosts} hosts at {inputs.host_w:.0f} W, network {inputs.network_w():.0f} W.")
+    return Drawn("timeline", "One step, op by op",
+                 "Each stream of work of the step nearest the median, and the cluster's IT power over it "
+                 "(pale blue: the slowest chip's extra expert time, which the other chips spend waiting).",
+                 figure, ["op", "category", "stream", "layer", "start_s", "end_s", "straggler_s", "waited_s"], rows)
+
+
+def _heat(ax, image: np.ndarray, title: str, xlabel: str, ylabel: str, vmax: float):
+    shown = ax.imshow(image, aspect="auto", origin="lower", cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    return shown
+
+
+def link_figure(result: SimulationResult) -> Drawn:
+    """Link utilisation over the step, laid out on the topology: per torus plane, or per fat-tree tier."""
+    topology = build_topology(ClusterConfig.model_validate(result.inputs["cluster"]))
+    utilisation = np.array(result.detail.link_utilisation)
+    vmax = max(float(np.nanmax(utilisation, initial=0.0)), 1e-9)
+    rows = [[i, topology.link_label(i), str(topology.link_class[i]), float(u)] for i, u in enumerate(utilisation)]
+    panels: list[tuple[np.ndarray, str, str, str]] = []
+    if isinstance(topology, Torus):
+        grid = topology.by_direction(utilisation)  # (chips, dims, ±)
+        busiest = np.nanmax(np.nan_to_num(grid, nan=-1.0), axis=2).reshape(*topology.dims, topology.ndim)
+        for d, k in enumerate(topology.dims):
+            if k < 2:
+                continue
+            along = np.moveaxis(busiest[..., d], d, 0)  # (k, *other dims)
+            others = [AXIS_NAMES[e] for e in range(topology.ndim) if e != d]
+            if topology.ndim == 3:
+                image = along.mean(axis=0)  # the plane across dimension d, averaged along d
+                panels.append((image, f"{AXIS_NAMES[d]} links, mean along {AXIS_NAMES[d]}", others[1], others[0]))
+            elif topology.ndim == 2:
+                panels.append((along.T, f"{AXIS_NAMES[d]} links", AXIS_NAMES[d], others[0]))
+            else:
+                panels.append((along[None, :], f"{AXIS_NAMES[d]} links", AXIS_NAMES[d], ""))
+        note = "each chip's busier direction (+ or −) along the dimension"
+    elif isinstance(topology, FatTree):
+        labels = {"nvlink": ("NVLink (GPU ↔ NVSwitch)", "GPU in node", "node"), "nic": ("NIC (GPU ↔ leaf)", "GPU in node", "node"),
+                  "fabric": ("fabric (leaf ↔ spine)", "spine", "leaf")}
+        for tier, values in topology.by_tier(utilisation).items():
+            panels.append((values.max(axis=2),) + labels[tier])
+        note = "the busier direction (up or down) of each cable"
+    else:
+        order = np.argsort(-utilisation, kind="stable")
+        panels.append((utilisation[order][None, :], "every link, busiest first", "link (sorted)", ""))
+        note = "custom graph: links sorted by utilisation"
+    figure = Figure(figsize=(3.6 * len(panels) + 0.8, 3.4))
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    shown = None
+    for ax, (image, title, xlabel, ylabel) in zip(axes, panels):
+        shown = _heat(ax, np.where(image < 0, np.nan, image), title, xlabel, ylabel, vmax)
+    figure.colorbar(shown, ax=list(axes), label="utilisation (busy share of the step)", shrink=0.9)
+    _footer(figure, f"{result.cluster}: bytes each link carried over the simulated steps / (bandwidth × time); {note}. "
+                    f"Busiest link {100 * vmax:.1f} %.")
+    return Drawn("link_utilisation", "Link utilisation on the topology",
+                 f"Share of the step each link is busy, laid out on the {type(topology).__name__.lower()} ({note}).",
+                 figure, ["link_id", "link", "class", "utilisation"], rows)
+
+
+def expert_load_figure(result: SimulationResult) -> Drawn | None:
+    """Per task (and modality), each expert's load in the most skewed MoE layer: which experts each task heats."""
+    detail = result.detail
+    load = np.array(detail.expert_load)
+    if load.size == 0:
+        return None
+    tasks = result.tasks
+    labels = [f"{t.task} · {t.modality}" for t in tasks]
+    modalities = result.modalities
+    if len(modalities) > 1:
+        by_modality = [load[[i for i, t in enumerate(tasks) if t.modality == m.modality]].sum(axis=0) for m in modalities]
+        load = np.vstack([load] + by_modality)
+        labels += [f"all {m.modality}" for m in modalities]
+    order = np.argsort(-load[: len(tasks)].sum(axis=0), kind="stable")
+    mean = load.mean(axis=1, keepdims=True)
+    relative = np.divide(load, mean, out=np.zeros_like(load), where=mean > 0)[:, order]
+    figure = Figure(figsize=(10, 1.4 + 0.3 * len(labels)))
+    ax = figure.add_subplot()
+    shown = ax.imshow(relative, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0,
+                      vmax=max(2.0, float(np.percentile(relative, 99.5))))
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    if len(modalities) > 1:
+        ax.axhline(len(tasks) - 0.5, color="white", linewidth=1.5)
+    ax.set_xlabel(f"expert of MoE layer {detail.expert_load_layer} (sorted by the layer's load, busiest first)", fontsize=8)
+    figure.colorbar(shown, ax=ax, label="load / row mean", shrink=0.9)
+    rows = [[labels[i], int(e), float(load[i, e]), float(relative[i, j])] for i in range(len(labels)) for j, e in enumerate(order)]
+    _footer(figure, f"Token-expert assignments per step in layer {detail.expert_load_layer}, the MoE layer whose busiest expert is "
+                    f"furthest above the mean, over {result.steps} step(s); 1 = the row's mean load.")
+    return Drawn("expert_load", "Expert load per task and modality",
+                 "How unevenly each task (and each modality) spreads its tokens over the experts of the most skewed MoE "
+                 "layer; bright columns are hot experts, the cause of straggler time and drops.", figure,
+                 ["row", "expert", "assignments_per_step", "load_over_row_mean"], rows)
+
+
+def energy_figure(variants: list[tuple[str, dict[str, float], float]], inputs_note: str) -> Drawn:
+    """Energy per million tokens of every variant: what it is made of (shares) and how much (log scale).
+
+    ``variants``: (label, kWh per million tokens by component, total) — the components add up to the total.
+    """
+    figure = Figure(figsize=(11, 1.4 + 0.55 * len(variants)))
+    shares, totals_ax = figure.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1.2, 1], "wspace": 0.05})
+    ys = np.arange(len(variants))
+    for y, (label, parts, total) in zip(ys, variants):
+        start = 0.0
+        for component, kwh in parts.items():
+            share = kwh / total if total > 0 else 0.0
+            shares.barh(y, share, left=start, color=ENERGY_COLOURS[component], edgecolor="white", linewidth=0.5)
+            if share > 0.08:
+                shares.text(start + share / 2, y, f"{100 * share:.0f}%", ha="center", va="center", fontsize=7, color="white")
+            start += share
+    shares.set_yticks(ys, [v[0] for v in variants], fontsize=8)
+    shares.invert_yaxis()
+    shares.set_xlim(0, 1)
+    shares.set_xlabel("share of the facility energy")
+    shares.legend(handles=[Patch(color=c, label=k) for k, c in ENERGY_COLOURS.items()], ncols=3, fontsize=7,
+                  loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    totals = np.array([v[2] for v in variants])
+    totals_ax.barh(ys, totals, color=["#4C72B0"] + ["#999999"] * (len(variants) - 1))
+    totals_ax.set_xscale("log")
+    totals_ax.set_xlabel("facility kWh per million tokens (log)")
+    for y, value in zip(ys, totals):
+        ratio = "" if y == 0 else f"   {value / totals[0]:.3g}× the first"
+        totals_ax.text(value, y, f" {value:.3g} kWh{ratio}", va="center", fontsize=7)
+    totals_ax.set_xlim(totals.min() / 3, totals.max() * 60)
+    _footer(figure, inputs_note)
+    rows = [[v[0], component, kwh] for v in variants for component, kwh in v[1].items()]
+    return Drawn("energy", "Energy per million tokens",
+                 "Facility energy (IT × PUE) per million training tokens, by component, for the model as configured and "
+                 "each variant on the same cluster.", figure, ["variant", "component", "kwh_per_million_tokens"], rows)
+
+
+def cost_time_figure(options: list[ClusterOption], basis: str, deadline_s: float | None) -> Drawn:
+    """Money against time for each candidate cluster and price term, the Pareto front joined."""
+    figure = Figure(figsize=(8, 4.6))
+    ax = figure.add_subplot()
+    markers = {"on_demand": "o", "commit_1y": "s", "commit_3y": "D", "user": "*"}
+    longest = max(o.time_s for o in options)
+    unit, scale = next((u, k) for u, k in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0), ("seconds", 1.0))
+                       if longest >= 2 * k or k == 1.0)
+    for o in options:
+        colour = "#C44E52" if o.pareto else "#4C72B0"
+        ax.scatter(o.time_s / scale, o.usd, marker=markers[o.price_term], color=colour, zorder=3, s=36)
+        ax.annotate(f"{o.cluster} ({o.price_term})", (o.time_s / scale, o.usd), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    front = sorted((o for o in options if o.pareto), key=lambda o: o.time_s)
+    ax.plot([o.time_s / scale for o in front], [o.usd for o in front], color="#C44E52", linewidth=1, zorder=2,
+            drawstyle="steps-post", label="Pareto front (nothing both faster and cheaper)")
+    if deadline_s is not None:
+        ax.axvline(deadline_s / scale, color="black", linestyle="--", linewidth=0.8, label="deadline")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis, money in ((ax.xaxis, False), (ax.yaxis, True)):
+        formatter = FuncFormatter(lambda v, _, money=money: (f"${v:,.0f}" if v >= 10 else f"${v:.3g}") if money else f"{v:.3g}")
+        axis.set_major_formatter(formatter)
+        axis.set_minor_formatter(formatter)
+        axis.set_tick_params(which="minor", labelsize=7)
+    ax.set_xlabel(f"time for {'the run' if basis == 'run' else 'a million tokens'} ({unit}, log)")
+    ax.set_ylabel(f"USD for {'the run' if basis == 'run' else 'a million tokens'} (log)")
+    ax.legend(handles=[Patch(color="#C44E52", label="on the Pareto front"), Patch(color="#4C72B0", label="dominated")]
+              + ([ax.get_lines()[-1]] if deadline_s is not None else []), fontsize=7, loc="upper right", frameon=False)
+    ax.margins(0.25)
+    rows = [[o.cluster, o.chips, o.price_term, o.usd_per_chip_hour, o.time_s, o.usd, o.pareto] for o in options]
+    _footer(figure, "Markers: circle on demand, square 1-year commitment, diamond 3-year commitment, star user price.")
+    return Drawn("cost_vs_time", "Cost against time across clusters",
+                 "Each candidate cluster at each price term; red points are on the Pareto front.", figure,
+                 ["cluster", "chips", "price_term", "usd_per_chip_hour", "time_s", "usd", "pareto"], rows)

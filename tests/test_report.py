@@ -1,0 +1,181 @@
+"""`pathsim report`: the files it writes, that they agree with each other, and its errors."""
+
+import base64
+import csv
+import json
+import re
+import struct
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, strategies as st
+from matplotlib.image import imread
+
+from pathsim.cli import main
+from pathsim.report import build_report, write_report
+from pathsim.report.content import pareto_front
+from pathsim.report.render import fmt
+
+XHTML = "{http://www.w3.org/1999/xhtml}"
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    report = build_report("tpu-v4-4x4x4", "pathways-multitask", compare_clusters=("tpu-v5p-4x4x4", "dgx-h100-4"),
+                          run_tokens=1e10, deadline_s=86400.0, steps=1)
+    write_report(report, out)
+    return report, out
+
+
+def _png_ok(data: bytes, where: str):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", where
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 100 and height > 100, where
+    pixels = imread(__import__("io").BytesIO(data), format="png")
+    assert pixels.std() > 0.01, f"{where} is blank"
+
+
+def test_html_parses_and_every_embedded_figure_is_a_real_png(written):
+    report, out = written
+    root = ET.parse(out / "index.html").getroot()  # strict XML parser: any unbalanced tag fails
+    images = list(root.iter(f"{XHTML}img"))
+    figures = sorted(p.stem for p in (out / "figures").glob("*.png"))
+    assert len(images) == len(figures) == 6  # breakdown, timeline, links, expert load, energy, cost vs time
+    for image in images:
+        head, _, encoded = image.get("src").partition(",")
+        assert head == "data:image/png;base64"
+        _png_ok(base64.b64decode(encoded), image.get("alt"))
+    for name in figures:
+        _png_ok((out / "figures" / f"{name}.png").read_bytes(), name)
+        with open(out / "data" / f"{name}.csv") as f:
+            rows = list(csv.reader(f))
+        assert len(rows) > 1, name
+
+
+def _markdown_tables(text: str) -> dict[str, list[list[str]]]:
+    tables, heading = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
+        elif line.startswith("| ") and heading:
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            tables.setdefault(heading, []).append(cells)
+    return {k: rows[1:] for k, rows in tables.items()}  # drop the header row (the --- row has no leading "| ")
+
+
+def _matches(cell: str, value) -> bool:
+    if value is None:
+        return cell == "-"
+    if isinstance(value, bool):
+        return cell == ("yes" if value else "no")
+    number = float(cell.replace(",", ""))
+    return abs(number - value) <= max(0.5 if abs(value) >= 1000 else 0.0, 5e-4 * abs(value))
+
+
+def test_every_number_in_the_markdown_matches_the_json(written):
+    _, out = written
+    data = json.loads((out / "report.json").read_text())
+    tables = _markdown_tables((out / "summary.md").read_text())
+    headline = tables["Headline"]
+    assert [r[0] for r in headline] == [h["metric"] for h in data["headline"]]
+    for row, h in zip(headline, data["headline"]):
+        assert all(_matches(c, h[k]) for c, k in zip(row[2:], ("per_step", "per_million_tokens", "per_run"))), row
+    variants = tables["Sparse against dense"]
+    first = data["variants"][0]["footprint"]["per_million_tokens"]["facility_kwh"]
+    for row, v in zip(variants, data["variants"], strict=True):
+        per_m = v["footprint"]["per_million_tokens"]
+        expected = (v["result"]["step_time"]["mean_s"], per_m["facility_kwh"], per_m["usd"], per_m["facility_kwh"] / first)
+        assert row[0] == v["label"] and all(_matches(c, x) for c, x in zip(row[1:], expected)), row
+    clusters = tables["Clusters"]
+    for row, o in zip(clusters, data["clusters"], strict=True):
+        expected = (o["chips"], o["usd_per_chip_hour"], o["time_s"], o["usd"], o["facility_kwh"], o["tco2e"], o["memory_fits"],
+                    o["pareto"], o["meets_deadline"])
+        assert row[0] == o["cluster"] and row[2] == o["price_term"]
+        assert all(_matches(c, x) for c, x in zip(row[1:2] + row[3:], expected)), row
+
+
+def test_report_content_is_consistent(written):
+    report, out = written
+    assert {v.key for v in report.variants} == {"sparse", "dense_active_flops", "dense_total_params"}
+    main_option = [o for o in report.clusters if o.cluster == report.cluster and o.price_term == "on_demand"][0]
+    assert main_option.usd == report.main.footprint.per_run.usd
+    assert any(o.pareto for o in report.clusters)
+    assert all(o.meets_deadline == (o.time_s <= 86400.0) for o in report.clusters)
+    with open(out / "data" / "link_utilisation.csv") as f:
+        assert len(list(csv.reader(f))) - 1 == len(report.main.result.detail.link_utilisation)
+    # Determinism: the same inputs give the same report, bit for bit.
+    again = build_report("tpu-v4-4x4x4", "pathways-multitask", compare_clusters=("tpu-v5p-4x4x4", "dgx-h100-4"),
+                         run_tokens=1e10, deadline_s=86400.0, steps=1)
+    assert again.model_dump_json() == report.model_dump_json()
+
+
+@pytest.mark.parametrize("cluster,workload", [("dgx-h100-4", "mixtral-8x7b"), ("example-dumbbell-8", "switch-base-128"),
+                                              ("tpu-v3-4x4", "switch-base-128")])
+def test_figures_draw_on_every_kind_of_topology(tmp_path, cluster, workload):
+    report = build_report(cluster, workload, steps=1, dense="none", price=1.0, grid_intensity=0.5, pue=1.2)
+    write_report(report, tmp_path)
+    _png_ok((tmp_path / "figures" / "link_utilisation.png").read_bytes(), cluster)
+    assert report.comparison is None and report.basis == "million_tokens"
+
+
+def test_cli_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["report", "--cluster", "tpu-v4-4x4x4", "--workload", "switch-base-128", "--run-steps", "1000",
+                 "--steps", "1", "--dense", "total_params", "--price", "commit_3y", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "per run" in text and (out / "index.html").is_file() and (out / "summary.md").is_file()
+    data = json.loads((out / "report.json").read_text())
+    assert data["run_steps"] == 1000 and data["variants"][0]["footprint"]["site"]["price_term"] == "commit_3y"
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--region", "atlantis"], "region"),
+    (["--pue", "0.5"], "pue"),
+    (["--price", "-3"], "price"),
+    (["--run-tokens", "lots"], "--run-tokens"),
+    (["--deadline", "soon"], "--deadline"),
+    (["--deadline", "30d"], "deadline"),  # a deadline without a run
+    (["--run-tokens", "1T", "--run-steps", "5"], "run_steps"),
+    (["--compare-cluster", "dgx-h100-4", "--price", "2.0"], "price"),  # one USD price for two different chips
+    (["--compare-cluster", "no-such-cluster"], "no-such-cluster"),
+])
+def test_bad_report_input_exits_2_naming_the_field(tmp_path, capsys, args, named):
+    code = main(["report", "--cluster", "tpu-v4-4x4x4", "--workload", "switch-base-128", "--steps", "1",
+                 "--out", str(tmp_path / "r")] + args)
+    err = capsys.readouterr().err
+    assert code == 2 and named in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_a_chip_without_a_price_and_a_negative_power_exit_2(tmp_path, capsys):
+    unpriced = tmp_path / "unpriced.yaml"
+    unpriced.write_text(yaml.safe_dump({"extends": "tpu-v4-4x4x4", "chip": {"name": "Homemade TPU"}}))
+    assert main(["report", "--cluster", str(unpriced), "--workload", "switch-base-128", "--out", str(tmp_path / "r")]) == 2
+    assert "price" in capsys.readouterr().err
+    negative = tmp_path / "negative.yaml"
+    negative.write_text(yaml.safe_dump({"extends": "tpu-v4-4x4x4", "chip": {"peak_power": "-192W"}}))
+    assert main(["report", "--cluster", str(negative), "--workload", "switch-base-128", "--out", str(tmp_path / "r")]) == 2
+    assert "chip.peak_power" in capsys.readouterr().err
+
+
+@given(st.lists(st.tuples(st.floats(0.1, 100), st.floats(0.1, 100)), min_size=1, max_size=30))
+def test_pareto_front_is_exactly_the_undominated_points(points):
+    front = set(pareto_front(points))
+
+    def dominated(i):
+        return any(q[0] <= points[i][0] and q[1] <= points[i][1] and q != points[i] for q in points)
+
+    for i in range(len(points)):
+        if i in front:
+            assert not dominated(i)
+        else:  # dominated, or a duplicate of a front point
+            assert dominated(i) or any(points[j] == points[i] for j in front)
+
+
+def test_fmt_keeps_four_significant_figures():
+    assert [fmt(x) for x in (0, 0.000123456, 1.23456, 999.94, 1234.5, None, True)] == \
+        ["0", "0.0001235", "1.235", "999.9", "1,234", "-", "yes"]
+    assert np.isclose(float(fmt(1234567.8).replace(",", "")), 1234568)
