@@ -18,7 +18,7 @@ from matplotlib.transforms import offset_copy
 
 from pathsim.cluster import ClusterConfig
 from pathsim.report.content import ClusterOption
-from pathsim.energy import STATES
+from pathsim.energy import STATES, StateTimeline, power_timeline
 from pathsim.result import Breakdown, SimulationResult
 from pathsim.topology import FatTree, Torus, build_topology
 from pathsim.topology.torus import AXIS_NAMES
@@ -119,11 +119,10 @@ def gantt_figure(result: SimulationResult) -> Drawn:
               ncols=6, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
 
     power = figure.add_subplot(grid[1], sharex=ax)
-    boundaries = np.array(detail.state_boundaries_s)
     inputs = result.energy.inputs
     chip_watts = inputs.chip_watts()
-    constant_w = inputs.hosts * inputs.host_w + inputs.network_w()
-    watts = np.array([inputs.chips * chip_watts[s] + constant_w for s in detail.states])
+    states = StateTimeline(np.array(detail.state_boundaries_s), np.array([STATES.index(s) for s in detail.states]))
+    boundaries, watts = power_timeline(states, inputs)
     power.stairs(watts / 1e3, boundaries, color="black", linewidth=0.8)
     for state in STATES:
         mask = np.array([s == state for s in detail.states])
