@@ -188,7 +188,9 @@ def format_simulation(result: SimulationResult) -> str:
     p = result.parallelism
     experts = (f"; expert groups of {p['expert']}), {result.sampling} routing, placement {result.placement}"
                if result.layers else "), dense")
-    head = (f"{result.workload} on {result.cluster}: {result.chips} chips (data {p['data']} x tensor {p['tensor']}{experts}, "
+    slices = p.get("slices", 1)
+    where = f"{result.chips} chips in {slices} slices" if slices > 1 else f"{result.chips} chips"
+    head = (f"{result.workload} on {result.cluster}: {where} (data {p['data']} x tensor {p['tensor']}{experts}, "
             f"{result.steps} step(s), seed {result.seed}, {result.network_model} network")
     if result.parallelism_axes:
         head += "\n  axes: " + "; ".join(f"{k} {v}" for k, v in result.parallelism_axes.items())

@@ -187,7 +187,54 @@ class GraphSpec(StrictModel):
         return self.chips
 
 
-TopologySpec = Annotated[Union[TorusSpec, FatTreeSpec, GraphSpec], Field(discriminator="kind")]
+SliceSpec = Annotated[Union[TorusSpec, FatTreeSpec], Field(discriminator="kind")]
+
+
+class DcnSpec(StrictModel):
+    """How the slices' hosts reach each other over the data-center network (DCN).
+
+    Every host (``host.chips_per_host`` chips) has NICs into its slice's DCN
+    aggregation; each slice's aggregation has one uplink bundle into the DCN
+    core whose bandwidth is the slice's NIC total over ``oversubscription``.
+    A chip reaches its own host over ``host_link`` (PCIe); left out, that hop
+    is as fast as the host's NICs, so the NIC, shared by the host's chips, is
+    the first place cross-slice traffic queues.
+    """
+
+    nic: str = Field("dcn", description="link class of one host NIC into the DCN (per direction)")
+    nics_per_host: int = Field(1, gt=0)
+    host_link: str | None = Field(None, description="link class between a chip and its host (default: as fast as the host's NICs)")
+    oversubscription: float = Field(1.0, ge=1.0, allow_inf_nan=False,
+                                    description="a slice's total NIC bandwidth : its uplink into the DCN core")
+
+
+class MultiSliceSpec(StrictModel):
+    """Several identical slices (TPU tori or GPU fat trees) joined by the data-center network.
+
+    Chips are numbered slice after slice: slice s holds chips s·n .. (s+1)·n − 1,
+    each numbered inside its slice as the slice's own topology numbers them.
+    """
+
+    kind: Literal["multi_slice"]
+    slices: int = Field(ge=1, le=1024)
+    slice: SliceSpec
+    dcn: DcnSpec = Field(default_factory=DcnSpec)
+
+    @model_validator(mode="after")
+    def _sized(self) -> "MultiSliceSpec":
+        _check_chip_count(self.num_chips)
+        return self
+
+    @property
+    def chips_per_slice(self) -> int:
+        return self.slice.num_chips
+
+    @property
+    def num_chips(self) -> int:
+        return self.slices * self.slice.num_chips
+
+
+TopologySpec = Annotated[Union[TorusSpec, FatTreeSpec, GraphSpec, MultiSliceSpec], Field(discriminator="kind")]
 
 
 class ClusterConfig(StrictModel):
@@ -207,13 +254,14 @@ class ClusterConfig(StrictModel):
     def _links_exist(self) -> "ClusterConfig":
         topo = self.topology
         used: dict[str, str | None] = {}
-        if isinstance(topo, TorusSpec):
-            used["link"] = topo.link
-        elif isinstance(topo, FatTreeSpec):
-            used.update(nvlink=topo.nvlink if topo.gpus_per_node > 1 else None, nic=topo.nic, fabric=topo.fabric)
+        if isinstance(topo, MultiSliceSpec):
+            used.update({f"slice.{field}": name for field, name in _links_used(topo.slice).items()})
+            used.update({"dcn.nic": topo.dcn.nic, "dcn.host_link": topo.dcn.host_link})
+            if topo.chips_per_slice % self.host.chips_per_host:
+                raise ValueError(f"a slice of {topo.chips_per_slice} chips does not split into hosts of "
+                                 f"{self.host.chips_per_host} chips (host.chips_per_host)")
         else:
-            for i, edge in enumerate(topo.edges):
-                used[f"edges[{i}].link"] = edge.link
+            used = _links_used(topo)
         for field, name in used.items():
             if name is not None and name not in self.links:
                 raise ValueError(f"topology.{field} names link class {name!r}, but `links:` defines only {sorted(self.links)}")
@@ -222,6 +270,15 @@ class ClusterConfig(StrictModel):
     @property
     def num_chips(self) -> int:
         return self.topology.num_chips
+
+
+def _links_used(topo: "TorusSpec | FatTreeSpec | GraphSpec") -> dict[str, str | None]:
+    """Link classes a topology names, by the field naming each."""
+    if isinstance(topo, TorusSpec):
+        return {"link": topo.link}
+    if isinstance(topo, FatTreeSpec):
+        return {"nvlink": topo.nvlink if topo.gpus_per_node > 1 else None, "nic": topo.nic, "fabric": topo.fabric}
+    return {f"edges[{i}].link": edge.link for i, edge in enumerate(topo.edges)}
 
 
 def load_cluster(spec: "str | Path | dict | ClusterConfig") -> ClusterConfig:
@@ -241,11 +298,13 @@ def load_cluster(spec: "str | Path | dict | ClusterConfig") -> ClusterConfig:
 __all__ = [
     "ChipSpec",
     "ClusterConfig",
+    "DcnSpec",
     "FatTreeSpec",
     "GraphEdge",
     "GraphSpec",
     "HostSpec",
     "LinkSpec",
+    "MultiSliceSpec",
     "NetworkPowerSpec",
     "PathsimConfigError",
     "TorusSpec",

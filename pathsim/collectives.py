@@ -16,6 +16,11 @@ Algorithms (``bytes`` is the per-rank buffer S; conventions as NCCL-tests):
   y on the x-shard, then z; all-gather back), for groups that form a box.
 - ``hierarchical``: the same multi-axis scheme over (GPUs in a node, nodes):
   NVLink reduce-scatter, inter-node all-reduce per local rank, NVLink all-gather.
+- ``multi_slice``: groups spanning slices of a multi-slice cluster: the slice's
+  own scheme reduce-scatters inside every slice, a ring across the slices
+  all-reduces each shard over the DCN (the chips at the same position of every
+  slice, host to host, as PaLM's cross-pod transfer), and the slice's scheme
+  all-gathers back. Its DCN phases carry ``tier="dcn"``.
 Reduce-scatter and all-gather are the first and second halves of these.
 """
 
@@ -30,12 +35,12 @@ from pathsim.version import __version__
 from pathsim.cluster import ClusterConfig, load_cluster
 from pathsim.errors import PathsimConfigError
 from pathsim.network import get_model
-from pathsim.topology import FatTree, Topology, Torus, build_topology
+from pathsim.topology import FatTree, MultiSlice, Topology, Torus, build_topology
 from pathsim.traffic import Traffic
 from pathsim.units import parse_bytes
 
 OPS = ("all_to_all", "all_reduce", "reduce_scatter", "all_gather")
-ALGORITHMS = ("auto", "direct", "ring", "bidir_ring", "torus", "hierarchical")
+ALGORITHMS = ("auto", "direct", "ring", "bidir_ring", "torus", "hierarchical", "multi_slice")
 # Bus-bandwidth factor: bytes each rank's links must move per byte of S (NCCL-tests convention).
 _BUS_FACTOR = {
     "all_to_all": lambda p: (p - 1) / p,
@@ -50,6 +55,7 @@ class Phase:
     label: str
     traffic: Traffic
     repeat: int
+    tier: str = "slice"  # "dcn" when the phase's traffic crosses slices over the data-center network
 
 
 class LinkUsage(BaseModel):
@@ -61,6 +67,7 @@ class LinkUsage(BaseModel):
 
 class PhaseSummary(BaseModel):
     label: str
+    tier: str
     repeat: int
     time_s: float
     network_bytes: float
@@ -139,8 +146,17 @@ def _node_grid(topology: FatTree, group: np.ndarray) -> np.ndarray | None:
     return group[order].reshape(len(unique), counts[0]).T
 
 
-def _grids(topology: Topology, groups: np.ndarray, algorithm: str) -> tuple[str, list[np.ndarray]]:
+# Per grid axis: (bidirectional rings?, tier). Tier "dcn" marks the axis that crosses slices.
+Axes = list[tuple[bool, str]]
+
+
+def _grids(topology: Topology, groups: np.ndarray, algorithm: str) -> tuple[str, list[np.ndarray], Axes]:
     """Resolve 'auto' and lay each group out as a multi-axis grid of ranks."""
+    if isinstance(topology, MultiSlice):
+        return _multi_slice_grids(topology, groups, algorithm)
+    if algorithm == "multi_slice":
+        raise PathsimConfigError("<arguments>", "algorithm", "'multi_slice' needs a cluster of several slices joined by a DCN",
+                                 "use --algorithm auto")
     candidates = {
         "torus": (lambda g: _box_grid(topology, g)) if isinstance(topology, Torus) else None,
         "hierarchical": (lambda g: _node_grid(topology, g)) if isinstance(topology, FatTree) else None,
@@ -148,7 +164,7 @@ def _grids(topology: Topology, groups: np.ndarray, algorithm: str) -> tuple[str,
     order = [algorithm] if algorithm != "auto" else ["torus", "hierarchical", "ring"]
     for name in order:
         if name in ("ring", "bidir_ring"):
-            return name, [g.copy() for g in groups]
+            return name, [g.copy() for g in groups], [(name == "bidir_ring", "slice")]
         layout = candidates.get(name)
         if layout is None:
             if algorithm != "auto":
@@ -157,27 +173,68 @@ def _grids(topology: Topology, groups: np.ndarray, algorithm: str) -> tuple[str,
             continue
         grids = [layout(g) for g in groups]
         if all(grid is not None for grid in grids) and len({grid.shape for grid in grids}) == 1:
-            return name, grids
+            return name, grids, [(name == "torus", "slice")] * grids[0].ndim
         if algorithm != "auto":
             what = "a box of torus coordinates" if name == "torus" else "an equal number of GPUs in each of several nodes"
             raise PathsimConfigError("<arguments>", "algorithm", f"{name!r} needs every group to be {what}", "use --algorithm ring")
     raise AssertionError("unreachable: ring always applies")
 
 
-def _multi_axis_phases(num_chips: int, grids: list[np.ndarray], nbytes: float, bidirectional: bool,
-                       op: str) -> list[Phase]:
+def _multi_slice_grids(topology: MultiSlice, groups: np.ndarray, algorithm: str) -> tuple[str, list[np.ndarray], Axes]:
+    """Groups inside one slice use the slice's own algorithms; groups spanning slices go hierarchical:
+    the slice's algorithm over each slice's members, then a ring across the slices over the DCN."""
+    n = topology.chips_per_slice
+    slice_of = topology.slice_of[groups]
+    offsets = (slice_of * n)[:, :1]
+    if (slice_of == slice_of[:, :1]).all() and algorithm != "multi_slice":
+        name, grids, axes = _grids(topology.inner, groups - offsets, algorithm)
+        return name, [grid + offset for grid, offset in zip(grids, offsets[:, 0])], axes
+    if algorithm not in ("auto", "multi_slice"):
+        raise PathsimConfigError("<arguments>", "algorithm", f"{algorithm!r} cannot span slices: the groups hold chips of several slices",
+                                 "use --algorithm auto or multi_slice")
+    members = []  # per group: (slices in the group, ranks per slice) of chip ids
+    for group, slices in zip(groups, slice_of):
+        order = np.argsort(slices, kind="stable")
+        present, counts = np.unique(slices, return_counts=True)
+        if counts.min() != counts.max():
+            raise PathsimConfigError("<arguments>", "groups", "a group spanning slices must hold the same number of chips in each",
+                                     "give every slice the same share of each group")
+        members.append(group[order].reshape(len(present), counts[0]))
+    if len({m.shape for m in members}) != 1:
+        raise PathsimConfigError("<arguments>", "groups", "groups spanning slices must all have the same shape (slices × chips per slice)",
+                                 "give every group the same number of slices and chips per slice")
+    per_slice = members[0].shape[1]
+    if per_slice == 1:
+        return "multi_slice", [m[:, 0] for m in members], [(False, "dcn")]
+    inner_groups = np.concatenate(members) % n
+    _, inner_grids, inner_axes = _grids(topology.inner, inner_groups, "auto")
+    count = members[0].shape[0]
+    grids = []
+    for g, m in enumerate(members):
+        local = inner_grids[g * count:(g + 1) * count]
+        if len({grid.shape for grid in local}) != 1:
+            raise PathsimConfigError("<arguments>", "groups", "a group's members in each slice must form the same shape",
+                                     "place each group at the same positions in every slice")
+        grids.append(np.stack([grid + (m[k, 0] // n) * n for k, grid in enumerate(local)], axis=-1))
+    return "multi_slice", grids, inner_axes + [(False, "dcn")]
+
+
+def _multi_axis_phases(num_chips: int, grids: list[np.ndarray], nbytes: float, axes: Axes, op: str) -> list[Phase]:
     """Reduce-scatter along each axis in turn (shards shrink), then all-gather back."""
-    axes = [a for a in range(grids[0].ndim) if grids[0].shape[a] > 1]
     reduce_steps, gather_steps = [], []
     shard = nbytes
-    for a in axes:
+    active = [a for a in range(grids[0].ndim) if grids[0].shape[a] > 1]
+    for a in active:
         size = grids[0].shape[a]
+        bidirectional, tier = axes[a]
         rings = np.concatenate([np.moveaxis(g, a, -1).reshape(-1, size) for g in grids])
         chunk = shard / size
         step = _ring_step(num_chips, rings, chunk, bidirectional)
-        name = f"axis {a} ({size} ranks)" if len(axes) > 1 else f"{size} ranks"
-        reduce_steps.append(Phase(f"reduce-scatter {name}", step, size - 1))
-        gather_steps.insert(0, Phase(f"all-gather {name}", step, size - 1))
+        name = f"axis {a} ({size} ranks)" if len(active) > 1 else f"{size} ranks"
+        if tier == "dcn":
+            name = f"across {size} slices (DCN)"
+        reduce_steps.append(Phase(f"reduce-scatter {name}", step, size - 1, tier))
+        gather_steps.insert(0, Phase(f"all-gather {name}", step, size - 1, tier))
         shard = chunk
     if op == "reduce_scatter":
         return reduce_steps
@@ -216,9 +273,8 @@ def collective_phases(topology: Topology, op: str, nbytes: float, groups: np.nda
         return "direct", [_all_to_all_phase(topology.num_chips, groups, nbytes, matrix)]
     if algorithm == "direct":
         raise PathsimConfigError("<arguments>", "algorithm", f"'direct' is for all_to_all, not {op}", "use auto, ring, bidir_ring, torus or hierarchical")
-    chosen, grids = _grids(topology, groups, algorithm)
-    bidirectional = chosen in ("bidir_ring", "torus")
-    return chosen, _multi_axis_phases(topology.num_chips, grids, nbytes, bidirectional, op)
+    chosen, grids, axes = _grids(topology, groups, algorithm)
+    return chosen, _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
 
 
 def run_collective(cluster: "ClusterConfig | str", op: str, nbytes: "float | str", *, model: str = "fast",
@@ -248,7 +304,7 @@ def run_collective(cluster: "ClusterConfig | str", op: str, nbytes: "float | str
         latency += phase.repeat * timing.latency_s
         busy_s += phase.repeat * timing.link_bytes / topology.link_bandwidth
         link_bytes += phase.repeat * timing.link_bytes
-        summaries.append(PhaseSummary(label=phase.label, repeat=phase.repeat, time_s=timing.time_s,
+        summaries.append(PhaseSummary(label=phase.label, tier=phase.tier, repeat=phase.repeat, time_s=timing.time_s,
                                       network_bytes=phase.traffic.network_bytes))
     utilisation = busy_s / total if total > 0 else busy_s
     hottest = np.argsort(-utilisation, kind="stable")[:top_links]

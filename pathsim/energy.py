@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from pathsim.engine import Span
-from pathsim.step_ops import COMPUTE, NETWORK
+from pathsim.step_ops import COMPUTE
 from pathsim.topology.base import Topology
 
 STATES = ("compute", "communication", "idle")
@@ -59,7 +59,7 @@ def _coverage(boundaries: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> n
 def state_timeline(spans: list[Span], step_time_s: float) -> StateTimeline:
     """The mean chip's compute / communication / idle segments over one step, adjacent equal states merged."""
     compute = [(s.start_s, s.end_s - s.op.straggler_s) for s in spans if s.op.resource == COMPUTE]
-    network = [(s.start_s, s.end_s) for s in spans if s.op.resource == NETWORK]
+    network = [(s.start_s, s.end_s) for s in spans if s.op.resource != COMPUTE]  # ICI / fabric or DCN
     c = np.array(compute, dtype=np.float64).reshape(-1, 2)
     n = np.array(network, dtype=np.float64).reshape(-1, 2)
     c, n = c[c[:, 1] > c[:, 0]], n[n[:, 1] > n[:, 0]]

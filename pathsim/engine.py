@@ -1,13 +1,19 @@
 """The discrete-event schedule of one training step (SimPy).
 
-Two resources: the chips' ``compute`` and their ``network``. The critical
-stream — forward and backward of every micro-batch — holds one resource at a
-time, op after op. Gradient all-reduces are their own processes: launched as
-soon as a layer's last backward finishes (``grad_sync_overlap``), they queue for
-the network behind the critical stream's all-to-alls (lower priority, so a
-bucket in flight can still delay the next all-to-all: the interference is
-simulated, not assumed) while backward compute carries on. Without overlap
-they run after the backward pass. The optimizer step waits for all of them.
+Three resources: the chips' ``compute``, their ``network`` inside the slice
+(ICI, NVLink, the fabric) and the ``dcn`` between slices (host NICs). The
+critical stream — forward and backward of every micro-batch — holds one
+resource at a time, op after op. Gradient all-reduces are their own processes,
+one per bucket: a bucket's chain of ops (on a multi-slice cluster: reduce-scatter
+in the slice, all-reduce across slices over the DCN, all-gather in the slice)
+runs in order, while other buckets' chains use whichever resource is free, so
+one bucket crosses the DCN while the next reduce-scatters over ICI. Chains are
+launched as soon as a layer's last backward finishes (``grad_sync_overlap``)
+and queue for the network behind the critical stream's all-to-alls (lower
+priority, so a bucket in flight can still delay the next all-to-all: the
+interference is simulated, not assumed) while backward compute carries on.
+Without overlap they start after the backward pass. The optimizer step waits
+for all of them.
 
 Events per step are O(micro-batches × layers × ops per layer): the processes
 are streams of work, not chips; per-chip differences (expert load) are already
@@ -20,7 +26,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from pathsim.step_ops import COMPUTE, NETWORK, Op
+from pathsim.step_ops import COMPUTE, DCN, NETWORK, Op
 
 CRITICAL, GRAD = 0, 1  # network priorities: lower value is served first
 
@@ -39,7 +45,7 @@ class Span:
 @dataclass
 class StepSchedule:
     micro_batches: list[tuple[list[Op], list[list[Op]]]]  # per micro-batch: forward ops, backward ops per layer (reverse order)
-    grad_sync: list[list[Op]]  # per entry of the backward order: that layer's gradient all-reduces
+    grad_sync: list[list[list[Op]]]  # per entry of the backward order: that layer's gradient chains (one per bucket)
     optimizer: Op
     overlap_grad_sync: bool
 
@@ -54,7 +60,7 @@ class StepRun:
 
 def run_step(schedule: StepSchedule) -> StepRun:
     env = simpy.Environment()
-    resources = {COMPUTE: simpy.PriorityResource(env, capacity=1), NETWORK: simpy.PriorityResource(env, capacity=1)}
+    resources = {name: simpy.PriorityResource(env, capacity=1) for name in (COMPUTE, NETWORK, DCN)}
     run = StepRun()
 
     def execute(op: Op, stream: str, priority: int):
@@ -70,6 +76,9 @@ def run_step(schedule: StepSchedule) -> StepRun:
         for op in ops:
             yield from execute(op, "grad_sync", GRAD)
 
+    def start(chains: list[list[Op]]) -> list:
+        return [env.process(sync(chain)) for chain in chains]
+
     def main():
         pending: list[list[Op]] = []
         launched = []
@@ -82,12 +91,11 @@ def run_step(schedule: StepSchedule) -> StepRun:
                     yield from execute(op, "main", CRITICAL)
                 if mb == last and schedule.grad_sync[position]:
                     if schedule.overlap_grad_sync:
-                        launched.append(env.process(sync(schedule.grad_sync[position])))
+                        launched += start(schedule.grad_sync[position])
                     else:
-                        pending.append(schedule.grad_sync[position])
+                        pending += schedule.grad_sync[position]
         run.backward_end_s = env.now
-        for ops in pending:
-            yield from sync(ops)
+        launched += start(pending)
         if launched:
             yield simpy.AllOf(env, launched)
         yield from execute(schedule.optimizer, "main", CRITICAL)

@@ -16,7 +16,7 @@ from pathsim.errors import PathsimConfigError
 from pathsim.network import MODELS, get_model
 from pathsim.network.timing import NetworkModel
 from pathsim.routing import RoutingPlan, build_plan
-from pathsim.topology import Torus, build_topology
+from pathsim.topology import MultiSlice, Torus, build_topology
 from pathsim.topology.base import Topology
 from pathsim.workload import Layout, WorkloadConfig, dense_counterpart, load_workload, resolve_parallelism
 
@@ -42,6 +42,12 @@ class RunSetup:
         return len(self.workload.model.moe_layers)
 
 
+def layout_on(workload: WorkloadConfig, topology: Topology, source: str) -> Layout:
+    """The workload's parallel layout on this topology (a multi-slice cluster lays ranks out slice by slice)."""
+    slices, inner = (topology.slices, topology.inner) if isinstance(topology, MultiSlice) else (1, topology)
+    return resolve_parallelism(workload, topology.num_chips, source, inner.dims if isinstance(inner, Torus) else None, slices)
+
+
 def check_seed(seed) -> int:
     if isinstance(seed, bool) or not hasattr(seed, "__index__") or seed < 0:
         raise PathsimConfigError("<arguments>", "seed", f"must be a non-negative integer, got {seed!r}", "e.g. --seed 0")
@@ -64,8 +70,7 @@ def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | P
     if dense is not None:
         workload_config = dense_counterpart(workload_config, dense)
     topology = build_topology(cluster_config)
-    layout = resolve_parallelism(workload_config, topology.num_chips, source,
-                                 topology.dims if isinstance(topology, Torus) else None)
+    layout = layout_on(workload_config, topology, source)
     device_profile = load_profile(profile if profile is not None else cluster_config.profile)
     device = DeviceModel(cluster_config.chip, workload_config.model.dtype, device_profile, source)
     plan = build_plan(workload_config, layout, seed, sampling, source) if workload_config.model.moe else None

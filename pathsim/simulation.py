@@ -184,7 +184,8 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
     energy = step_energy(ChipActivity.mean_of(timelines), power_inputs(cluster, topology))
     return SimulationResult(
         cluster=cluster.name, workload=workload.name, chips=layout.chips,
-        parallelism=dict(data=layout.data, tensor=layout.tensor, expert=layout.expert, expert_groups=layout.expert_groups),
+        parallelism=dict(data=layout.data, tensor=layout.tensor, expert=layout.expert, expert_groups=layout.expert_groups,
+                         slices=layout.slices),
         parallelism_axes=layout.axes,
         placement=placement.policy if placement else "none", network_model=network,
         sampling=plan.sampling if plan else "none", seed=seed, steps=n,

@@ -1,7 +1,8 @@
 """The ops of one training step and what each costs.
 
-A step is a sequence of ops on one of two resources — ``compute`` (the chips'
-cores) and ``network`` (their links) — per micro-batch:
+A step is a sequence of ops on one of three resources — ``compute`` (the
+chips' cores), ``network`` (their links inside the slice) and ``dcn`` (the
+host NICs joining slices) — per micro-batch:
 
 forward, per layer: attention (+ tensor-parallel all-reduce), then either the
 dense FFN (+ all-reduce) or the MoE block: router, local permute, dispatch
@@ -15,7 +16,9 @@ all-to-alls (the combine's gradient travels like a dispatch, the dispatch's
 like a combine). After the last micro-batch's backward of a layer, its
 gradients are all-reduced over the replicas of its parameters — dense
 parameters over the data-parallel ranks, expert parameters over the expert
-groups — and the optimizer step closes the step.
+groups — and the optimizer step closes the step. On a multi-slice cluster a
+bucket's all-reduce is a chain of three ops: reduce-scatter inside the slice,
+all-reduce of the shard across slices over the DCN, all-gather inside.
 
 Durations come from the device model (compute) and the network model
 (communication, routed on the real topology). Per-chip state is numpy arrays;
@@ -41,7 +44,7 @@ from pathsim.topology.base import Topology
 from pathsim.traffic import Traffic
 from pathsim.workload import Layout, WorkloadConfig
 
-COMPUTE, NETWORK = "compute", "network"
+COMPUTE, NETWORK, DCN = "compute", "network", "dcn"  # DCN: the host NICs between the slices of a multi-slice cluster
 # What an op is, for the breakdown (a compute op's straggler_s is reported apart from its compute).
 CATEGORIES = ("compute", "all_to_all", "tensor_parallel", "grad_sync", "optimizer")
 
@@ -89,21 +92,28 @@ class StepCoster:
         duration = self.device.time_s(family, scale * cost.flops, scale * cost.nbytes)
         return Op(name, category, COMPUTE, float(duration), layer, flops=scale * cost.flops)
 
-    def collective(self, op: str, nbytes: float, groups: np.ndarray) -> tuple[float, np.ndarray]:
-        """Time and link bytes of a collective over concurrent groups, cached by (op, bytes, groups)."""
+    def collective_segments(self, op: str, nbytes: float, groups: np.ndarray) -> list[tuple[str, float, np.ndarray]]:
+        """A collective over concurrent groups as runs of phases on one tier each — (tier, time, link bytes):
+        one run inside a slice, or slice / DCN / slice for a hierarchical all-reduce across slices. Cached."""
         key = (op, float(nbytes), groups.shape, groups.tobytes())
         if key not in self._collective_cache:
-            if nbytes <= 0 or groups.shape[1] < 2:
-                self._collective_cache[key] = (0.0, np.zeros(self.topology.num_links))
-            else:
+            segments: list[tuple[str, float, np.ndarray]] = []
+            if nbytes > 0 and groups.shape[1] >= 2:
                 _, phases = collective_phases(self.topology, op, nbytes, groups)
-                total, link_bytes = 0.0, np.zeros(self.topology.num_links)
                 for phase in phases:
                     timing = self.network.phase(phase.traffic)
-                    total += phase.repeat * timing.time_s
-                    link_bytes += phase.repeat * timing.link_bytes
-                self._collective_cache[key] = (total, link_bytes)
+                    if not segments or segments[-1][0] != phase.tier:
+                        segments.append((phase.tier, 0.0, np.zeros(self.topology.num_links)))
+                    tier, time_s, link_bytes = segments[-1]
+                    segments[-1] = (tier, time_s + phase.repeat * timing.time_s, link_bytes + phase.repeat * timing.link_bytes)
+            self._collective_cache[key] = segments
         return self._collective_cache[key]
+
+    def collective(self, op: str, nbytes: float, groups: np.ndarray) -> tuple[float, np.ndarray]:
+        """Time and link bytes of a collective over concurrent groups, all its phases together."""
+        segments = self.collective_segments(op, nbytes, groups)
+        return (sum(t for _, t, _ in segments),
+                sum((b for _, _, b in segments), np.zeros(self.topology.num_links)))
 
     def _tensor_allreduce(self, name: str, layer: int) -> list[Op]:
         if self.layout.tensor == 1:
@@ -213,18 +223,18 @@ class StepCoster:
         ffn = (s.router_params + s.shared_params) if self.model.is_moe(layer) else s.dense_ffn_params
         return (s.attention_params + ffn) / self.layout.tensor
 
-    def grad_sync(self, layer: int) -> list[Op]:
+    def grad_sync(self, layer: int) -> list[list[Op]]:
         """All-reduce of one layer's gradients over the replicas of its parameters, in buckets.
 
-        Buckets (``training.grad_bucket_bytes``) are separate network ops, so an
-        all-to-all on the critical path waits for at most one bucket.
+        Buckets (``training.grad_bucket_bytes``) are separate chains of network
+        ops, so an all-to-all on the critical path waits for at most one bucket.
         """
         ops = self._bucketed(f"L{layer} grad all-reduce (dense)", layer, self.layer_dense_params(layer) * self.dtype, self.dense_groups)
         if layer in self.moe_index:
             ops += self._expert_grad_sync(layer)
         return ops
 
-    def _expert_grad_sync(self, layer: int) -> list[Op]:
+    def _expert_grad_sync(self, layer: int) -> list[list[Op]]:
         """Expert gradients summed over every copy: hierarchically, first over the expert groups and
         tensor ranks holding the same rank position (reduce-scatter + all-gather of the busiest rank's
         experts), and for experts replicated inside a group, in between, an all-reduce of the
@@ -247,13 +257,22 @@ class StepCoster:
             ops += self._bucketed(f"L{layer} grad all-reduce (replicated experts x{count})", layer, shard, rings)
         return ops
 
-    def _bucketed(self, name: str, layer: int, nbytes: float, groups: np.ndarray) -> list[Op]:
+    def _bucketed(self, name: str, layer: int, nbytes: float, groups: np.ndarray) -> list[list[Op]]:
+        """One chain of ops per bucket: the all-reduce, or its slice / DCN / slice parts across slices."""
         buckets = max(1, math.ceil(nbytes / self.workload.training.grad_bucket_bytes))
-        time_s, link_bytes = self.collective("all_reduce", nbytes / buckets, groups)
-        if time_s <= 0:
+        segments = [seg for seg in self.collective_segments("all_reduce", nbytes / buckets, groups) if seg[1] > 0]
+        if not segments:
             return []
-        return [Op(name if buckets == 1 else f"{name} bucket {b + 1}/{buckets}", "grad_sync", NETWORK, time_s, layer,
-                   link_bytes=link_bytes) for b in range(buckets)]
+        tiers = [tier for tier, _, _ in segments]
+        crossing = tiers.index("dcn") if "dcn" in tiers and len(tiers) > 1 else None
+        parts = ["" if crossing is None else " across slices (DCN)" if t == "dcn"
+                 else " reduce-scatter in slice" if i < crossing else " all-gather in slice" for i, t in enumerate(tiers)]
+        chains = []
+        for b in range(buckets):
+            label = name if buckets == 1 else f"{name} bucket {b + 1}/{buckets}"
+            chains.append([Op(label + part, "grad_sync", DCN if tier == "dcn" else NETWORK, time_s, layer, link_bytes=link_bytes)
+                           for part, (tier, time_s, link_bytes) in zip(parts, segments)])
+        return chains
 
     def optimizer(self) -> Op:
         params = optimizer_params_per_chip(self.workload, self.layout, expert_slots_on_busiest_chip(self.workload, self.placement))

@@ -14,10 +14,12 @@ from pathlib import Path
 
 from pathsim.engine import StepRun
 from pathsim.errors import PathsimConfigError
+from pathsim.step_ops import DCN
 
 TRACKS = {"compute": 1, "optimizer": 1, "all_to_all": 2, "tensor_parallel": 3, "grad_sync": 4}
+DCN_TRACK = 6  # ops on the data-center network between slices, whatever their category
 TRACK_NAMES = {1: "compute (slowest chip)", 2: "network: all-to-all", 3: "network: tensor-parallel",
-               4: "network: gradient sync", 5: "expert FFN (mean chip)"}
+               4: "network: gradient sync", DCN_TRACK: "DCN: between slices", 5: "expert FFN (mean chip)"}
 
 
 def trace_events(runs: list[StepRun], title: str) -> list[dict]:
@@ -33,7 +35,8 @@ def trace_events(runs: list[StepRun], title: str) -> list[dict]:
             if span.waited_s > 0:
                 args["waited_us"] = span.waited_s * 1e6
             start = offset_us + span.start_s * 1e6
-            events.append({"ph": "X", "pid": 1, "tid": TRACKS[op.category], "name": op.name, "cat": op.category,
+            tid = DCN_TRACK if op.resource == DCN else TRACKS[op.category]
+            events.append({"ph": "X", "pid": 1, "tid": tid, "name": op.name, "cat": op.category,
                            "ts": start, "dur": (span.end_s - span.start_s) * 1e6, "args": args})
             if op.straggler_s > 0:
                 events.append({"ph": "X", "pid": 1, "tid": 5, "name": op.name + " (mean chip)", "cat": "expert_mean",

@@ -324,6 +324,7 @@ class Layout(StrictModel):
     tensor: int
     data: int
     expert: int
+    slices: int = Field(1, description="slices of a multi-slice cluster: data replicas span them, chips slice after slice")
     chip_of_rank: tuple[int, ...] | None = None
     axes: dict[str, str] = Field(default_factory=dict, description="which topology axes each degree spans")
 
@@ -334,6 +335,11 @@ class Layout(StrictModel):
     @property
     def expert_groups(self) -> int:
         return self.data // self.expert
+
+    @property
+    def expert_spans_slices(self) -> bool:
+        """True when an expert group's all-to-alls cross the DCN."""
+        return self.expert * self.slices > self.data
 
     def tokens_per_chip(self, workload: "WorkloadConfig") -> float:
         """Tokens per micro-batch on one chip: a data rank's tokens split over its tensor ranks (sequence parallelism)."""
@@ -346,12 +352,20 @@ class Layout(StrictModel):
 
 
 def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<workload>",
-                        torus_dims: tuple[int, ...] | None = None) -> Layout:
-    """Degrees for a cluster of `chips` (a torus passes its dims so ranks can follow `axes_order`)."""
+                        torus_dims: tuple[int, ...] | None = None, slices: int = 1) -> Layout:
+    """Degrees for a cluster of `chips` in `slices` equal slices (a torus, or a multi-slice cluster of tori,
+    passes its slice's dims so ranks can follow `axes_order`).
+
+    Tensor groups stay inside a slice; expert groups do too unless ``parallelism.expert``
+    asks for more ranks than a slice holds; data replicas span the slices.
+    """
     par = workload.parallelism
-    if chips % par.tensor:
-        raise PathsimConfigError(source, "parallelism.tensor", f"{chips} chips do not split into tensor groups of {par.tensor}",
-                                 f"use a divisor of {chips}")
+    slice_chips = chips // slices
+    if slice_chips % par.tensor:
+        where = f"a slice's {slice_chips} chips" if slices > 1 else f"{chips} chips"
+        raise PathsimConfigError(source, "parallelism.tensor", f"{where} do not split into tensor groups of {par.tensor}"
+                                 + (" (tensor parallelism stays inside a slice)" if slices > 1 else ""),
+                                 f"use a divisor of {slice_chips}")
     model = workload.model
     if par.tensor > 1 and (model.heads % par.tensor or model.d_model % par.tensor):
         raise PathsimConfigError(source, "parallelism.tensor", f"tensor degree {par.tensor} does not divide the model's "
@@ -361,16 +375,20 @@ def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<wo
         raise PathsimConfigError(source, "parallelism.data", f"data ({par.data}) × tensor ({par.tensor}) must equal the cluster's {chips} chips",
                                  f"set data: {data} or data: auto")
     moe = workload.model.moe
+    slice_data = data // slices
     if par.expert == "auto":
-        # One expert group spans every data-parallel rank, unless there are fewer
-        # experts than ranks: then groups of (at most) one rank per expert.
-        limit = data if moe is None else min(data, moe.experts)
-        expert = max(d for d in range(1, limit + 1) if data % d == 0)
+        # One expert group spans every data-parallel rank of a slice (never the DCN), unless
+        # there are fewer experts than ranks: then groups of (at most) one rank per expert.
+        limit = slice_data if moe is None else min(slice_data, moe.experts)
+        expert = max(d for d in range(1, limit + 1) if slice_data % d == 0)
     else:
         expert = par.expert
     if data % expert:
         raise PathsimConfigError(source, "parallelism.expert", f"expert degree {expert} does not divide the {data} data-parallel ranks",
                                  f"use a divisor of {data}")
+    if expert > slice_data and expert % slice_data or expert < slice_data and slice_data % expert:
+        raise PathsimConfigError(source, "parallelism.expert", f"expert groups of {expert} ranks straddle the slices' "
+                                 f"{slice_data} data-parallel ranks each", f"use a divisor or a multiple of {slice_data}")
     tokens = workload.training.tokens_per_step // workload.training.micro_batches
     if tokens < data:
         raise PathsimConfigError(source, "training.tokens_per_step", f"{tokens} tokens per micro-batch leave some of the {data} data-parallel ranks empty",
@@ -383,13 +401,17 @@ def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<wo
             raise PathsimConfigError(source, "parallelism.axes_order", f"must list each of the torus's axes {list(names)} once, got {order}",
                                      f"e.g. axes_order: {list(names)}")
         slow_to_fast = [names.index(a) for a in reversed(order)]
-        grid = np.arange(chips).reshape(torus_dims).transpose(slow_to_fast)
+        grid = np.arange(slice_chips).reshape(torus_dims).transpose(slow_to_fast)
         if par.axes_order:
-            chip_of_rank = tuple(int(c) for c in grid.ravel())
+            chip_of_rank = tuple(int(c) for c in (grid.ravel()[None, :] + slice_chips * np.arange(slices)[:, None]).ravel())
         walk = [(a, torus_dims[names.index(a)]) for a in order]
     elif par.axes_order:
         raise PathsimConfigError(source, "parallelism.axes_order", "applies to torus clusters only", "remove it for this cluster")
-    layout = Layout(chips=chips, tensor=par.tensor, data=data, expert=expert, chip_of_rank=chip_of_rank)
+    elif slices > 1:
+        walk = [("chips", slice_chips)]
+    if walk is not None and slices > 1:
+        walk.append(("slices", slices))
+    layout = Layout(chips=chips, tensor=par.tensor, data=data, expert=expert, slices=slices, chip_of_rank=chip_of_rank)
     if walk is not None:
         layout = layout.model_copy(update={"axes": _axes_spanned(walk, [("tensor", par.tensor), ("expert", expert),
                                                                         ("data replicas", data // expert)])})

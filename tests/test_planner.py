@@ -144,8 +144,8 @@ def test_replicas_spread_hot_experts_and_cost_memory_and_sync():
     assert (with_replicas.replicas[np.arange(setup.moe_layers), hottest] > 1).all()
     from pathsim.step_ops import StepCoster
     coster = StepCoster(setup.workload, setup.layout, setup.topology, setup.network, setup.device, with_replicas)
-    ops = coster.grad_sync(setup.workload.model.moe_layers[0])
-    assert any("replicated experts" in op.name for op in ops)  # copies inside a group sync their gradients
+    chains = coster.grad_sync(setup.workload.model.moe_layers[0])
+    assert any("replicated experts" in op.name for chain in chains for op in chain)  # copies inside a group sync their gradients
 
 
 def test_together_sets_share_a_chip_in_every_layer():

@@ -156,7 +156,7 @@ def test_tensor_parallel_adds_its_all_reduces(tmp_path):
     assert "L1 grad all-reduce (experts)" not in plain_names
     assert plain.breakdown.tensor_parallel_s == 0
     assert tp.breakdown.tensor_parallel_s > 0
-    assert tp.parallelism == {"data": 16, "tensor": 4, "expert": 16, "expert_groups": 1}
+    assert tp.parallelism == {"data": 16, "tensor": 4, "expert": 16, "expert_groups": 1, "slices": 1}
 
 
 def test_expert_groups_sync_expert_gradients():

@@ -20,7 +20,8 @@ from pathsim.cluster import ClusterConfig
 from pathsim.report.content import ClusterOption
 from pathsim.energy import STATES, StateTimeline, power_timeline
 from pathsim.result import Breakdown, SimulationResult
-from pathsim.topology import FatTree, Torus, build_topology
+from pathsim.step_ops import DCN
+from pathsim.topology import FatTree, MultiSlice, Torus, build_topology
 from pathsim.topology.torus import AXIS_NAMES
 from pathsim.units import format_seconds
 
@@ -29,7 +30,7 @@ CAUSE_COLOURS = {"compute": "#4C72B0", "straggler": "#8FB0E0", "all to all": "#D
                  "grad sync exposed": "#C44E52", "optimizer": "#8172B3"}
 CATEGORY_COLOURS = {"compute": CAUSE_COLOURS["compute"], "all_to_all": CAUSE_COLOURS["all to all"],
                     "tensor_parallel": CAUSE_COLOURS["tensor parallel"], "grad_sync": CAUSE_COLOURS["grad sync exposed"],
-                    "optimizer": CAUSE_COLOURS["optimizer"]}
+                    "optimizer": CAUSE_COLOURS["optimizer"], "dcn": "#DA8BC3"}
 STATE_COLOURS = {"compute": "#4C72B0", "communication": "#DD8452", "idle": "#BBBBBB"}
 ENERGY_COLOURS = {"chips: compute": "#4C72B0", "chips: communication": "#DD8452", "chips: idle": "#BBBBBB",
                   "hosts": "#55A868", "network": "#937860", "facility overhead (PUE)": "#C44E52"}
@@ -96,10 +97,13 @@ def gantt_figure(result: SimulationResult) -> Drawn:
     grid = figure.add_gridspec(2, 1, height_ratios=[3, 1.3], hspace=0.08)
     ax = figure.add_subplot(grid[0])
     tracks = ["compute", "all_to_all", "tensor_parallel", "grad_sync"]
-    names = {"compute": "compute", "all_to_all": "all-to-all", "tensor_parallel": "tensor-parallel", "grad_sync": "gradient sync"}
+    if any(s.resource == DCN for s in detail.timeline):
+        tracks.append("dcn")  # a multi-slice cluster: what crosses the data-center network gets its own row
+    names = {"compute": "compute", "all_to_all": "all-to-all", "tensor_parallel": "tensor-parallel", "grad_sync": "gradient sync",
+             "dcn": "DCN (between slices)"}
     rows = []
     for category in tracks + ["optimizer"]:
-        spans = [s for s in detail.timeline if s.category == category]
+        spans = [s for s in detail.timeline if ("dcn" if s.resource == DCN else s.category) == category]
         if not spans:
             continue
         y = tracks.index("compute" if category == "optimizer" else category)
@@ -158,6 +162,31 @@ def link_figure(result: SimulationResult) -> Drawn:
     utilisation = np.array(result.detail.link_utilisation)
     vmax = max(float(np.nanmax(utilisation, initial=0.0)), 1e-9)
     rows = [[i, topology.link_label(i), str(topology.link_class[i]), float(u)] for i, u in enumerate(utilisation)]
+    if isinstance(topology, MultiSlice):
+        # The slices' own links, each the busiest over the slices, then the hosts' NICs and the slices' uplinks.
+        inside = np.max([utilisation[topology.slice_links(k)] for k in range(topology.slices)], axis=0)
+        panels, note = _topology_panels(topology.inner, inside)
+        tiers = topology.by_tier(utilisation)
+        panels.append((tiers["nic"].max(axis=1).reshape(topology.slices, -1), "host NICs (DCN)", "host in slice", "slice"))
+        panels.append((tiers["dcn_uplink"].max(axis=1)[:, None], "slice uplinks (DCN)", "", "slice"))
+        note += f"; slice links: the busiest of the {topology.slices} slices"
+    else:
+        panels, note = _topology_panels(topology, utilisation)
+    figure = Figure(figsize=(3.6 * len(panels) + 0.8, 3.4))
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    shown = None
+    for ax, (image, title, xlabel, ylabel) in zip(axes, panels):
+        shown = _heat(ax, np.where(image < 0, np.nan, image), title, xlabel, ylabel, vmax)
+    figure.colorbar(shown, ax=list(axes), label="utilisation (busy share of the step)", shrink=0.9)
+    _footer(figure, f"{result.cluster}: bytes each link carried over the simulated steps / (bandwidth × time); {note}. "
+                    f"Busiest link {100 * vmax:.1f} %.")
+    return Drawn("link_utilisation", "Link utilisation on the topology",
+                 f"Share of the step each link is busy, laid out on the {type(topology).__name__.lower()} ({note}).",
+                 figure, ["link_id", "link", "class", "utilisation"], rows)
+
+
+def _topology_panels(topology, utilisation: np.ndarray) -> tuple[list[tuple[np.ndarray, str, str, str]], str]:
+    """Heat-map panels of one slice's links (image, title, x label, y label) and what they show."""
     panels: list[tuple[np.ndarray, str, str, str]] = []
     if isinstance(topology, Torus):
         grid = topology.by_direction(utilisation)  # (chips, dims, ±)
@@ -185,17 +214,7 @@ def link_figure(result: SimulationResult) -> Drawn:
         order = np.argsort(-utilisation, kind="stable")
         panels.append((utilisation[order][None, :], "every link, busiest first", "link (sorted)", ""))
         note = "custom graph: links sorted by utilisation"
-    figure = Figure(figsize=(3.6 * len(panels) + 0.8, 3.4))
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    shown = None
-    for ax, (image, title, xlabel, ylabel) in zip(axes, panels):
-        shown = _heat(ax, np.where(image < 0, np.nan, image), title, xlabel, ylabel, vmax)
-    figure.colorbar(shown, ax=list(axes), label="utilisation (busy share of the step)", shrink=0.9)
-    _footer(figure, f"{result.cluster}: bytes each link carried over the simulated steps / (bandwidth × time); {note}. "
-                    f"Busiest link {100 * vmax:.1f} %.")
-    return Drawn("link_utilisation", "Link utilisation on the topology",
-                 f"Share of the step each link is busy, laid out on the {type(topology).__name__.lower()} ({note}).",
-                 figure, ["link_id", "link", "class", "utilisation"], rows)
+    return panels, note
 
 
 def expert_load_figure(result: SimulationResult) -> Drawn | None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from pathsim.cluster import ClusterConfig, FatTreeSpec, GraphSpec, TorusSpec
+from pathsim.cluster import ClusterConfig, FatTreeSpec, GraphSpec, MultiSliceSpec, TorusSpec
 from pathsim.errors import PathsimConfigError
 from pathsim.topology.base import Topology
 from pathsim.topology.custom import CustomGraph
 from pathsim.topology.fat_tree import FatTree
+from pathsim.topology.multi_slice import MultiSlice
 from pathsim.topology.torus import Torus
 
 _CACHE: dict[str, Topology] = {}
@@ -39,18 +40,28 @@ def build_topology(cluster: ClusterConfig, source: str | None = None) -> Topolog
 
 def _build(cluster: ClusterConfig) -> Topology:
     spec, links = cluster.topology, cluster.links
+    if isinstance(spec, MultiSliceSpec):
+        dcn = spec.dcn
+        host_link = None if dcn.host_link is None else (links[dcn.host_link].bandwidth, links[dcn.host_link].latency, dcn.host_link)
+        inner = _build_spec(f"{cluster.name} slice", spec.slice, links)
+        return MultiSlice(cluster.name, inner, spec.slices, cluster.host.chips_per_host, host_link,
+                          (links[dcn.nic].bandwidth, links[dcn.nic].latency, dcn.nic), dcn.nics_per_host, dcn.oversubscription)
+    return _build_spec(cluster.name, spec, links)
+
+
+def _build_spec(name: str, spec: "TorusSpec | FatTreeSpec | GraphSpec", links) -> Topology:
     if isinstance(spec, TorusSpec):
         link = links[spec.link]
-        return Torus(cluster.name, spec.dims, spec.wrap_per_dim(), link.bandwidth, link.latency,
+        return Torus(name, spec.dims, spec.wrap_per_dim(), link.bandwidth, link.latency,
                      twisted=spec.twisted, link_class=spec.link)
     if isinstance(spec, FatTreeSpec):
         pair = lambda name: (links[name].bandwidth, links[name].latency)  # noqa: E731
-        return FatTree(cluster.name, nodes=spec.nodes, gpus_per_node=spec.gpus_per_node,
+        return FatTree(name, nodes=spec.nodes, gpus_per_node=spec.gpus_per_node,
                        rail_optimized=spec.kind == "rail_optimized", switch_radix=spec.switch_radix,
                        oversubscription=spec.oversubscription, nics_per_gpu=spec.nics_per_gpu,
                        nvlink=pair(spec.nvlink) if spec.gpus_per_node > 1 else None,
                        nic=pair(spec.nic), fabric=pair(spec.fabric or spec.nic))
-    return _build_graph(cluster.name, spec, links)
+    return _build_graph(name, spec, links)
 
 
 def _build_graph(name: str, spec: GraphSpec, links) -> CustomGraph:
@@ -83,4 +94,4 @@ def _build_graph(name: str, spec: GraphSpec, links) -> CustomGraph:
     return CustomGraph(name, spec.chips, node_names, np.array(src), np.array(dst), np.array(bw), np.array(lat), np.array(cls))
 
 
-__all__ = ["CustomGraph", "FatTree", "Topology", "Torus", "build_topology"]
+__all__ = ["CustomGraph", "FatTree", "MultiSlice", "Topology", "Torus", "build_topology"]
