@@ -15,6 +15,12 @@ interference is simulated, not assumed) while backward compute carries on.
 Without overlap they start after the backward pass. The optimizer step waits
 for all of them.
 
+Sharded weights (ZeRO-3) are gathered ahead of use: the critical stream
+launches a layer's all-gather (``Prefetch``) while the layer before it
+computes, on the network at the critical stream's priority, and waits for it
+(``Await``) only when the layer starts; the wait, if any, is recorded as an
+exposed span of the gather on the critical stream.
+
 Events per step are O(micro-batches × layers × ops per layer): the processes
 are streams of work, not chips; per-chip differences (expert load) are already
 folded into each op's duration by :mod:`pathsim.step_ops`.
@@ -22,7 +28,7 @@ folded into each op's duration by :mod:`pathsim.step_ops`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import simpy
 
@@ -42,9 +48,26 @@ class Span:
     waited_s: float
 
 
+@dataclass(frozen=True)
+class Prefetch:
+    """Start `op` in the background here; the critical stream goes on."""
+
+    op: Op
+
+
+@dataclass(frozen=True)
+class Await:
+    """The critical stream waits here until the prefetched `op` has finished."""
+
+    op: Op
+
+
+Item = Op | Prefetch | Await
+
+
 @dataclass
 class StepSchedule:
-    micro_batches: list[tuple[list[Op], list[list[Op]]]]  # per micro-batch: forward ops, backward ops per layer (reverse order)
+    micro_batches: list[tuple[list[Item], list[list[Item]]]]  # per micro-batch: forward, backward per layer (reverse order)
     grad_sync: list[list[list[Op]]]  # per entry of the backward order: that layer's gradient chains (one per bucket)
     optimizer: Op
     overlap_grad_sync: bool
@@ -79,16 +102,31 @@ def run_step(schedule: StepSchedule) -> StepRun:
     def start(chains: list[list[Op]]) -> list:
         return [env.process(sync(chain)) for chain in chains]
 
+    prefetched: dict[int, simpy.Process] = {}
+
+    def critical(item: Item):
+        if isinstance(item, Prefetch):
+            prefetched[id(item.op)] = env.process(execute(item.op, "prefetch", CRITICAL))
+        elif isinstance(item, Await):
+            gather = prefetched.pop(id(item.op))
+            if not gather.triggered:
+                start_s = env.now
+                yield gather
+                run.spans.append(Span(replace(item.op, name=item.op.name + " (exposed)", link_bytes=None), "main",
+                                      start_s, env.now, 0.0))
+        else:
+            yield from execute(item, "main", CRITICAL)
+
     def main():
         pending: list[list[Op]] = []
         launched = []
         last = len(schedule.micro_batches) - 1
         for mb, (forward, backward) in enumerate(schedule.micro_batches):
-            for op in forward:
-                yield from execute(op, "main", CRITICAL)
-            for position, layer_ops in enumerate(backward):
-                for op in layer_ops:
-                    yield from execute(op, "main", CRITICAL)
+            for item in forward:
+                yield from critical(item)
+            for position, layer_items in enumerate(backward):
+                for item in layer_items:
+                    yield from critical(item)
                 if mb == last and schedule.grad_sync[position]:
                     if schedule.overlap_grad_sync:
                         launched += start(schedule.grad_sync[position])

@@ -5,7 +5,9 @@ and gradients in the model dtype, plus optimizer state per parameter — Adam
 keeps an fp32 master copy, momentum and variance (12 bytes); Adafactor an fp32
 master copy plus factored second moments (≈4 bytes); SGD the fp32 master copy.
 With ``shard_optimizer`` (ZeRO-1) that state is split over the replicas of each
-parameter. Activations follow :mod:`pathsim.model_math` for one micro-batch
+parameter; with ``shard_parameters`` (ZeRO-3 / FSDP) the dense weights and
+their gradients are split too, over the data ranks of a slice, and a chip holds
+two layers' gathered weights at a time (the one computing, the one prefetched). Activations follow :mod:`pathsim.model_math` for one micro-batch
 (no pipeline parallelism: every layer's activations are live at the end of the
 forward pass).
 """
@@ -16,7 +18,7 @@ from pydantic import BaseModel
 
 from pathsim.model_math import activation_bytes_per_token, layer_shapes
 from pathsim.placement import Placement
-from pathsim.workload import Layout, WorkloadConfig
+from pathsim.workload import Layout, ModelSpec, WorkloadConfig
 
 OPTIMIZER_STATE_BYTES = {"adam": 12.0, "adafactor": 4.0, "sgd": 4.0}
 
@@ -51,28 +53,49 @@ def parameters_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: 
 
 
 def optimizer_params_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int) -> float:
-    """Parameters whose optimizer state a chip keeps and updates (ZeRO-1: its shard over each parameter's replicas)."""
+    """Parameters whose optimizer state a chip keeps and updates (ZeRO-1: its shard over each parameter's replicas;
+    ZeRO-3 without ZeRO-1: its shard of the dense weights)."""
     dense, experts = parameters_per_chip(workload, layout, expert_slots)
     if workload.training.shard_optimizer:
         return dense / layout.data + experts / layout.expert_replication
-    return dense + experts
+    return dense / layout.parameter_shards + experts
+
+
+def dense_params_of_layer(model: ModelSpec, layer: int) -> float:
+    """Dense (non-expert) parameters of one layer; ``layer == model.layers`` stands for the embeddings and head."""
+    s = layer_shapes(model)
+    if layer == model.layers:
+        return s.embedding_params
+    return s.attention_params + ((s.router_params + s.shared_params) if model.is_moe(layer) else s.dense_ffn_params)
+
+
+def gathered_weight_params(workload: WorkloadConfig, layout: Layout) -> float:
+    """ZeRO-3 / FSDP: dense parameters held gathered on a chip at once, two of its largest layers (0 unsharded)."""
+    if layout.parameter_shards == 1:
+        return 0.0
+    largest = max(dense_params_of_layer(workload.model, i) for i in range(workload.model.layers + 1))
+    return 2.0 * largest / layout.tensor
 
 
 def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int, hbm_bytes: float) -> MemoryReport:
     """HBM use of a chip hosting `expert_slots` experts over all MoE layers (pass the busiest chip's)."""
     model = workload.model
-    params = sum(parameters_per_chip(workload, layout, expert_slots))
+    dense, experts = parameters_per_chip(workload, layout, expert_slots)
+    params = dense / layout.parameter_shards + experts
+    gathered = gathered_weight_params(workload, layout)
     dtype = model.dtype_bytes
     optimizer = OPTIMIZER_STATE_BYTES[workload.training.optimizer] * optimizer_params_per_chip(workload, layout, expert_slots)
     per_token = sum(activation_bytes_per_token(model, model.is_moe(i), workload.training.recompute)
                     for i in range(model.layers))
     activations = per_token * layout.tokens_per_chip(workload) * (dtype / 2.0)
-    total = params * dtype + params * dtype + optimizer + activations
+    total = (params + gathered) * dtype + params * dtype + optimizer + activations
     return MemoryReport(
-        parameters_bytes=params * dtype, gradients_bytes=params * dtype, optimizer_bytes=optimizer,
+        parameters_bytes=(params + gathered) * dtype, gradients_bytes=params * dtype, optimizer_bytes=optimizer,
         activations_bytes=activations, total_bytes=total, hbm_bytes=hbm_bytes, headroom_bytes=hbm_bytes - total,
         fits=total <= hbm_bytes,
         note=(f"chip with {expert_slots} expert slot(s) over {len(model.moe_layers)} MoE layers; {workload.training.optimizer} state "
               f"{'sharded (ZeRO-1)' if workload.training.shard_optimizer else 'replicated'}; "
+              + (f"dense weights sharded {layout.parameter_shards}-way (ZeRO-3), two layers gathered; "
+                 if layout.parameter_shards > 1 else "") +
               f"recompute {workload.training.recompute}"),
     )

@@ -61,7 +61,7 @@ def layer_shapes(model: ModelSpec) -> LayerShapes:
         shared_params=shared,
         head_dim=head_dim,
         attention_core_flops=4.0 * model.seq_len * model.heads * head_dim,
-        embedding_params=2 * model.vocab * model.d_model,  # input embedding + untied output head
+        embedding_params=(1 if model.tied_embeddings else 2) * model.vocab * model.d_model,  # input embedding (+ untied head)
         head_flops=2.0 * model.vocab * model.d_model,
     )
 

@@ -33,6 +33,7 @@ class Breakdown(BaseModel):
     straggler_s: float  # waiting for the slowest chip's experts (max − mean expert FFN time)
     all_to_all_s: float
     tensor_parallel_s: float
+    weight_gather_s: float = 0.0  # ZeRO-3 weight all-gathers the prefetch did not hide
     grad_sync_exposed_s: float  # gradient sync the backward pass did not hide
     optimizer_s: float
 
@@ -48,6 +49,7 @@ class CommunicationTotals(BaseModel):
     all_to_all_s: float
     grad_sync_s: float  # all gradient all-reduce time, hidden or not
     grad_sync_hidden_s: float
+    weight_gather_s: float = 0.0  # all ZeRO-3 weight all-gather time, hidden or not
     exposed_communication_s: float  # step time not spent computing
 
 

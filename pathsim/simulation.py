@@ -17,7 +17,7 @@ import numpy as np
 from pathsim.cluster import ClusterConfig
 from pathsim.collectives import LinkUsage
 from pathsim.device import DeviceProfile
-from pathsim.engine import StepRun, StepSchedule, run_step
+from pathsim.engine import Await, Item, Prefetch, StepRun, StepSchedule, run_step
 from pathsim.energy import STATES, ChipActivity, power_inputs, state_timeline, step_energy
 from pathsim.errors import PathsimConfigError
 from pathsim.memory import expert_slots_on_busiest_chip, memory_per_chip
@@ -94,18 +94,32 @@ def _fixed_ops(coster: StepCoster) -> dict:
         "head": {b: coster.head(b) for b in (False, True)},
         "backward_order": backward_order,
         "grad_sync": [coster.grad_sync(i) for i in backward_order],
+        # ZeRO-3: every layer's weights gathered before its forward (the head's last) and, but the head's still
+        # held, again before its backward.
+        "gathers": {False: [coster.weight_gather(i, False) for i in [*layers, model.layers]],
+                    True: [coster.weight_gather(i, True) for i in layers]},
         "optimizer": coster.optimizer(),
     }
 
 
+def _gathered(gathers: list[Op | None], position: int, step: int) -> list[Item]:
+    """Wait for this unit's prefetched weights and start the next unit's (``step``: +1 forward, -1 backward)."""
+    items: list[Item] = [Await(gathers[position])] if 0 <= position < len(gathers) and gathers[position] else []
+    ahead = position + step
+    if 0 <= ahead < len(gathers) and gathers[ahead]:
+        items.append(Prefetch(gathers[ahead]))
+    return items
+
+
 def _micro_batch_ops(coster, fixed, plan, layout, placement, rng):
     model = coster.model
-    forward: list[Op] = []
-    backward_by_layer: dict[int, list[Op]] = {model.layers: [fixed["head"][True]]}
+    gathers = fixed["gathers"]
+    forward: list[Item] = _gathered(gathers[False], -1, 1)
+    backward_by_layer: dict[int, list[Item]] = {model.layers: _gathered(gathers[True], model.layers, -1) + [fixed["head"][True]]}
     layer_routings: list[LoadSample] = []
     moe_index = coster.moe_index
     for i in range(model.layers):
-        forward += fixed["attention"][False][i]
+        forward += _gathered(gathers[False], i, 1) + fixed["attention"][False][i]
         if i in moe_index:
             routing = route_layer(plan, layout, placement, moe_index[i], rng)
             layer_routings.append(routing.load_sample())
@@ -114,8 +128,8 @@ def _micro_batch_ops(coster, fixed, plan, layout, placement, rng):
         else:
             ops, back_ffn = fixed["dense_ffn"][False][i], fixed["dense_ffn"][True][i]
         forward += ops
-        backward_by_layer[i] = back_ffn + fixed["attention"][True][i]  # each list already in backward order
-    forward.append(fixed["head"][False])
+        backward_by_layer[i] = _gathered(gathers[True], i, -1) + back_ffn + fixed["attention"][True][i]  # each in backward order
+    forward += _gathered(gathers[False], model.layers, 1) + [fixed["head"][False]]
     backward = [backward_by_layer[i] for i in fixed["backward_order"]]
     return forward, backward, layer_routings
 
@@ -131,7 +145,7 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
 
     # Critical path by cause, averaged over steps.
     sums = dict.fromkeys(Breakdown.model_fields, 0.0)
-    grad_total = compute_busy = a2a_total = 0.0
+    grad_total = gather_total = compute_busy = a2a_total = 0.0
     link_bytes = np.zeros(topology.num_links)
     hardware_flops = 0.0
     for run in runs:
@@ -144,6 +158,8 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
                 hardware_flops += op.flops
             if op.category == "grad_sync":
                 grad_total += duration
+            if span.stream == "prefetch":
+                gather_total += duration
             if span.stream != "main":
                 continue
             main_busy += duration
@@ -165,6 +181,7 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
     breakdown = Breakdown(**{k: v / n for k, v in sums.items()})
     comm = CommunicationTotals(all_to_all_s=a2a_total / n, grad_sync_s=grad_total / n,
                                grad_sync_hidden_s=max(0.0, grad_total / n - breakdown.grad_sync_exposed_s),
+                               weight_gather_s=gather_total / n,
                                exposed_communication_s=mean_time - compute_busy / n)
 
     totals = model_totals(workload.model)

@@ -35,7 +35,7 @@ import numpy as np
 from pathsim.collectives import collective_phases
 from pathsim import kernel_costs as kc
 from pathsim.device import DeviceModel
-from pathsim.memory import OPTIMIZER_STATE_BYTES, expert_slots_on_busiest_chip, optimizer_params_per_chip
+from pathsim.memory import OPTIMIZER_STATE_BYTES, dense_params_of_layer, expert_slots_on_busiest_chip, optimizer_params_per_chip
 from pathsim.model_math import LayerShapes, layer_shapes
 from pathsim.network.timing import NetworkModel
 from pathsim.placement import Placement
@@ -46,7 +46,7 @@ from pathsim.workload import Layout, WorkloadConfig
 
 COMPUTE, NETWORK, DCN = "compute", "network", "dcn"  # DCN: the host NICs between the slices of a multi-slice cluster
 # What an op is, for the breakdown (a compute op's straggler_s is reported apart from its compute).
-CATEGORIES = ("compute", "all_to_all", "tensor_parallel", "grad_sync", "optimizer")
+CATEGORIES = ("compute", "all_to_all", "tensor_parallel", "weight_gather", "grad_sync", "optimizer")
 
 
 @dataclass
@@ -76,8 +76,13 @@ class StepCoster:
         self.tokens_per_data_rank = tokens_mb / layout.data
         self._collective_cache: dict[tuple, tuple[float, np.ndarray]] = {}
         ranks = np.arange(layout.chips)
-        # Dense parameters are replicated over the data ranks (one group per tensor rank).
+        # Dense parameters are replicated over the data ranks (one group per tensor rank)...
         self.dense_groups = layout.chip(ranks.reshape(layout.data, layout.tensor).T)
+        # ...or, sharded (ZeRO-3), over the data ranks of each slice, replicated across the slices.
+        slice_data = layout.data // layout.slices
+        by_slice = ranks.reshape(layout.slices, slice_data, layout.tensor)
+        self.shard_groups = layout.chip(by_slice.transpose(0, 2, 1).reshape(-1, slice_data))
+        self.cross_slice_groups = layout.chip(by_slice.reshape(layout.slices, -1).T)
         self.tensor_groups = layout.chip(ranks.reshape(layout.data, layout.tensor))
         # Every copy of an expert set (one per expert group and tensor rank) trains on its own tokens,
         # so expert gradients are all-reduced over the chips holding the same position of every copy.
@@ -217,19 +222,33 @@ class StepCoster:
 
     # ---- gradient sync and optimizer ---------------------------------------------------
     def layer_dense_params(self, layer: int) -> float:
-        s = self.shapes
-        if layer == self.model.layers:  # embeddings and head
-            return s.embedding_params / self.layout.tensor
-        ffn = (s.router_params + s.shared_params) if self.model.is_moe(layer) else s.dense_ffn_params
-        return (s.attention_params + ffn) / self.layout.tensor
+        """A tensor rank's share of one layer's dense parameters (``model.layers``: embeddings and head)."""
+        return dense_params_of_layer(self.model, layer) / self.layout.tensor
+
+    def weight_gather(self, layer: int, backward: bool) -> Op | None:
+        """ZeRO-3 / FSDP: all-gather of one layer's dense weights over the data ranks of a slice (None unsharded)."""
+        if self.layout.parameter_shards == 1:
+            return None
+        time_s, link_bytes = self.collective("all_gather", self.layer_dense_params(layer) * self.dtype, self.shard_groups)
+        name = "LM head" if layer == self.model.layers else f"L{layer}"
+        return Op(f"{name} weight all-gather {'bwd' if backward else 'fwd'}", "weight_gather", NETWORK, time_s, layer,
+                  link_bytes=link_bytes)
 
     def grad_sync(self, layer: int) -> list[list[Op]]:
         """All-reduce of one layer's gradients over the replicas of its parameters, in buckets.
 
         Buckets (``training.grad_bucket_bytes``) are separate chains of network
         ops, so an all-to-all on the critical path waits for at most one bucket.
+        Sharded dense weights (ZeRO-3) reduce-scatter their gradients inside the
+        slice and all-reduce each shard across the slices.
         """
-        ops = self._bucketed(f"L{layer} grad all-reduce (dense)", layer, self.layer_dense_params(layer) * self.dtype, self.dense_groups)
+        nbytes = self.layer_dense_params(layer) * self.dtype
+        if self.layout.parameter_shards > 1:
+            stages = [("reduce_scatter", nbytes, self.shard_groups),
+                      ("all_reduce", nbytes / self.layout.parameter_shards, self.cross_slice_groups)]
+            ops = self._bucketed(f"L{layer} grad sync (dense, sharded)", layer, stages)
+        else:
+            ops = self._bucketed(f"L{layer} grad all-reduce (dense)", layer, [("all_reduce", nbytes, self.dense_groups)])
         if layer in self.moe_index:
             ops += self._expert_grad_sync(layer)
         return ops
@@ -244,7 +263,7 @@ class StepCoster:
         ops = []
         if layout.expert_replication > 1:
             nbytes = int(np.bincount(shares.indices, minlength=layout.expert).max()) * expert_bytes
-            ops += self._bucketed(f"L{layer} grad all-reduce (experts)", layer, nbytes, self.expert_groups)
+            ops += self._bucketed(f"L{layer} grad all-reduce (experts)", layer, [("all_reduce", nbytes, self.expert_groups)])
         copies_of = np.diff(shares.indptr)
         shard = expert_bytes / layout.expert_replication
         copies = np.arange(layout.expert_replication)
@@ -254,19 +273,20 @@ class StepCoster:
             pos = shares.indices[shares.indptr[replicated][:, None] + np.arange(count)]  # (experts, count)
             ranks = ((group[None, :, None] * layout.expert + pos[:, None, :]) * layout.tensor + tensor[None, :, None])
             rings = layout.chip(ranks.reshape(-1, count))
-            ops += self._bucketed(f"L{layer} grad all-reduce (replicated experts x{count})", layer, shard, rings)
+            ops += self._bucketed(f"L{layer} grad all-reduce (replicated experts x{count})", layer, [("all_reduce", shard, rings)])
         return ops
 
-    def _bucketed(self, name: str, layer: int, nbytes: float, groups: np.ndarray) -> list[list[Op]]:
-        """One chain of ops per bucket: the all-reduce, or its slice / DCN / slice parts across slices."""
-        buckets = max(1, math.ceil(nbytes / self.workload.training.grad_bucket_bytes))
-        segments = [seg for seg in self.collective_segments("all_reduce", nbytes / buckets, groups) if seg[1] > 0]
+    def _bucketed(self, name: str, layer: int, stages: list[tuple[str, float, np.ndarray]]) -> list[list[Op]]:
+        """One chain of ops per bucket: its collectives (op, bytes, groups) in order, each split into its runs
+        of phases on the slice's network or the DCN (an all-reduce across slices: slice / DCN / slice)."""
+        buckets = max(1, math.ceil(stages[0][1] / self.workload.training.grad_bucket_bytes))
+        segments = [seg for op, nbytes, groups in stages for seg in self.collective_segments(op, nbytes / buckets, groups)
+                    if seg[1] > 0]
         if not segments:
             return []
-        tiers = [tier for tier, _, _ in segments]
-        crossing = tiers.index("dcn") if "dcn" in tiers and len(tiers) > 1 else None
-        parts = ["" if crossing is None else " across slices (DCN)" if t == "dcn"
-                 else " reduce-scatter in slice" if i < crossing else " all-gather in slice" for i, t in enumerate(tiers)]
+        crossing = next((i for i, seg in enumerate(segments) if seg[0] == "dcn"), None)
+        parts = ["" if crossing is None or len(segments) == 1 else " across slices (DCN)" if i == crossing
+                 else " reduce-scatter in slice" if i < crossing else " all-gather in slice" for i in range(len(segments))]
         chains = []
         for b in range(buckets):
             label = name if buckets == 1 else f"{name} bucket {b + 1}/{buckets}"

@@ -16,10 +16,11 @@ from pathsim.engine import StepRun
 from pathsim.errors import PathsimConfigError
 from pathsim.step_ops import DCN
 
-TRACKS = {"compute": 1, "optimizer": 1, "all_to_all": 2, "tensor_parallel": 3, "grad_sync": 4}
+TRACKS = {"compute": 1, "optimizer": 1, "all_to_all": 2, "tensor_parallel": 3, "grad_sync": 4, "weight_gather": 7}
 DCN_TRACK = 6  # ops on the data-center network between slices, whatever their category
 TRACK_NAMES = {1: "compute (slowest chip)", 2: "network: all-to-all", 3: "network: tensor-parallel",
-               4: "network: gradient sync", DCN_TRACK: "DCN: between slices", 5: "expert FFN (mean chip)"}
+               4: "network: gradient sync", 7: "network: weight all-gather (ZeRO-3)", DCN_TRACK: "DCN: between slices",
+               5: "expert FFN (mean chip)"}
 
 
 def trace_events(runs: list[StepRun], title: str) -> list[dict]:

@@ -65,6 +65,7 @@ class ModelSpec(StrictModel):
     head_dim: PositiveInt | None = Field(None, description="default: d_model / heads")
     seq_len: PositiveInt
     vocab: PositiveInt
+    tied_embeddings: bool = Field(False, description="the output head reuses the input embedding matrix (PaLM, T5)")
     ffn_kind: Literal["gelu", "relu", "swiglu"] = "gelu"
     dense_ffn: PositiveInt = Field(description="d_ff of the dense (non-MoE) FFN layers")
     dtype: str = Field("bf16", description="compute dtype: a key of the chip's peak_flops")
@@ -115,6 +116,10 @@ class TrainingSpec(StrictModel):
     recompute: Literal["none", "selective", "full"] = "none"
     grad_sync_overlap: bool = Field(True, description="overlap gradient sync with the backward pass")
     shard_optimizer: bool = Field(True, description="ZeRO-1: optimizer state sharded over data-parallel replicas")
+    shard_parameters: bool = Field(
+        False, description="ZeRO-3 / fully sharded data parallelism: dense parameters and their gradients sharded over the "
+                           "data-parallel ranks of each slice, each layer's weights all-gathered (one layer ahead) before its "
+                           "forward and again before its backward, gradients reduce-scattered (PaLM's 2D weight sharding)")
     grad_bucket_bytes: Annotated[Bytes, Gt(0)] = Field(
         25e6, description="gradients are all-reduced in buckets of at most this size (PyTorch DDP's default bucket_cap_mb=25)")
 
@@ -325,6 +330,8 @@ class Layout(StrictModel):
     data: int
     expert: int
     slices: int = Field(1, description="slices of a multi-slice cluster: data replicas span them, chips slice after slice")
+    parameter_shards: int = Field(1, description="data-parallel ranks each dense parameter is sharded over (ZeRO-3 / FSDP: "
+                                                 "those of one slice; 1: replicated)")
     chip_of_rank: tuple[int, ...] | None = None
     axes: dict[str, str] = Field(default_factory=dict, description="which topology axes each degree spans")
 
@@ -411,10 +418,12 @@ def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<wo
         walk = [("chips", slice_chips)]
     if walk is not None and slices > 1:
         walk.append(("slices", slices))
-    layout = Layout(chips=chips, tensor=par.tensor, data=data, expert=expert, slices=slices, chip_of_rank=chip_of_rank)
+    layout = Layout(chips=chips, tensor=par.tensor, data=data, expert=expert, slices=slices, chip_of_rank=chip_of_rank,
+                    parameter_shards=slice_data if workload.training.shard_parameters else 1)
     if walk is not None:
-        layout = layout.model_copy(update={"axes": _axes_spanned(walk, [("tensor", par.tensor), ("expert", expert),
-                                                                        ("data replicas", data // expert)])})
+        degrees = ([("tensor", par.tensor), ("expert", expert), ("data replicas", data // expert)] if moe is not None
+                   else [("tensor", par.tensor), ("data", data)])  # a dense model has no expert groups to show
+        layout = layout.model_copy(update={"axes": _axes_spanned(walk, degrees)})
     return layout
 
 

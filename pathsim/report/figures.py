@@ -27,9 +27,10 @@ from pathsim.units import format_seconds
 
 # One colour per cause, used by every figure that shows it.
 CAUSE_COLOURS = {"compute": "#4C72B0", "straggler": "#8FB0E0", "all to all": "#DD8452", "tensor parallel": "#937860",
-                 "grad sync exposed": "#C44E52", "optimizer": "#8172B3"}
+                 "weight gather": "#64B5CD", "grad sync exposed": "#C44E52", "optimizer": "#8172B3"}
 CATEGORY_COLOURS = {"compute": CAUSE_COLOURS["compute"], "all_to_all": CAUSE_COLOURS["all to all"],
-                    "tensor_parallel": CAUSE_COLOURS["tensor parallel"], "grad_sync": CAUSE_COLOURS["grad sync exposed"],
+                    "tensor_parallel": CAUSE_COLOURS["tensor parallel"], "weight_gather": CAUSE_COLOURS["weight gather"],
+                    "grad_sync": CAUSE_COLOURS["grad sync exposed"],
                     "optimizer": CAUSE_COLOURS["optimizer"], "dcn": "#DA8BC3"}
 STATE_COLOURS = {"compute": "#4C72B0", "communication": "#DD8452", "idle": "#BBBBBB"}
 ENERGY_COLOURS = {"chips: compute": "#4C72B0", "chips: communication": "#DD8452", "chips: idle": "#BBBBBB",
@@ -97,10 +98,12 @@ def gantt_figure(result: SimulationResult) -> Drawn:
     grid = figure.add_gridspec(2, 1, height_ratios=[3, 1.3], hspace=0.08)
     ax = figure.add_subplot(grid[0])
     tracks = ["compute", "all_to_all", "tensor_parallel", "grad_sync"]
+    if any(s.category == "weight_gather" for s in detail.timeline):
+        tracks.insert(3, "weight_gather")  # sharded weights (ZeRO-3): their gathers get their own row
     if any(s.resource == DCN for s in detail.timeline):
         tracks.append("dcn")  # a multi-slice cluster: what crosses the data-center network gets its own row
     names = {"compute": "compute", "all_to_all": "all-to-all", "tensor_parallel": "tensor-parallel", "grad_sync": "gradient sync",
-             "dcn": "DCN (between slices)"}
+             "weight_gather": "weight all-gather", "dcn": "DCN (between slices)"}
     rows = []
     for category in tracks + ["optimizer"]:
         spans = [s for s in detail.timeline if ("dcn" if s.resource == DCN else s.category) == category]
