@@ -7,10 +7,13 @@
    keeps each slice's batch (tokens per step grow with the slices, as a
    multislice job adds data replicas); strong scaling keeps the global batch.
    Efficiency = tokens/s on S slices / (S x tokens/s on one slice).
-3. Expert parallelism inside each pod against across the two pods, on the
-   PaLM cluster: the all-to-alls then cross the DCN.
+3. Expert parallelism inside each slice against across two slices joined by
+   PaLM's DCN, over a sweep of batch sizes: across, the all-to-alls cross the
+   DCN; inside, every expert's replica gradients do.
 4. The DCN term of the hierarchical all-reduce: DCN bandwidth -> infinity
    against one slice of twice the size, and halved.
+5. Shared pods: the shared-pod presets, each job's step time alone and
+   together, and what the isolation of OCS slices buys.
 
     python benchmarks/multi_slice_scaling.py            # about a minute on 2 cores
     python benchmarks/multi_slice_scaling.py --moe glam
@@ -68,17 +71,26 @@ def scaling(moe: str) -> None:
 
 
 def cross_slice_experts() -> None:
-    print("## Expert parallelism inside a pod against across the two pods (tpu-v4-palm-2pods)\n")
+    """GShard 600B (2048 experts) on two 8x8x8 slices with PaLM's DCN, expert groups of one slice or of both.
+
+    Inside a slice every expert has a copy per slice whose gradients cross the DCN; across the slices the
+    all-to-alls do. Which costs more depends on the batch: the sweep finds the crossover."""
+    print("## Expert parallelism inside a slice against across slices (GShard 600B, tpu-v4-8x8x8-2slices, PaLM's DCN)\n")
     print(HEADER)
-    workload = pathsim.load_workload("switch-base-128").model_dump(exclude={"base_dir"})
-    workload["training"]["tokens_per_step"] = 6 * 2**20  # 1024 tokens per chip
-    inside = pathsim.simulate("tpu-v4-palm-2pods", workload)
-    workload["parallelism"]["expert"] = inside.parallelism["expert"] * 2
-    across = pathsim.simulate("tpu-v4-palm-2pods", workload)
-    print(_row(f"switch-base-128, expert groups of {inside.parallelism['expert']} (in a pod)", inside))
-    print(_row(f"switch-base-128, expert groups of {across.parallelism['expert']} (across pods)", across))
-    print(f"\nacross / inside: step {across.step_time.mean_s / inside.step_time.mean_s:.2f}x, "
-          f"all-to-all {across.breakdown.all_to_all_s / inside.breakdown.all_to_all_s:.1f}x\n")
+    workload = pathsim.load_workload("gshard-600b").model_dump(exclude={"base_dir"})
+    base = workload["training"]["tokens_per_step"]
+    for multiple in (1, 4, 16):
+        workload["training"]["tokens_per_step"] = base * multiple
+        results = {}
+        for where, expert in (("in a slice", "auto"), ("across slices", 1024)):
+            workload["parallelism"]["expert"] = expert
+            results[where] = pathsim.simulate("tpu-v4-8x8x8-2slices", workload)
+            print(_row(f"{base * multiple / 2**20:.0f}M tokens, expert groups of {results[where].parallelism['expert']} "
+                       f"({where})", results[where]))
+        inside, across = results["in a slice"], results["across slices"]
+        print(f"| across / inside | | {across.step_time.mean_s / inside.step_time.mean_s:.2f}x | | | | "
+              f"{across.breakdown.all_to_all_s / inside.breakdown.all_to_all_s:.1f}x | |")
+    print()
 
 
 def dcn_closed_form() -> None:
@@ -109,6 +121,18 @@ def dcn_closed_form() -> None:
           f"(ratio {dcn_s(halved) / dcn_s(base):.6f})\n")
 
 
+def shared_pods() -> None:
+    print("## Shared pods (`pathsim share NAME`)\n")
+    print("| shared pod | job | workload | step alone | step shared | slowdown | links shared |\n|---|---|---|---|---|---|---|")
+    for name in ("two-jobs-own-slices-tpu-v4", "two-jobs-one-torus-tpu-v4", "two-moe-jobs-dgx-h100-128",
+                 "two-moe-jobs-dgx-h100-128-4to1"):
+        result = pathsim.simulate_shared(name)
+        for job in result.jobs:
+            print(f"| {name} | {job.name} | {job.workload} | {format_seconds(job.step_time_alone_s)} | "
+                  f"{format_seconds(job.step_time_shared_s)} | {job.slowdown:.4f} | {job.shared_links} |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moe", default="switch-base-128", help="MoE workload preset to scale over slices")
@@ -117,6 +141,7 @@ def main() -> None:
     scaling(args.moe)
     cross_slice_experts()
     dcn_closed_form()
+    shared_pods()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ The public API, usable from a notebook as from the CLI::
 
     step = pathsim.simulate("tpu-v4-8x8x8", "switch-base-128", steps=3, seed=0)
     print(step.step_time.mean_s, step.breakdown)
+
+    shared = pathsim.simulate_shared("two-moe-jobs-dgx-h100-128")  # several jobs on one cluster
+    print([(job.name, job.slowdown) for job in shared.jobs])
 """
 
 from pathsim.version import __version__
@@ -24,6 +27,7 @@ from pathsim.planner import POLICIES, PlanOptions, place_experts
 from pathsim.device import DeviceProfile, default_profile, load_profile
 from pathsim.result import SimulationResult
 from pathsim.simulation import simulate
+from pathsim.shared_pod import SharedPodResult, simulate_shared
 from pathsim.planning import PlacementReport, PlanComparison, compare_placements, plan
 from pathsim.task_addition import AddedTask, expand_workload
 from pathsim.replanning import DriftReport, TaskAdditionReport, add_task, random_walk_drift, routing_drift
@@ -42,6 +46,8 @@ __all__ = [
     "PlanOptions",
     "POLICIES",
     "simulate",
+    "simulate_shared",
+    "SharedPodResult",
     "plan",
     "compare_placements",
     "PlacementReport",

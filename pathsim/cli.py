@@ -28,8 +28,9 @@ from pathsim.presets import PRESET_KINDS, preset_names, preset_path
 from pathsim.model_math import model_totals
 from pathsim.result import SimulationResult
 from pathsim.routing import SAMPLING_MODES
+from pathsim.shared_pod import SharedPodResult, simulate_shared
 from pathsim.simulation import simulate
-from pathsim.workload import load_workload, parse_expert_ids
+from pathsim.workload import load_workload, parse_id_ranges
 from pathsim.topology import build_topology
 from pathsim.units import format_bandwidth, format_bytes, format_flops, format_seconds, parse_bytes, parse_count, parse_seconds
 from pathsim.yaml_config import read_yaml_mapping, validate_model
@@ -75,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--dense", choices=("active_flops", "total_params"), help="simulate the dense counterpart instead")
     sim.add_argument("--json", type=Path, metavar="OUT", help="also write the full result as JSON")
     sim.add_argument("--trace", type=Path, metavar="OUT", help="write a Perfetto/Chrome trace (open in ui.perfetto.dev)")
+
+    share = sub.add_parser("share", help="simulate several jobs together on one cluster, each on its own chips: "
+                                          "step time alone and shared, and the links they contend for")
+    share.add_argument("jobs", metavar="JOBS", help="shared-pod preset name (`pathsim presets --kind shared-pods`) or YAML file")
+    share.add_argument("--steps", type=int, default=1, help="training steps per job and round (default 1)")
+    share.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")
+    share.add_argument("--json", type=Path, metavar="OUT", help="also write the full result as JSON")
 
     plan = sub.add_parser("plan", help="plan expert placement (replicas of hot experts included) and judge it by simulation")
     plan.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
@@ -245,6 +253,31 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def format_shared(result: SharedPodResult) -> str:
+    head = (f"{result.name} on {result.cluster}: {len(result.jobs)} job(s) on {result.chips_used} of {result.chips} chips, "
+            f"{'converged' if result.converged else 'NOT converged'} after {result.rounds} round(s) of interference")
+    rows = [(j.name, j.workload, j.chips, format_seconds(j.step_time_alone_s), format_seconds(j.step_time_shared_s),
+             f"{j.slowdown:.4f}", f"{j.tokens_per_s_shared:,.0f}", j.shared_links) for j in result.jobs]
+    lines = [head, _table(rows, ("job", "workload", "chips", "step alone", "step shared", "slowdown", "tokens/s shared",
+                                 "shared links"))]
+    if result.contended_links:
+        links = [(l.link, ", ".join(f"{name} {100 * u:.1f} %" for name, u in l.utilisation_by_job.items()))
+                 for l in result.contended_links]
+        lines += ["  busiest links used by more than one job (busy share of each job's step):",
+                  _table(links, ("link", "utilisation by job"))]
+    else:
+        lines.append("  no link carries traffic of more than one job: the jobs are isolated")
+    return "\n".join(lines)
+
+
+def _cmd_share(args) -> int:
+    result = simulate_shared(args.jobs, steps=args.steps, seed=args.seed)
+    print(format_shared(result))
+    if args.json:
+        _write_json(args.json, result.model_dump_json(indent=2), "--json")
+    return 0
+
+
 def format_plan(comparison: PlanComparison) -> str:
     c = comparison
     head = (f"{c.workload} on {c.cluster}: {c.experts} experts x {c.moe_layers} MoE layers over expert-parallel groups of "
@@ -268,7 +301,7 @@ def format_plan(comparison: PlanComparison) -> str:
 
 def _plan_options(args) -> PlanOptions:
     try:
-        together = [parse_expert_ids(t).tolist() for t in args.together]
+        together = [parse_id_ranges(t).tolist() for t in args.together]
     except ValueError as exc:
         raise PathsimConfigError("<command line>", "--together", str(exc), 'write expert ids like "0-3" or "5,9"') from None
     return validate_model(PlanOptions, {"replicas": args.replicas, "together": together, "eplb_groups": args.eplb_groups,
@@ -537,7 +570,7 @@ def _cmd_calibrate(args) -> int:
 
 
 COMMANDS = {"presets": _cmd_presets, "validate": _cmd_validate, "collective": _cmd_collective, "simulate": _cmd_simulate,
-            "plan": _cmd_plan, "report": _cmd_report, "calibrate": _cmd_calibrate}
+            "share": _cmd_share, "plan": _cmd_plan, "report": _cmd_report, "calibrate": _cmd_calibrate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,14 +133,17 @@ class StepEnergy(BaseModel):
         return self.it_j() / seconds if seconds > 0 else 0.0
 
 
-def power_inputs(cluster, topology: Topology) -> PowerInputs:
-    """The power figures of a cluster config, counted over its built topology."""
+def power_inputs(cluster, topology: Topology, chips: int | None = None) -> PowerInputs:
+    """The power figures of a cluster config, counted over its built topology, or over `chips` of it
+    (a job sharing the cluster: its hosts, and its chips' share of the fabric's switches)."""
     chip, host, network = cluster.chip, cluster.host, cluster.network_power
+    chips = topology.num_chips if chips is None else chips
     return PowerInputs(
-        chips=topology.num_chips, chip_idle_w=chip.idle_power, chip_peak_w=chip.peak_power,
+        chips=chips, chip_idle_w=chip.idle_power, chip_peak_w=chip.peak_power,
         communication_activity=chip.communication_activity,
-        hosts=math.ceil(topology.num_chips / host.chips_per_host), host_w=host.power,
-        network_switches=topology.network_switches, switch_w=network.per_switch if network else 0.0,
+        hosts=math.ceil(chips / host.chips_per_host), host_w=host.power,
+        network_switches=round(topology.network_switches * chips / topology.num_chips),
+        switch_w=network.per_switch if network else 0.0,
         network_per_chip_w=network.per_chip if network else 0.0,
         power_source="; ".join(s for s in (chip.source, host.source, network.source if network else
                                            "network power: not given in the cluster file (0 W)") if s))

@@ -73,8 +73,8 @@ class LoadSample:
 class LayerRouting:
     routed: np.ndarray  # (tasks, experts) token-assignments routed to each expert
     dropped: np.ndarray  # (tasks,) token-assignments dropped at capacity
-    chip_tokens: np.ndarray  # (chips,) token-assignments each (physical) chip's experts compute
-    chip_slots: np.ndarray  # (chips,) experts each physical chip hosts in this layer (their weights stream per pass)
+    chip_tokens: np.ndarray  # (chips,) token-assignments each chip's experts compute, chips in id order
+    chip_slots: np.ndarray  # (chips,) experts each chip hosts in this layer (their weights stream per pass), id order
     dispatch: Traffic  # token-assignments sent s -> c (diagonal: stay local); low-rank factors when cheaper
 
     @property
@@ -309,30 +309,30 @@ def route_layer(plan: RoutingPlan, layout: Layout, placement: Placement, layer: 
         kept = np.broadcast_to(row_capacity[:, None], kept.shape)
     shares = placement.token_shares(layer)  # experts × ranks
     per_rank = np.asarray((shares.T @ kept.T).T)  # rows × ranks: kept assignments to each rank of the group
-    chips = layout.chips
-    rank_ids = np.arange(chips)  # ranks; layout.chip() maps them onto physical chips
+    chips, physical = layout.chips, layout.physical_chips
+    rank_ids = np.arange(chips)
     chip = layout.chip(rank_ids)
+    own = np.sort(chip)  # the chips the ranks run on, in id order (all of the cluster's but for a job sharing it)
     tensor_rank, data_rank = rank_ids % layout.tensor, rank_ids // layout.tensor
     position = data_rank % layout.expert
     group = (data_rank // layout.expert) * layout.tensor + tensor_rank  # expert group × tensor rank
-    chip_slots = np.empty(chips, dtype=np.int64)
-    chip_slots[chip] = np.bincount(shares.indices, minlength=layout.expert)[position]
+    chip_slots = np.bincount(shares.indices, minlength=layout.expert)[position][np.argsort(chip, kind="stable")]
     classes = per_rank.shape[0]
     rank = layout.expert_groups * layout.tensor * classes
     if rank * 4 <= chips:
         # Every source of one class in one group sends the same row: dispatch = left @ right with
         # left[s, (group, class)] = 1 and right[(group, class), c] = per_rank[class, position of c].
-        left = np.zeros((chips, rank))
+        left = np.zeros((physical, rank))
         left[chip, group * classes + row_of] = 1.0
-        right = np.zeros((rank, chips))
+        right = np.zeros((rank, physical))
         right[group[None, :] * classes + np.arange(classes)[:, None], chip[None, :]] = per_rank[:, position]
         dispatch = Traffic.from_factors(left, right)
-        chip_tokens = left.sum(axis=0) @ right
+        chip_tokens = (left.sum(axis=0) @ right)[own]
     else:
         dest = (group // layout.tensor * layout.expert)[:, None] + np.arange(layout.expert)[None, :]
         dest = dest * layout.tensor + tensor_rank[:, None]
-        matrix = np.zeros((chips, chips))
+        matrix = np.zeros((physical, physical))
         matrix[chip[:, None], layout.chip(dest)] = per_rank[row_of]
         dispatch = Traffic.from_matrix(matrix)
-        chip_tokens = matrix.sum(axis=0)
+        chip_tokens = matrix.sum(axis=0)[own]
     return LayerRouting(routed=routed, dropped=dropped, chip_tokens=chip_tokens, chip_slots=chip_slots, dispatch=dispatch)

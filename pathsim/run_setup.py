@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from pathsim.cluster import ClusterConfig, load_cluster
 from pathsim.device import DeviceModel, DeviceProfile, load_profile
 from pathsim.errors import PathsimConfigError
@@ -42,10 +44,23 @@ class RunSetup:
         return len(self.workload.model.moe_layers)
 
 
-def layout_on(workload: WorkloadConfig, topology: Topology, source: str) -> Layout:
-    """The workload's parallel layout on this topology (a multi-slice cluster lays ranks out slice by slice)."""
-    slices, inner = (topology.slices, topology.inner) if isinstance(topology, MultiSlice) else (1, topology)
-    return resolve_parallelism(workload, topology.num_chips, source, inner.dims if isinstance(inner, Torus) else None, slices)
+def layout_on(workload: WorkloadConfig, topology: Topology, source: str, chips: np.ndarray | None = None) -> Layout:
+    """The workload's parallel layout on this topology (a multi-slice cluster lays ranks out slice by slice),
+    or on only its `chips` (a job sharing the cluster; whole slices of a multi-slice cluster keep their axes)."""
+    if chips is None:
+        slices, inner = (topology.slices, topology.inner) if isinstance(topology, MultiSlice) else (1, topology)
+        return resolve_parallelism(workload, topology.num_chips, source, inner.dims if isinstance(inner, Torus) else None,
+                                   slices)
+    chips = np.asarray(chips, dtype=np.int64)
+    slices, dims = 1, None
+    if isinstance(topology, MultiSlice):
+        n = topology.chips_per_slice
+        whole = np.unique(chips // n)
+        if len(chips) == len(whole) * n and np.array_equal(np.sort(chips), (whole[:, None] * n + np.arange(n)).ravel()):
+            slices, dims = len(whole), topology.inner.dims if isinstance(topology.inner, Torus) else None
+    layout = resolve_parallelism(workload, len(chips), source, dims, slices)
+    physical = np.sort(chips)[layout.chip(np.arange(len(chips)))]
+    return layout.model_copy(update={"chip_of_rank": tuple(int(c) for c in physical), "cluster_chips": topology.num_chips})
 
 
 def check_seed(seed) -> int:
@@ -57,7 +72,9 @@ def check_seed(seed) -> int:
 def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | Path | dict | WorkloadConfig", *,
                 seed: int = 0, network: str = "fast", sampling: str = "auto",
                 profile: "str | Path | DeviceProfile | None" = None,
-                dense: Literal["active_flops", "total_params"] | None = None) -> RunSetup:
+                dense: Literal["active_flops", "total_params"] | None = None,
+                chips: np.ndarray | None = None) -> RunSetup:
+    """Everything a run needs before placement; `chips` runs the workload on those chips of the cluster only."""
     seed = check_seed(seed)
     if network not in STEP_MODELS:
         why = ("the fluid model re-solves rates at every flow completion, which takes minutes per all-to-all of a "
@@ -70,7 +87,7 @@ def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | P
     if dense is not None:
         workload_config = dense_counterpart(workload_config, dense)
     topology = build_topology(cluster_config)
-    layout = layout_on(workload_config, topology, source)
+    layout = layout_on(workload_config, topology, source, chips)
     device_profile = load_profile(profile if profile is not None else cluster_config.profile)
     device = DeviceModel(cluster_config.chip, workload_config.model.dtype, device_profile, source)
     plan = build_plan(workload_config, layout, seed, sampling, source) if workload_config.model.moe else None

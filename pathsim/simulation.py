@@ -198,7 +198,7 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
 
     tasks, modalities, layers, dropped_fraction = _loads(workload, plan, routings)
     timelines = [state_timeline(run.spans, run.step_time_s) for run in runs]
-    energy = step_energy(ChipActivity.mean_of(timelines), power_inputs(cluster, topology))
+    energy = step_energy(ChipActivity.mean_of(timelines), power_inputs(cluster, topology, layout.chips))
     return SimulationResult(
         cluster=cluster.name, workload=workload.name, chips=layout.chips,
         parallelism=dict(data=layout.data, tensor=layout.tensor, expert=layout.expert, expert_groups=layout.expert_groups,

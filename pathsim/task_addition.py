@@ -27,7 +27,7 @@ from pydantic import Field, StrictInt, model_validator
 
 from pathsim.cluster import StrictModel
 from pathsim.errors import PathsimConfigError
-from pathsim.workload import RoutingSpec, UniformRouting, WorkloadConfig, parse_expert_ids
+from pathsim.workload import RoutingSpec, UniformRouting, WorkloadConfig, parse_id_ranges
 from pathsim.yaml_config import read_yaml_mapping, validate_model
 
 
@@ -53,7 +53,7 @@ class AddedTask(StrictModel):
             raise ValueError("reuses names old experts, but new_expert_weight 1 routes only to the new ones; lower it or drop reuses")
         if self.reuses is not None:
             try:
-                parse_expert_ids(self.reuses)
+                parse_id_ranges(self.reuses)
             except ValueError as exc:
                 raise ValueError(f"reuses: {exc}") from None
         return self
@@ -85,7 +85,7 @@ def expand_workload(workload: WorkloadConfig, task: AddedTask, source: str = "<t
         raise PathsimConfigError(source, "name", f"{workload.name} already has a task named {task.name!r}", "give the new task a new name")
     old = moe.experts
     if task.reuses is not None:
-        reused = parse_expert_ids(task.reuses)
+        reused = parse_id_ranges(task.reuses)
         if reused.max() >= old:
             raise PathsimConfigError(source, "reuses", f"names expert {reused.max()}, but {workload.name} has {old} (ids 0..{old - 1})",
                                      "list old experts only; the new ones are reached through new_expert_weight")

@@ -175,7 +175,7 @@ class AffinitySpec(StrictModel):
     weight: float = Field(gt=0, le=1, allow_inf_nan=False)
 
     def expert_ids(self) -> np.ndarray:
-        return parse_expert_ids(self.experts)
+        return parse_id_ranges(self.experts)
 
 
 class TaskSpec(StrictModel):
@@ -189,7 +189,7 @@ class TaskSpec(StrictModel):
                           'experts were added keep routing over the old ones; routing skew is drawn over this set.')
 
     def reachable_ids(self, experts: int) -> np.ndarray:
-        return np.arange(experts) if self.reachable_experts is None else parse_expert_ids(self.reachable_experts)
+        return np.arange(experts) if self.reachable_experts is None else parse_id_ranges(self.reachable_experts)
 
 
 class WorkloadConfig(StrictModel):
@@ -249,8 +249,8 @@ def _checked_ids(parse, field: str, experts: int) -> np.ndarray:
     return ids
 
 
-def parse_expert_ids(spec: "str | list[int]") -> np.ndarray:
-    """'0-63,128-135' or [0, 5, 7] -> sorted unique int array."""
+def parse_id_ranges(spec: "str | list[int]", what: str = "expert") -> np.ndarray:
+    """'0-63,128-135' or [0, 5, 7] -> sorted unique int array of `what` ids (experts, chips)."""
     if isinstance(spec, list):
         ids = np.array(spec, dtype=np.int64)
     else:
@@ -260,16 +260,16 @@ def parse_expert_ids(spec: "str | list[int]") -> np.ndarray:
                 continue
             lo, sep, hi = piece.partition("-")
             if not lo.isdigit() or (sep and not hi.isdigit()):
-                raise ValueError(f"{piece!r} is not an expert id or range like 0-63")
+                raise ValueError(f"{piece!r} is not {'an' if what[0] in 'aeiou' else 'a'} {what} id or range like 0-63")
             lo_i, hi_i = int(lo), int(hi) if sep else int(lo)
             if hi_i < lo_i:
                 raise ValueError(f"range {piece!r} runs backwards")
             parts.append(np.arange(lo_i, hi_i + 1))
         ids = np.concatenate(parts) if parts else np.array([], dtype=np.int64)
     if ids.size == 0:
-        raise ValueError("lists no experts")
+        raise ValueError(f"lists no {what}s")
     if ids.min() < 0:
-        raise ValueError("expert ids must be >= 0")
+        raise ValueError(f"{what} ids must be >= 0")
     return np.unique(ids)
 
 
@@ -333,11 +333,18 @@ class Layout(StrictModel):
     parameter_shards: int = Field(1, description="data-parallel ranks each dense parameter is sharded over (ZeRO-3 / FSDP: "
                                                  "those of one slice; 1: replicated)")
     chip_of_rank: tuple[int, ...] | None = None
+    cluster_chips: int | None = Field(None, description="chips of the whole cluster when the ranks run on a part of it "
+                                                         "(a job sharing a pod); None: the ranks fill the cluster")
     axes: dict[str, str] = Field(default_factory=dict, description="which topology axes each degree spans")
 
     def chip(self, ranks: np.ndarray) -> np.ndarray:
         """Physical chip ids of the given ranks."""
         return np.asarray(self.chip_of_rank)[ranks] if self.chip_of_rank is not None else np.asarray(ranks)
+
+    @property
+    def physical_chips(self) -> int:
+        """Chips of the topology the ranks' traffic is routed on."""
+        return self.cluster_chips if self.cluster_chips is not None else self.chips
 
     @property
     def expert_groups(self) -> int:

@@ -85,7 +85,7 @@ def migration_cost(setup: RunSetup, old: list[list[list[int]]], new: list[list[l
     instance = np.arange(layout.expert_groups)[:, None] * layout.expert * layout.tensor + np.arange(layout.tensor)[None, :]
     src = layout.chip(src_pos[:, None] * layout.tensor + instance.ravel()[None, :]).ravel()
     dst = layout.chip(dst_pos[:, None] * layout.tensor + instance.ravel()[None, :]).ravel()
-    traffic = Traffic.from_flows(layout.chips, src, dst, np.full(len(src), per_copy))
+    traffic = Traffic.from_flows(layout.physical_chips, src, dst, np.full(len(src), per_copy))
     seconds = setup.network.phase(traffic).time_s
     return Migration(copies=len(moves), bytes=per_copy * len(src), seconds=seconds)
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PRESET_KINDS = ("topologies", "workloads", "profiles", "economics")
+PRESET_KINDS = ("topologies", "workloads", "profiles", "economics", "shared-pods")
 # kind -> (folder under the installed pathsim package, folder in a checkout, file suffix)
 _LOCATIONS = {
     "topologies": ("presets/topologies", "topologies", ".yaml"),
     "workloads": ("presets/workloads", "workloads", ".yaml"),
     "profiles": ("calibration/profiles", "calibration/profiles", ".json"),
     "economics": ("presets/topologies/economics", "topologies/economics", ".yaml"),  # prices, grid intensity, PUE
+    "shared-pods": ("presets/workloads/shared-pods", "workloads/shared-pods", ".yaml"),  # several jobs on one cluster
 }
 
 

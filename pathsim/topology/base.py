@@ -14,6 +14,7 @@ vectorised per topology family, for the fast model).
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from functools import cached_property
 
@@ -39,6 +40,15 @@ class Topology(ABC):
         if np.any(self.link_bandwidth <= 0):
             bad = int(np.argmin(self.link_bandwidth))
             raise ValueError(f"link {self.link_label(bad)} has non-positive bandwidth")
+
+    def with_link_bandwidth(self, link_bandwidth: np.ndarray) -> "Topology":
+        """The same graph and routing with other link bandwidths (e.g. what other jobs leave free of each link)."""
+        other = copy.copy(self)
+        other.__dict__.pop("graph", None)  # the networkx view carries bandwidths: rebuild it on demand
+        other.link_bandwidth = np.asarray(link_bandwidth, dtype=np.float64)
+        if other.link_bandwidth.shape != self.link_bandwidth.shape or np.any(other.link_bandwidth <= 0):
+            raise ValueError(f"need one positive bandwidth per link ({self.num_links})")
+        return other
 
     @property
     def num_nodes(self) -> int:
