@@ -3,11 +3,12 @@
 Three resources: the chips' ``compute``, their ``network`` inside the slice
 (ICI, NVLink, the fabric) and the ``dcn`` between slices (host NICs). The
 critical stream — forward and backward of every micro-batch — holds one
-resource at a time, op after op. Gradient all-reduces are their own processes,
-one per bucket: a bucket's chain of ops (on a multi-slice cluster: reduce-scatter
-in the slice, all-reduce across slices over the DCN, all-gather in the slice)
-runs in order, while other buckets' chains use whichever resource is free, so
-one bucket crosses the DCN while the next reduce-scatters over ICI. Chains are
+resource at a time, op after op. A layer's gradient all-reduces are a chain of
+ops per bucket (on a multi-slice cluster: reduce-scatter in the slice,
+all-reduce across slices over the DCN, all-gather in the slice), run as one
+process per stage of the chain: each bucket's stages in order, buckets
+pipelined, so one bucket crosses the DCN while the next reduce-scatters over
+ICI. Chains are
 launched as soon as a layer's last backward finishes (``grad_sync_overlap``)
 and queue for the network behind the critical stream's all-to-alls (lower
 priority, so a bucket in flight can still delay the next all-to-all: the
@@ -95,12 +96,23 @@ def run_step(schedule: StepSchedule) -> StepRun:
             yield env.timeout(op.duration_s)
         run.spans.append(Span(op, stream, start, env.now, start - asked))
 
-    def sync(ops: list[Op]):
-        for op in ops:
-            yield from execute(op, "grad_sync", GRAD)
+    def stage(chains: list[list[Op]], k: int, done: dict[tuple[int, int], simpy.Event]):
+        """The k-th op of every chain, chain after chain, each once its (k-1)-th has finished."""
+        for c, chain in enumerate(chains):
+            if k >= len(chain):
+                continue
+            if k > 0:
+                yield done[c, k - 1]
+            yield from execute(chain[k], "grad_sync", GRAD)
+            if (c, k) in done:
+                done[c, k].succeed()
 
     def start(chains: list[list[Op]]) -> list:
-        return [env.process(sync(chain)) for chain in chains]
+        """One process per stage, not per chain: bucket b+1 reduce-scatters while bucket b crosses the DCN,
+        and a layer of thousands of buckets queues a handful of requests, not thousands."""
+        depth = max((len(chain) for chain in chains), default=0)
+        done = {(c, k): env.event() for c, chain in enumerate(chains) for k in range(len(chain) - 1)}
+        return [env.process(stage(chains, k, done)) for k in range(depth)]
 
     prefetched: dict[int, simpy.Process] = {}
 
@@ -118,7 +130,7 @@ def run_step(schedule: StepSchedule) -> StepRun:
             yield from execute(item, "main", CRITICAL)
 
     def main():
-        pending: list[list[Op]] = []
+        pending: list[list[list[Op]]] = []  # per layer: its chains
         launched = []
         last = len(schedule.micro_batches) - 1
         for mb, (forward, backward) in enumerate(schedule.micro_batches):
@@ -131,9 +143,10 @@ def run_step(schedule: StepSchedule) -> StepRun:
                     if schedule.overlap_grad_sync:
                         launched += start(schedule.grad_sync[position])
                     else:
-                        pending += schedule.grad_sync[position]
+                        pending.append(schedule.grad_sync[position])
         run.backward_end_s = env.now
-        launched += start(pending)
+        for chains in pending:
+            launched += start(chains)
         if launched:
             yield simpy.AllOf(env, launched)
         yield from execute(schedule.optimizer, "main", CRITICAL)

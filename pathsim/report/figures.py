@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import offset_copy
 
 from pathsim.cluster import ClusterConfig
 from pathsim.report.content import ClusterOption
 from pathsim.energy import STATES, StateTimeline, power_timeline
-from pathsim.result import Breakdown, SimulationResult
+from pathsim.result import SimulationResult
 from pathsim.step_ops import DCN
 from pathsim.topology import FatTree, MultiSlice, Torus, build_topology
 from pathsim.topology.torus import AXIS_NAMES
@@ -66,7 +66,9 @@ def breakdown_figure(variants: list[tuple[str, SimulationResult]]) -> Drawn:
     """Where a step's time goes, one bar per simulated variant, as shares of its step time."""
     figure = Figure(figsize=(9, 1.1 + 0.55 * len(variants)))
     ax = figure.add_subplot()
-    causes = [name.removesuffix("_s").replace("_", " ") for name in Breakdown.model_fields]
+    # The legend names the causes some variant has (a run without sharded weights gathers none).
+    causes = [cause for cause, _ in variants[0][1].breakdown.causes()
+              if any(dict(result.breakdown.causes())[cause] > 0 for _, result in variants)]
     rows = []
     for y, (label, result) in enumerate(variants):
         total = result.breakdown.total_s() or 1.0
@@ -156,6 +158,10 @@ def _heat(ax, image: np.ndarray, title: str, xlabel: str, ylabel: str, vmax: flo
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
+    for axis in (ax.xaxis, ax.yaxis):  # every panel indexes whole things: chips, hosts, slices
+        axis.set_major_locator(MaxNLocator(integer=True))
+    if image.shape[0] == 1:  # one row (links sorted, slice uplinks): no y axis to read
+        ax.set_yticks([])
     return shown
 
 
@@ -171,7 +177,7 @@ def link_figure(result: SimulationResult) -> Drawn:
         panels, note = _topology_panels(topology.inner, inside)
         tiers = topology.by_tier(utilisation)
         panels.append((tiers["nic"].max(axis=1).reshape(topology.slices, -1), "host NICs (DCN)", "host in slice", "slice"))
-        panels.append((tiers["dcn_uplink"].max(axis=1)[:, None], "slice uplinks (DCN)", "", "slice"))
+        panels.append((tiers["dcn_uplink"].max(axis=1)[None, :], "slice uplinks (DCN)", "slice", ""))
         note += f"; slice links: the busiest of the {topology.slices} slices"
     else:
         panels, note = _topology_panels(topology, utilisation)

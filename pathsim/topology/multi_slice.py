@@ -212,6 +212,7 @@ class MultiSlice(Topology):
 
     def describe(self) -> dict:
         info = super().describe()
-        info.update(slices=self.slices, chips_per_slice=self.chips_per_slice, hosts_per_slice=self.hosts_per_slice,
-                    slice=self.inner.describe())
+        inner = self.inner.describe()
+        shape = f"{inner['dims']} torus" if "dims" in inner else f"fat tree of {inner['switches']} switches"
+        info.update(slices=self.slices, slice=f"{shape}, {self.chips_per_slice} chips on {self.hosts_per_slice} hosts")
         return info
