@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 
 from pathsim.errors import PathsimConfigError
 from pathsim.units import Bytes, BytesPerSecond, FlopPerSecond, Seconds, Watts
-from pathsim.yaml_config import load_with_extends, resolve_reference, validate_model
+from pathsim.yaml_config import load_config
 
 
 # Dense N×N traffic matrices and uint16 hop tables stay workable up to here.
@@ -283,16 +283,12 @@ def _links_used(topo: "TorusSpec | FatTreeSpec | GraphSpec") -> dict[str, str | 
 
 def load_cluster(spec: "str | Path | dict | ClusterConfig") -> ClusterConfig:
     """A ClusterConfig from a preset name, a YAML path, a dict or a ClusterConfig."""
-    if isinstance(spec, ClusterConfig):
-        return spec
-    if isinstance(spec, dict):
-        return validate_model(ClusterConfig, spec, "<python dict>")
-    path = resolve_reference(spec, "topologies")
-    data = load_with_extends(path, "topologies")
-    profile = data.get("profile")
-    if isinstance(profile, str) and profile.endswith(".json") and not Path(profile).is_absolute():
-        data["profile"] = str(path.resolve().parent / profile)
-    return validate_model(ClusterConfig, data, str(path))
+    def profile_beside_file(data: dict, path: Path) -> None:
+        profile = data.get("profile")
+        if isinstance(profile, str) and profile.endswith(".json") and not Path(profile).is_absolute():
+            data["profile"] = str(path.resolve().parent / profile)
+
+    return load_config(ClusterConfig, spec, "topologies", profile_beside_file)
 
 
 __all__ = [

@@ -133,15 +133,18 @@ class StepEnergy(BaseModel):
         return self.it_j() / seconds if seconds > 0 else 0.0
 
 
-def power_inputs(cluster, topology: Topology, chips: int | None = None) -> PowerInputs:
-    """The power figures of a cluster config, counted over its built topology, or over `chips` of it
-    (a job sharing the cluster: its hosts, and its chips' share of the fabric's switches)."""
+def power_inputs(cluster, topology: Topology, chip_ids: np.ndarray | None = None) -> PowerInputs:
+    """The power figures of a cluster config, counted over its built topology, or over the chips `chip_ids`
+    of it (a job sharing the cluster: the hosts its chips sit in, and its chips' share of the fabric's switches)."""
     chip, host, network = cluster.chip, cluster.host, cluster.network_power
-    chips = topology.num_chips if chips is None else chips
+    if chip_ids is None:
+        chips, hosts = topology.num_chips, math.ceil(topology.num_chips / host.chips_per_host)
+    else:
+        chips, hosts = len(chip_ids), len(np.unique(np.asarray(chip_ids) // host.chips_per_host))
     return PowerInputs(
         chips=chips, chip_idle_w=chip.idle_power, chip_peak_w=chip.peak_power,
         communication_activity=chip.communication_activity,
-        hosts=math.ceil(chips / host.chips_per_host), host_w=host.power,
+        hosts=hosts, host_w=host.power,
         network_switches=round(topology.network_switches * chips / topology.num_chips),
         switch_w=network.per_switch if network else 0.0,
         network_per_chip_w=network.per_chip if network else 0.0,

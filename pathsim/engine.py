@@ -88,31 +88,39 @@ def run_step(schedule: StepSchedule) -> StepRun:
     run = StepRun()
 
     def execute(op: Op, stream: str, priority: int):
-        resource = resources[op.resource]
         asked = env.now
-        with resource.request(priority=priority) as request:
+        # Several resources are asked for one after another in one fixed order (that of `resources`), so no
+        # two ops ever each hold one while waiting for the other's.
+        held = []
+        for name in (n for n in resources if n in op.resources):
+            request = resources[name].request(priority=priority)
+            held.append((resources[name], request))
             yield request
-            start = env.now
-            yield env.timeout(op.duration_s)
+        start = env.now
+        yield env.timeout(op.duration_s)
+        for resource, request in held:
+            resource.release(request)
         run.spans.append(Span(op, stream, start, env.now, start - asked))
 
-    def stage(chains: list[list[Op]], k: int, done: dict[tuple[int, int], simpy.Event]):
-        """The k-th op of every chain, chain after chain, each once its (k-1)-th has finished."""
-        for c, chain in enumerate(chains):
-            if k >= len(chain):
-                continue
+    def stage(chains: list[list[Op]], members: list[int], k: int, done: dict[tuple[int, int], simpy.Event]):
+        """The k-th op of the `members` chains, chain after chain, each once its (k-1)-th has finished."""
+        for c in members:
             if k > 0:
                 yield done[c, k - 1]
-            yield from execute(chain[k], "grad_sync", GRAD)
+            yield from execute(chains[c][k], "grad_sync", GRAD)
             if (c, k) in done:
                 done[c, k].succeed()
 
     def start(chains: list[list[Op]]) -> list:
-        """One process per stage, not per chain: bucket b+1 reduce-scatters while bucket b crosses the DCN,
-        and a layer of thousands of buckets queues a handful of requests, not thousands."""
-        depth = max((len(chain) for chain in chains), default=0)
+        """One process per (stage, resource), not per chain: bucket b+1 reduce-scatters while bucket b crosses
+        the DCN, a chain that starts on the DCN does not wait behind others' reduce-scatters, and a layer of
+        thousands of buckets queues a handful of requests, not thousands."""
         done = {(c, k): env.event() for c, chain in enumerate(chains) for k in range(len(chain) - 1)}
-        return [env.process(stage(chains, k, done)) for k in range(depth)]
+        members: dict[tuple[int, str], list[int]] = {}
+        for c, chain in enumerate(chains):
+            for k, op in enumerate(chain):
+                members.setdefault((k, op.resource), []).append(c)
+        return [env.process(stage(chains, group, k, done)) for (k, _), group in members.items()]
 
     prefetched: dict[int, simpy.Process] = {}
 

@@ -58,6 +58,9 @@ def layout_on(workload: WorkloadConfig, topology: Topology, source: str, chips: 
         whole = np.unique(chips // n)
         if len(chips) == len(whole) * n and np.array_equal(np.sort(chips), (whole[:, None] * n + np.arange(n)).ravel()):
             slices, dims = len(whole), topology.inner.dims if isinstance(topology.inner, Torus) else None
+    if dims is None and workload.parallelism.axes_order and isinstance(getattr(topology, "inner", topology), Torus):
+        raise PathsimConfigError(source, "parallelism.axes_order", "applies to a job on whole tori (the cluster, or whole "
+                                 "slices of it); this job has part of one", "remove axes_order, or give the job whole slices")
     layout = resolve_parallelism(workload, len(chips), source, dims, slices)
     physical = np.sort(chips)[layout.chip(np.arange(len(chips)))]
     return layout.model_copy(update={"chip_of_rank": tuple(int(c) for c in physical), "cluster_chips": topology.num_chips})

@@ -43,7 +43,7 @@ from pathsim.run_setup import RunSetup, prepare_run
 from pathsim.simulation import MAX_STEPS, run_steps
 from pathsim.topology import MultiSlice, build_topology
 from pathsim.workload import StrictModel, parse_id_ranges
-from pathsim.yaml_config import read_yaml_mapping, resolve_reference, validate_model
+from pathsim.yaml_config import load_config, resolve_reference
 
 
 class JobSpec(StrictModel):
@@ -109,14 +109,8 @@ class SharedPodResult(BaseModel):
 
 def load_shared_pod(spec: "str | Path | dict | SharedPodConfig") -> SharedPodConfig:
     """A SharedPodConfig from a preset name (`pathsim presets --kind shared-pods`), a YAML path or a dict."""
-    if isinstance(spec, SharedPodConfig):
-        return spec
-    if isinstance(spec, dict):
-        return validate_model(SharedPodConfig, spec, "<python dict>")
-    path = resolve_reference(spec, "shared-pods")
-    data = read_yaml_mapping(path)
-    data.setdefault("base_dir", str(path.resolve().parent))
-    return validate_model(SharedPodConfig, data, str(path))
+    return load_config(SharedPodConfig, spec, "shared-pods",
+                       lambda data, path: data.setdefault("base_dir", str(path.resolve().parent)))
 
 
 def job_chips(job: JobSpec, topology, source: str, index: int) -> np.ndarray:
@@ -139,6 +133,13 @@ def job_chips(job: JobSpec, topology, source: str, index: int) -> np.ndarray:
     if chips.max() >= topology.num_chips:
         raise PathsimConfigError(source, f"{field}.chips", f"names chip {chips.max()}, but {topology.name} has "
                                  f"{topology.num_chips} (ids 0..{topology.num_chips - 1})", "use chip ids inside the cluster")
+    if isinstance(topology, MultiSlice):
+        # Parts of several slices would let tensor, expert and sharded-weight groups cross the DCN unasked.
+        n = topology.chips_per_slice
+        touched = np.unique(chips // n)
+        if len(touched) > 1 and len(chips) != len(touched) * n:
+            raise PathsimConfigError(source, f"{field}.chips", f"covers parts of slices {touched.tolist()} of {topology.name}",
+                                     "give the job chips inside one slice, or whole slices with `slices:`")
     return chips
 
 
@@ -163,13 +164,23 @@ def simulate_shared(spec: "str | Path | dict | SharedPodConfig", *, steps: int =
     """Simulate the jobs of `spec` together on its cluster; see the module docstring for the model."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
         raise PathsimConfigError("<arguments>", "steps", f"must be an integer from 1 to {MAX_STEPS}, got {steps!r}", "e.g. --steps 2")
+    for name, value, ok, fix in [("max_rounds", max_rounds, isinstance(max_rounds, int) and max_rounds >= 1, "e.g. 8"),
+                                 ("tolerance", tolerance, isinstance(tolerance, (int, float)) and 0 < tolerance < 1, "e.g. 1e-3"),
+                                 ("min_free_share", min_free_share,
+                                  isinstance(min_free_share, (int, float)) and 0 < min_free_share <= 1, "e.g. 0.05")]:
+        if not ok or isinstance(value, bool):
+            raise PathsimConfigError("<arguments>", name, f"got {value!r}", fix)
     config = load_shared_pod(spec)
     source = str(spec) if isinstance(spec, (str, Path)) else f"<shared pod {config.name}>"
     cluster = load_cluster(_reference(config, config.cluster, "topologies"))
     topology = build_topology(cluster)
     setups, placements = [], []
-    for job, chips in zip(config.jobs, jobs_chips(config, topology, source)):
-        setup = prepare_run(cluster, _reference(config, job.workload, "workloads"), seed=seed, chips=chips)
+    for i, (job, chips) in enumerate(zip(config.jobs, jobs_chips(config, topology, source))):
+        try:
+            setup = prepare_run(cluster, _reference(config, job.workload, "workloads"), seed=seed, chips=chips)
+        except PathsimConfigError as exc:  # say which job of the file the workload's mistake is in
+            raise PathsimConfigError(exc.source, exc.field, f"{exc.problem} (job {job.name!r}, jobs[{i}] of {source})",
+                                     exc.fix) from None
         setups.append(setup)
         placements.append(resolve_placement(job.placement, setup) if setup.plan is not None else None)
 

@@ -41,6 +41,7 @@ from pathsim.network.timing import NetworkModel
 from pathsim.placement import Placement
 from pathsim.routing import LayerRouting, expert_capacity
 from pathsim.topology.base import Topology
+from pathsim.topology.multi_slice import MultiSlice
 from pathsim.traffic import Traffic
 from pathsim.workload import Layout, WorkloadConfig
 
@@ -53,12 +54,17 @@ CATEGORIES = ("compute", "all_to_all", "tensor_parallel", "weight_gather", "grad
 class Op:
     name: str
     category: str  # one of CATEGORIES
-    resource: str  # COMPUTE or NETWORK
+    resource: str  # COMPUTE, NETWORK or DCN
     duration_s: float
     layer: int = -1
     straggler_s: float = 0.0  # part of duration_s spent waiting for the slowest chip (max − mean)
     flops: float = 0.0  # per chip (mean), for utilisation
     link_bytes: np.ndarray | None = field(default=None, repr=False)
+    also: tuple[str, ...] = ()  # further resources held for the whole op (an all-to-all whose bytes cross the DCN)
+
+    @property
+    def resources(self) -> tuple[str, ...]:
+        return (self.resource, *self.also)
 
 
 class StepCoster:
@@ -120,12 +126,18 @@ class StepCoster:
         return (sum(t for _, t, _ in segments),
                 sum((b for _, _, b in segments), np.zeros(self.topology.num_links)))
 
+    def _network_op(self, name: str, category: str, time_s: float, layer: int, link_bytes: np.ndarray) -> Op:
+        """An op on the slice's network that also holds the DCN when any of its bytes cross slices, so it
+        contends there with the gradient buckets crossing too."""
+        crosses = isinstance(self.topology, MultiSlice) and link_bytes[self.topology.dcn_links].any()
+        return Op(name, category, NETWORK, time_s, layer, link_bytes=link_bytes, also=(DCN,) if crosses else ())
+
     def _tensor_allreduce(self, name: str, layer: int) -> list[Op]:
         if self.layout.tensor == 1:
             return []
         nbytes = self.tokens_per_data_rank * self.model.d_model * self.dtype
         time_s, link_bytes = self.collective("all_reduce", nbytes, self.tensor_groups)
-        return [Op(name, "tensor_parallel", NETWORK, time_s, layer, link_bytes=link_bytes)]
+        return [self._network_op(name, "tensor_parallel", time_s, layer, link_bytes)]
 
     # ---- forward / backward ops of one layer -------------------------------------------
     def attention(self, layer: int, backward: bool) -> list[Op]:
@@ -160,7 +172,7 @@ class StepCoster:
 
     def all_to_all(self, name: str, layer: int, traffic: Traffic) -> Op:
         timing = self.network.phase(traffic)
-        return Op(name, "all_to_all", NETWORK, timing.time_s, layer, link_bytes=timing.link_bytes)
+        return self._network_op(name, "all_to_all", timing.time_s, layer, timing.link_bytes)
 
     def moe_block(self, layer: int, routing: LayerRouting, backward: bool,
                   a2a: tuple[Op, Op] | None = None) -> tuple[list[Op], tuple[Op, Op]]:
@@ -231,8 +243,8 @@ class StepCoster:
             return None
         time_s, link_bytes = self.collective("all_gather", self.layer_dense_params(layer) * self.dtype, self.shard_groups)
         name = "LM head" if layer == self.model.layers else f"L{layer}"
-        return Op(f"{name} weight all-gather {'bwd' if backward else 'fwd'}", "weight_gather", NETWORK, time_s, layer,
-                  link_bytes=link_bytes)
+        return self._network_op(f"{name} weight all-gather {'bwd' if backward else 'fwd'}", "weight_gather", time_s, layer,
+                                link_bytes)
 
     def grad_sync(self, layer: int) -> list[list[Op]]:
         """All-reduce of one layer's gradients over the replicas of its parameters, in buckets.

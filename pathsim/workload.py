@@ -26,7 +26,7 @@ from pathsim.cluster import StrictModel
 from pathsim.errors import PathsimConfigError
 from pathsim.numeric_files import read_numeric_array
 from pathsim.units import Bytes
-from pathsim.yaml_config import load_with_extends, resolve_reference, validate_model
+from pathsim.yaml_config import load_config, resolve_reference, validate_model
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 
@@ -277,16 +277,9 @@ def load_workload(spec: "str | Path | dict | WorkloadConfig") -> WorkloadConfig:
     """A WorkloadConfig from a preset name, a YAML path, a dict or a WorkloadConfig."""
     if isinstance(spec, WorkloadConfig):
         return spec
-    if isinstance(spec, dict):
-        config = validate_model(WorkloadConfig, spec, "<python dict>")
-        source = "<python dict>"
-    else:
-        path = resolve_reference(spec, "workloads")
-        data = load_with_extends(path, "workloads")
-        data.setdefault("base_dir", str(path.resolve().parent))
-        config = validate_model(WorkloadConfig, data, str(path))
-        source = str(path)
-    check_histograms(config, source)
+    config = load_config(WorkloadConfig, spec, "workloads",
+                         lambda data, path: data.setdefault("base_dir", str(path.resolve().parent)))
+    check_histograms(config, "<python dict>" if isinstance(spec, dict) else str(resolve_reference(spec, "workloads")))
     return config
 
 

@@ -21,7 +21,7 @@ from pathsim.errors import PathsimConfigError
 from pathsim.presets import preset_names, preset_path
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-_SINGULAR = {"topologies": "topology", "workloads": "workload"}
+_SINGULAR = {"topologies": "topology", "workloads": "workload", "shared-pods": "shared-pod"}
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
@@ -159,6 +159,21 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> 
         else:
             current = _member_model(annotation, node)
     return sorted(getattr(current, "model_fields", {}) or {})
+
+
+def load_config(model: type[ModelT], spec: "str | Path | dict | BaseModel", kind: str,
+                adjust: "typing.Callable[[dict[str, Any], Path], None] | None" = None) -> ModelT:
+    """A validated `model` from an instance, a dict, a preset name of `kind` or a YAML path (``extends:`` merged);
+    ``adjust(data, path)`` fixes a file's mapping up before validation (paths relative to the file)."""
+    if isinstance(spec, model):
+        return spec
+    if isinstance(spec, dict):
+        return validate_model(model, spec, "<python dict>")
+    path = resolve_reference(spec, kind)
+    data = load_with_extends(path, kind)
+    if adjust is not None:
+        adjust(data, path)
+    return validate_model(model, data, str(path))
 
 
 def validate_model(model: type[ModelT], data: dict[str, Any], source: str) -> ModelT:

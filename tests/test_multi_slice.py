@@ -17,7 +17,9 @@ from pathsim.cluster import load_cluster
 from pathsim.collectives import collective_phases, run_collective
 from pathsim.errors import PathsimConfigError
 from pathsim.network import FastModel, FluidModel
+from pathsim.placement import round_robin
 from pathsim.presets import preset_path
+from pathsim.routing import route_layer
 from pathsim.run_setup import prepare_run
 from pathsim.step_ops import DCN, NETWORK, StepCoster
 from pathsim.topology import MultiSlice, Torus, build_topology
@@ -243,3 +245,26 @@ def test_cross_slice_expert_parallelism_trades_dcn_all_to_alls_for_expert_gradie
         assert across.communication.grad_sync_s < inside.communication.grad_sync_s / 3
         # With a training-size batch the all-to-alls dominate; with a tiny one the expert gradients do.
         assert (across.step_time.mean_s > inside.step_time.mean_s) == cross_slower
+
+
+def test_all_to_alls_across_slices_hold_the_dcn_against_gradient_buckets():
+    result = pathsim.simulate(tpu_slices(2), moe_workload(expert=128), detail=True)
+    a2a = [s for s in result.detail.timeline if s.category == "all_to_all"]
+    dcn = [s for s in result.detail.timeline if s.resource == DCN]
+    assert a2a and dcn
+    # The NICs carry one op at a time: no gradient bucket crosses the DCN while an all-to-all does.
+    assert not any(a.start_s < d.end_s - 1e-15 and d.start_s < a.end_s - 1e-15 for a in a2a for d in dcn)
+    across_setup = prepare_run(tpu_slices(2), moe_workload(expert=128))
+    inside_setup = prepare_run(tpu_slices(2), moe_workload())
+    for setup, crosses in [(across_setup, True), (inside_setup, False)]:
+        coster = StepCoster(setup.workload, setup.layout, setup.topology, setup.network, setup.device, None)
+        routing = route_layer(setup.plan, setup.layout, round_robin(128, setup.layout.expert), 0, None)
+        ops, _ = coster.moe_block(1, routing, backward=False)
+        assert [op.resources for op in ops if op.category == "all_to_all"] == [(NETWORK, DCN) if crosses else (NETWORK,)] * 2
+
+
+def test_topologies_differing_only_in_hosts_are_built_apart():
+    wide, narrow = tpu_slices(2), tpu_slices(2)
+    narrow["host"]["chips_per_host"] = 8
+    a, b = build_topology(load_cluster(wide)), build_topology(load_cluster(narrow))
+    assert (a.hosts_per_slice, b.hosts_per_slice) == (16, 8)

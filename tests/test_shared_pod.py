@@ -89,6 +89,16 @@ def test_bad_shared_pod_files_name_the_field(tmp_path):
         simulate_shared({"name": "x", "cluster": "example-dumbbell-8", "jobs": [{"name": "a", "workload": "switch-base-128", "slices": [0]}]})
     with pytest.raises(PathsimConfigError, match="exactly one of"):
         simulate_shared({"name": "x", "cluster": "example-dumbbell-8", "jobs": [{"name": "a", "workload": "switch-base-128"}]})
+    two_slices = {"name": "x", "cluster": tpu_slices(2),
+                  "jobs": [{"name": "a", "workload": moe_workload(), "chips": "32-95"}]}
+    with pytest.raises(PathsimConfigError, match=r"jobs\[0\]\.chips.*parts of slices \[0, 1\]"):
+        simulate_shared(two_slices)
+    too_wide = {"name": "x", "cluster": "example-dumbbell-8",
+                "jobs": [{"name": "wide", "workload": dict(grad_bound_workload(), parallelism={"tensor": 8}), "chips": "0-3"}]}
+    with pytest.raises(PathsimConfigError, match=r"parallelism\.tensor.*job 'wide', jobs\[0\]"):
+        simulate_shared(too_wide)
+    with pytest.raises(PathsimConfigError, match="min_free_share"):
+        simulate_shared(dumbbell_jobs("0-3", "4-7"), min_free_share=0.0)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ncluster: tpu-v4-8x8x8\njobs:\n  - {name: a, workload: switch-base-128, chips: '0-511', extra: 1}\n")
     assert main(["share", str(bad)]) == 2

@@ -22,7 +22,8 @@ _CACHE_LIMIT = 16
 
 def build_topology(cluster: ClusterConfig, source: str | None = None) -> Topology:
     """The routed network of a cluster; user mistakes raise PathsimConfigError."""
-    key = cluster.topology.model_dump_json() + "|" + cluster.model_dump_json(include={"links"})
+    # Hosts shape a multi-slice network (chips sharing a NIC), so they are part of what it depends on.
+    key = cluster.topology.model_dump_json() + "|" + cluster.model_dump_json(include={"links", "host"})
     if key in _CACHE:
         return _CACHE[key]
     try:
@@ -43,7 +44,11 @@ def _build(cluster: ClusterConfig) -> Topology:
     if isinstance(spec, MultiSliceSpec):
         dcn = spec.dcn
         host_link = None if dcn.host_link is None else (links[dcn.host_link].bandwidth, links[dcn.host_link].latency, dcn.host_link)
-        inner = _build_spec(f"{cluster.name} slice", spec.slice, links)
+        try:
+            inner = _build_spec(f"{cluster.name} slice", spec.slice, links)
+        except PathsimConfigError as exc:  # the slice's own checks name its fields as a topology's
+            raise PathsimConfigError(cluster.name, exc.field.replace("topology.", "topology.slice.", 1), exc.problem,
+                                     exc.fix) from None
         return MultiSlice(cluster.name, inner, spec.slices, cluster.host.chips_per_host, host_link,
                           (links[dcn.nic].bandwidth, links[dcn.nic].latency, dcn.nic), dcn.nics_per_host, dcn.oversubscription)
     return _build_spec(cluster.name, spec, links)

@@ -212,7 +212,10 @@ class MultiSlice(Topology):
 
     def describe(self) -> dict:
         info = super().describe()
+        info["switches"] = self.network_switches  # hosts and the shared DCN are not this cluster's switches
+        info["hosts"] = self.slices * self.hosts_per_slice
         inner = self.inner.describe()
-        shape = f"{inner['dims']} torus" if "dims" in inner else f"fat tree of {inner['switches']} switches"
+        shape = (f"{inner['dims']} torus" if "dims" in inner
+                 else f"fat tree of {inner.get('leaves', 0)} leaves and {inner.get('spines', 0)} spines")
         info.update(slices=self.slices, slice=f"{shape}, {self.chips_per_slice} chips on {self.hosts_per_slice} hosts")
         return info
