@@ -43,10 +43,11 @@ class Span:
     """One op as it ran: where it was, when, and how long it waited for its resource first."""
 
     op: Op
-    stream: str  # "main" or "grad_sync"
+    stream: str  # "main", "grad_sync" or "prefetch"
     start_s: float
     end_s: float
     waited_s: float
+    waits: tuple[tuple[str, float, float], ...] = ()  # per resource it waited for: (resource, asked at, got at)
 
 
 @dataclass(frozen=True)
@@ -91,16 +92,19 @@ def run_step(schedule: StepSchedule) -> StepRun:
         asked = env.now
         # Several resources are asked for one after another in one fixed order (that of `resources`), so no
         # two ops ever each hold one while waiting for the other's.
-        held = []
+        held, waits = [], []
         for name in (n for n in resources if n in op.resources):
             request = resources[name].request(priority=priority)
             held.append((resources[name], request))
+            since = env.now
             yield request
+            if env.now > since:
+                waits.append((name, since, env.now))
         start = env.now
         yield env.timeout(op.duration_s)
         for resource, request in held:
             resource.release(request)
-        run.spans.append(Span(op, stream, start, env.now, start - asked))
+        run.spans.append(Span(op, stream, start, env.now, start - asked, tuple(waits)))
 
     def stage(chains: list[list[Op]], members: list[int], k: int, done: dict[tuple[int, int], simpy.Event]):
         """The k-th op of the `members` chains, chain after chain, each once its (k-1)-th has finished."""

@@ -47,6 +47,8 @@ class RunSetup:
 def layout_on(workload: WorkloadConfig, topology: Topology, source: str, chips: np.ndarray | None = None) -> Layout:
     """The workload's parallel layout on this topology (a multi-slice cluster lays ranks out slice by slice),
     or on only its `chips` (a job sharing the cluster; whole slices of a multi-slice cluster keep their axes)."""
+    if chips is not None and len(chips) == topology.num_chips:
+        chips = None  # a job on the whole cluster is laid out as the cluster's own
     if chips is None:
         slices, inner = (topology.slices, topology.inner) if isinstance(topology, MultiSlice) else (1, topology)
         return resolve_parallelism(workload, topology.num_chips, source, inner.dims if isinstance(inner, Torus) else None,

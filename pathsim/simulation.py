@@ -146,7 +146,7 @@ def _union_s(intervals: list[tuple[float, float]]) -> float:
 
 def _wait_causes(spans: list[Span]) -> dict[str, float]:
     """Seconds the critical stream waited for a resource, split by the category of the background ops that held
-    it meanwhile (a resource is held by one op at a time, so they fill the wait)."""
+    that resource meanwhile (one op holds a resource at a time, so they fill each wait)."""
     held: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     background = [s for s in spans if s.stream != "main"]
     for name in {r for s in background for r in s.op.resources}:
@@ -154,23 +154,21 @@ def _wait_causes(spans: list[Span]) -> dict[str, float]:
         held[name] = (np.array([o[0] for o in on]), np.array([o[1] for o in on]), np.array([o[2] for o in on]))
     causes: dict[str, float] = {}
     for span in spans:
-        if span.stream != "main" or span.waited_s <= 0:
+        if span.stream != "main":
             continue
-        lo, hi = span.start_s - span.waited_s, span.start_s
-        overlap: dict[str, float] = {}
-        for name in span.op.resources:
-            if name not in held:
-                continue
-            starts, ends, categories = held[name]
-            first, last = np.searchsorted(ends, lo, side="right"), np.searchsorted(starts, hi, side="left")
-            seconds = np.minimum(ends[first:last], hi) - np.maximum(starts[first:last], lo)
-            for category, value in zip(categories[first:last], seconds):
-                overlap[str(category)] = overlap.get(str(category), 0.0) + float(value)
-        total = sum(overlap.values())
-        if total <= 0:  # a wait too short to show against the spans' float times
-            overlap, total = {"grad_sync": 1.0}, 1.0
-        for category, value in overlap.items():
-            causes[category] = causes.get(category, 0.0) + span.waited_s * value / total
+        for name, lo, hi in span.waits:
+            overlap: dict[str, float] = {}
+            if name in held:
+                starts, ends, categories = held[name]
+                first, last = np.searchsorted(ends, lo, side="right"), np.searchsorted(starts, hi, side="left")
+                seconds = np.minimum(ends[first:last], hi) - np.maximum(starts[first:last], lo)
+                for category, value in zip(categories[first:last], seconds):
+                    overlap[str(category)] = overlap.get(str(category), 0.0) + float(value)
+            total = sum(overlap.values())
+            if total <= 0:  # a wait too short to show against the spans' float times
+                overlap, total = {"grad_sync": 1.0}, 1.0
+            for category, value in overlap.items():
+                causes[category] = causes.get(category, 0.0) + (hi - lo) * value / total
     return causes
 
 

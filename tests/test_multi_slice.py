@@ -21,7 +21,9 @@ from pathsim.placement import round_robin
 from pathsim.presets import preset_path
 from pathsim.routing import route_layer
 from pathsim.run_setup import prepare_run
-from pathsim.step_ops import DCN, NETWORK, StepCoster
+from pathsim.engine import Prefetch, StepSchedule, run_step
+from pathsim.simulation import _wait_causes
+from pathsim.step_ops import COMPUTE, DCN, NETWORK, Op, StepCoster
 from pathsim.topology import MultiSlice, Torus, build_topology
 from pathsim.topology.base import Topology
 from pathsim.traffic import Traffic
@@ -268,3 +270,19 @@ def test_topologies_differing_only_in_hosts_are_built_apart():
     narrow["host"]["chips_per_host"] = 8
     a, b = build_topology(load_cluster(wide)), build_topology(load_cluster(narrow))
     assert (a.hosts_per_slice, b.hosts_per_slice) == (16, 8)
+
+
+def test_a_wait_for_two_resources_is_blamed_on_whoever_held_each():
+    bucket = Op("bucket across slices", "grad_sync", DCN, 3.0)
+    gather = Op("next weight all-gather", "weight_gather", NETWORK, 2.0)
+    crossing = Op("all-to-all across slices", "all_to_all", NETWORK, 1.0, also=(DCN,))
+    backward = [[Op("backward", "compute", COMPUTE, 1e-3)],
+                [Prefetch(gather), Op("router", "compute", COMPUTE, 0.5), crossing]]
+    run = run_step(StepSchedule([([], backward)], [[[bucket]], []], Op("optimizer", "optimizer", COMPUTE, 0.0), True))
+    # The all-to-all asks at 0.501 s: it waits 1.5 s for the network (the gather holds it until 2.001 s), then
+    # 1 s for the DCN (the bucket holds it until 3.001 s). Spreading the whole wait over everything that ran
+    # meanwhile would blame the bucket for 1.56 s.
+    span = next(s for s in run.spans if s.op is crossing)
+    assert span.waited_s == pytest.approx(2.5) and span.start_s == pytest.approx(3.001)
+    causes = _wait_causes(run.spans)
+    assert causes["weight_gather"] == pytest.approx(1.5) and causes["grad_sync"] == pytest.approx(1.0)

@@ -47,6 +47,13 @@ def test_a_job_on_one_slice_runs_as_that_slice_alone():
     assert setup.layout.physical_chips == 128 and min(setup.layout.chip_of_rank) == 64
 
 
+def test_a_job_on_the_whole_cluster_is_the_cluster_own_run():
+    workload = moe_workload()
+    workload["parallelism"]["axes_order"] = ["x", "y", "z"]  # torus-only options still apply
+    shared = simulate_shared({"name": "one", "cluster": "tpu-v4-4x4x4", "jobs": [{"name": "a", "workload": workload, "chips": "0-63"}]})
+    assert shared.jobs[0].step_time_shared_s == pathsim.simulate("tpu-v4-4x4x4", workload).step_time.mean_s
+
+
 def test_jobs_on_separate_slices_are_isolated_exactly():
     result = simulate_shared({"name": "two", "cluster": tpu_slices(2),
                               "jobs": [{"name": "a", "workload": moe_workload(), "slices": [0]},
