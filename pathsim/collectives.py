@@ -192,30 +192,31 @@ def _multi_slice_grids(topology: MultiSlice, groups: np.ndarray, algorithm: str)
     if algorithm not in ("auto", "multi_slice"):
         raise PathsimConfigError("<arguments>", "algorithm", f"{algorithm!r} cannot span slices: the groups hold chips of several slices",
                                  "use --algorithm auto or multi_slice")
-    members = []  # per group: (slices in the group, ranks per slice) of chip ids
-    for group, slices in zip(groups, slice_of):
-        order = np.argsort(slices, kind="stable")
-        present, counts = np.unique(slices, return_counts=True)
-        if counts.min() != counts.max():
-            raise PathsimConfigError("<arguments>", "groups", "a group spanning slices must hold the same number of chips in each",
-                                     "give every slice the same share of each group")
-        members.append(group[order].reshape(len(present), counts[0]))
-    if len({m.shape for m in members}) != 1:
+    # Each group as (slices it touches, chips in each), slice-major: sort every row by slice, then check that
+    # every row touches the same number of slices with the same number of chips in each.
+    order = np.argsort(slice_of, axis=1, kind="stable")
+    by_slice = np.take_along_axis(groups, order, axis=1)
+    slice_sorted = np.take_along_axis(slice_of, order, axis=1)
+    touched = (np.diff(slice_sorted, axis=1) != 0).sum(axis=1) + 1
+    size = groups.shape[1]
+    if (touched != touched[0]).any():
         raise PathsimConfigError("<arguments>", "groups", "groups spanning slices must all have the same shape (slices × chips per slice)",
                                  "give every group the same number of slices and chips per slice")
-    per_slice = members[0].shape[1]
-    if per_slice == 1:
-        return "multi_slice", [m[:, 0] for m in members], [(False, "dcn")]
-    inner_groups = np.concatenate(members) % n
-    _, inner_grids, inner_axes = _grids(topology.inner, inner_groups, "auto")
-    count = members[0].shape[0]
-    grids = []
-    for g, m in enumerate(members):
-        local = inner_grids[g * count:(g + 1) * count]
-        if len({grid.shape for grid in local}) != 1:
-            raise PathsimConfigError("<arguments>", "groups", "a group's members in each slice must form the same shape",
-                                     "place each group at the same positions in every slice")
-        grids.append(np.stack([grid + (m[k, 0] // n) * n for k, grid in enumerate(local)], axis=-1))
+    count = int(touched[0])
+    blocks = slice_sorted.reshape(len(groups), count, -1) if size % count == 0 else None
+    if blocks is None or (blocks != blocks[:, :, :1]).any():
+        raise PathsimConfigError("<arguments>", "groups", "a group spanning slices must hold the same number of chips in each",
+                                 "give every slice the same share of each group")
+    members = by_slice.reshape(len(groups), count, size // count)  # (groups, slices, chips per slice)
+    if members.shape[2] == 1:
+        return "multi_slice", list(members[:, :, 0]), [(False, "dcn")]
+    _, inner_grids, inner_axes = _grids(topology.inner, members.reshape(-1, members.shape[2]) % n, "auto")
+    if len({grid.shape for grid in inner_grids}) != 1:
+        raise PathsimConfigError("<arguments>", "groups", "a group's members in each slice must form the same shape",
+                                 "place each group at the same positions in every slice")
+    local = np.array(inner_grids).reshape(len(groups), count, *inner_grids[0].shape)
+    offset = (members[:, :, 0] // n * n).reshape(len(groups), count, *[1] * inner_grids[0].ndim)
+    grids = list(np.moveaxis(local + offset, 1, -1))  # the slices are each grid's last axis
     return "multi_slice", grids, inner_axes + [(False, "dcn")]
 
 

@@ -22,7 +22,6 @@ power timeline integrates to exactly the per-step energy reported.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,10 +136,8 @@ def power_inputs(cluster, topology: Topology, chip_ids: np.ndarray | None = None
     """The power figures of a cluster config, counted over its built topology, or over the chips `chip_ids`
     of it (a job sharing the cluster: the hosts its chips sit in, and its chips' share of the fabric's switches)."""
     chip, host, network = cluster.chip, cluster.host, cluster.network_power
-    if chip_ids is None:
-        chips, hosts = topology.num_chips, math.ceil(topology.num_chips / host.chips_per_host)
-    else:
-        chips, hosts = len(chip_ids), len(np.unique(np.asarray(chip_ids) // host.chips_per_host))
+    chip_ids = np.arange(topology.num_chips) if chip_ids is None else np.asarray(chip_ids)
+    chips, hosts = len(chip_ids), len(np.unique(chip_ids // host.chips_per_host))
     return PowerInputs(
         chips=chips, chip_idle_w=chip.idle_power, chip_peak_w=chip.peak_power,
         communication_activity=chip.communication_activity,

@@ -8,11 +8,11 @@ ops per bucket (on a multi-slice cluster: reduce-scatter in the slice,
 all-reduce across slices over the DCN, all-gather in the slice), run as one
 process per stage of the chain: each bucket's stages in order, buckets
 pipelined, so one bucket crosses the DCN while the next reduce-scatters over
-ICI. Chains are
-launched as soon as a layer's last backward finishes (``grad_sync_overlap``)
-and queue for the network behind the critical stream's all-to-alls (lower
-priority, so a bucket in flight can still delay the next all-to-all: the
-interference is simulated, not assumed) while backward compute carries on.
+ICI. Chains are launched as soon as a layer's last backward finishes
+(``grad_sync_overlap``) and queue for the network behind the critical
+stream's all-to-alls (lower priority, so a bucket in flight can still delay
+the next all-to-all: the interference is simulated, not assumed) while
+backward compute carries on.
 Without overlap they start after the backward pass. The optimizer step waits
 for all of them.
 
@@ -46,8 +46,12 @@ class Span:
     stream: str  # "main", "grad_sync" or "prefetch"
     start_s: float
     end_s: float
-    waited_s: float
     waits: tuple[tuple[str, float, float], ...] = ()  # per resource it waited for: (resource, asked at, got at)
+
+    @property
+    def waited_s(self) -> float:
+        """How long it waited for its resources before it started."""
+        return sum(got - asked for _, asked, got in self.waits)
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,6 @@ def run_step(schedule: StepSchedule) -> StepRun:
     run = StepRun()
 
     def execute(op: Op, stream: str, priority: int):
-        asked = env.now
         # Several resources are asked for one after another in one fixed order (that of `resources`), so no
         # two ops ever each hold one while waiting for the other's.
         held, waits = [], []
@@ -104,7 +107,7 @@ def run_step(schedule: StepSchedule) -> StepRun:
         yield env.timeout(op.duration_s)
         for resource, request in held:
             resource.release(request)
-        run.spans.append(Span(op, stream, start, env.now, start - asked, tuple(waits)))
+        run.spans.append(Span(op, stream, start, env.now, tuple(waits)))
 
     def stage(chains: list[list[Op]], members: list[int], k: int, done: dict[tuple[int, int], simpy.Event]):
         """The k-th op of the `members` chains, chain after chain, each once its (k-1)-th has finished."""
@@ -137,7 +140,7 @@ def run_step(schedule: StepSchedule) -> StepRun:
                 start_s = env.now
                 yield gather
                 run.spans.append(Span(replace(item.op, name=item.op.name + " (exposed)", link_bytes=None), "main",
-                                      start_s, env.now, 0.0))
+                                      start_s, env.now))
         else:
             yield from execute(item, "main", CRITICAL)
 

@@ -7,7 +7,8 @@ master copy plus factored second moments (≈4 bytes); SGD the fp32 master copy.
 With ``shard_optimizer`` (ZeRO-1) that state is split over the replicas of each
 parameter; with ``shard_parameters`` (ZeRO-3 / FSDP) the dense weights and
 their gradients are split too, over the data ranks of a slice, and a chip holds
-two layers' gathered weights at a time (the one computing, the one prefetched). Activations follow :mod:`pathsim.model_math` for one micro-batch
+two layers' gathered weights at a time (the one computing, the one
+prefetched). Activations follow :mod:`pathsim.model_math` for one micro-batch
 (no pipeline parallelism: every layer's activations are live at the end of the
 forward pass).
 """

@@ -53,18 +53,17 @@ def layout_on(workload: WorkloadConfig, topology: Topology, source: str, chips: 
         slices, inner = (topology.slices, topology.inner) if isinstance(topology, MultiSlice) else (1, topology)
         return resolve_parallelism(workload, topology.num_chips, source, inner.dims if isinstance(inner, Torus) else None,
                                    slices)
-    chips = np.asarray(chips, dtype=np.int64)
+    chips = np.unique(np.asarray(chips, dtype=np.int64))  # in id order, as the ranks take them
     slices, dims = 1, None
     if isinstance(topology, MultiSlice):
-        n = topology.chips_per_slice
-        whole = np.unique(chips // n)
-        if len(chips) == len(whole) * n and np.array_equal(np.sort(chips), (whole[:, None] * n + np.arange(n)).ravel()):
-            slices, dims = len(whole), topology.inner.dims if isinstance(topology.inner, Torus) else None
+        touched = len(np.unique(chips // topology.chips_per_slice))
+        if len(chips) == touched * topology.chips_per_slice:  # whole slices
+            slices, dims = touched, topology.inner.dims if isinstance(topology.inner, Torus) else None
     if dims is None and workload.parallelism.axes_order and isinstance(getattr(topology, "inner", topology), Torus):
         raise PathsimConfigError(source, "parallelism.axes_order", "applies to a job on whole tori (the cluster, or whole "
                                  "slices of it); this job has part of one", "remove axes_order, or give the job whole slices")
     layout = resolve_parallelism(workload, len(chips), source, dims, slices)
-    physical = np.sort(chips)[layout.chip(np.arange(len(chips)))]
+    physical = chips[layout.chip(np.arange(len(chips)))]
     return layout.model_copy(update={"chip_of_rank": tuple(int(c) for c in physical), "cluster_chips": topology.num_chips})
 
 

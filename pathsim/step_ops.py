@@ -80,7 +80,7 @@ class StepCoster:
         tokens_mb = workload.training.tokens_per_step // workload.training.micro_batches
         self.tokens_per_chip = layout.tokens_per_chip(workload)
         self.tokens_per_data_rank = tokens_mb / layout.data
-        self._collective_cache: dict[tuple, tuple[float, np.ndarray]] = {}
+        self._collective_cache: dict[tuple, list[tuple[str, float, np.ndarray]]] = {}
         ranks = np.arange(layout.chips)
         # Dense parameters are replicated over the data ranks (one group per tensor rank)...
         self.dense_groups = layout.chip(ranks.reshape(layout.data, layout.tensor).T)

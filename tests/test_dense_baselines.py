@@ -15,7 +15,7 @@ from pathsim.memory import dense_params_of_layer
 from pathsim.model_math import model_totals
 from pathsim.run_setup import prepare_run
 from pathsim.step_ops import DCN, NETWORK, StepCoster
-from tests.test_multi_slice import tpu_slices
+from tests.test_multi_slice import moe_workload, tpu_slices
 
 
 def dense_workload(shard: bool = True, tensor: int = 4, layers: int = 6) -> dict:
@@ -106,3 +106,17 @@ def test_palm_540b_on_its_two_pods_is_near_the_published_run():
     # The cross-pod gradient transfer hides behind backward, and the weight gathers behind the layer before.
     assert result.breakdown.grad_sync_exposed_s < 0.01 * result.step_time.mean_s
     assert result.breakdown.weight_gather_s < 0.05 * result.step_time.mean_s
+
+
+@pytest.mark.parametrize("slices, kind, shard, overlap",
+                         [(s, k, sh, o) for s in (1, 2) for k in ("dense", "moe", "moe-across") for sh in (False, True)
+                          for o in (True, False) if not (k == "moe-across" and s == 1)])
+def test_the_breakdown_adds_up_to_the_step_whatever_overlaps(slices, kind, shard, overlap):
+    workload = dense_workload(shard=shard) if kind == "dense" else moe_workload(expert=128 if kind == "moe-across" else "auto")
+    workload["training"].update(shard_parameters=shard, grad_sync_overlap=overlap, micro_batches=2)
+    result = pathsim.simulate(tpu_slices(slices), workload, steps=2)
+    b, c = result.breakdown, result.communication
+    assert b.total_s() == pytest.approx(result.step_time.mean_s, rel=1e-9)
+    assert min(b.model_dump().values()) >= 0
+    assert 0 <= c.grad_sync_hidden_s <= c.grad_sync_s
+    assert b.weight_gather_s <= c.weight_gather_s + 1e-12 and (shard or c.weight_gather_s == 0)

@@ -17,7 +17,7 @@ from pathsim.topology import build_topology
 
 def _span(resource, start, end, straggler=0.0):
     op = Op("op", "compute" if resource == COMPUTE else "all_to_all", resource, end - start, straggler_s=straggler)
-    return Span(op, "main", start, end, 0.0)
+    return Span(op, "main", start, end)
 
 
 def test_state_timeline_closed_form():
