@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
-from pathsim.engine import Span
-from pathsim.step_ops import COMPUTE
+from pathsim.engine import COMPUTE, Span
 from pathsim.topology.base import Topology
 
 STATES = ("compute", "communication", "idle")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, create_model
 
 from pathsim.collectives import LinkUsage
 from pathsim.energy import StepEnergy
+from pathsim.engine.categories import CATEGORIES
 from pathsim.memory import MemoryReport
 from pathsim.version import __version__
 
@@ -26,23 +27,20 @@ class StepTimeStats(BaseModel):
     per_step_s: list[float]
 
 
-class Breakdown(BaseModel):
-    """The critical path of a step, by cause; the fields add up to the step time."""
-
-    compute_s: float
-    straggler_s: float  # waiting for the slowest chip's experts (max − mean expert FFN time)
-    all_to_all_s: float
-    tensor_parallel_s: float
-    weight_gather_s: float = 0.0  # ZeRO-3 weight all-gathers the prefetch did not hide
-    grad_sync_exposed_s: float  # gradient sync the backward pass did not hide
-    optimizer_s: float
+class _BreakdownBase(BaseModel):
+    """The critical path of a step (of the mean pipeline stage), by cause; the fields add up to the step time."""
 
     def total_s(self) -> float:
         return sum(getattr(self, f) for f in type(self).model_fields)
 
     def causes(self) -> list[tuple[str, float]]:
         """(cause, seconds) for every field, named for a reader."""
-        return [(name.removesuffix("_s").replace("_", " "), value) for name, value in self.model_dump().items()]
+        return [(c.label, getattr(self, c.field)) for c in CATEGORIES]
+
+
+# One field per cause of pathsim.engine.categories, in its order.
+Breakdown = create_model("Breakdown", __base__=_BreakdownBase,
+                         **{c.field: (float, Field(0.0, description=c.label)) for c in CATEGORIES})
 
 
 class CommunicationTotals(BaseModel):

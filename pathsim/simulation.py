@@ -17,7 +17,9 @@ import numpy as np
 from pathsim.cluster import ClusterConfig
 from pathsim.collectives import LinkUsage
 from pathsim.device import DeviceProfile
-from pathsim.engine import Await, Item, Prefetch, Span, StepRun, StepSchedule, run_step
+from pathsim.builders.training import StepSchedule, fixed_ops, micro_batch_items, run_step
+from pathsim.engine import COMPUTE, Span, StepRun
+from pathsim.engine.categories import category
 from pathsim.energy import STATES, ChipActivity, power_inputs, state_timeline, step_energy
 from pathsim.errors import PathsimConfigError
 from pathsim.memory import expert_slots_on_busiest_chip, memory_per_chip
@@ -26,9 +28,9 @@ from pathsim.placement import Placement
 from pathsim.planner import resolve_placement
 from pathsim.result import (Breakdown, CommunicationTotals, LayerLoad, ModalityLoad, SimulationDetail, SimulationResult,
                             StepTimeStats, TaskLoad, TimelineSpan)
-from pathsim.routing import LoadSample, route_layer, step_rng
+from pathsim.routing import LoadSample, step_rng
 from pathsim.run_setup import RunSetup, prepare_run
-from pathsim.step_ops import COMPUTE, Op, StepCoster
+from pathsim.step_ops import StepCoster
 from pathsim.trace import write_trace
 from pathsim.workload import WorkloadConfig
 
@@ -64,7 +66,7 @@ def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "
     """Simulate `steps` steps of a prepared run with a resolved placement."""
     workload_config, layout, plan, seed = setup.workload, setup.layout, setup.plan, setup.seed
     coster = StepCoster(workload_config, layout, setup.topology, setup.network, setup.device, placement)
-    fixed = _fixed_ops(coster)
+    fixed = fixed_ops(coster)
     micro_batches = workload_config.training.micro_batches
     runs: list[StepRun] = []
     routings: list[list[LoadSample]] = []
@@ -72,7 +74,7 @@ def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "
         rng = step_rng(seed, step)
         batches = []
         for _ in range(micro_batches):
-            forward, backward, layer_routings = _micro_batch_ops(coster, fixed, plan, layout, placement, rng)
+            forward, backward, layer_routings = micro_batch_items(coster, fixed, plan, layout, placement, rng)
             batches.append((forward, backward))
             routings.append(layer_routings)
         schedule = StepSchedule(batches, fixed["grad_sync"], fixed["optimizer"], workload_config.training.grad_sync_overlap)
@@ -81,57 +83,6 @@ def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "
         write_trace(trace, runs, f"{workload_config.name} on {setup.cluster.name}")
     return _result(setup.cluster, workload_config, setup.device_profile, setup.topology, layout, coster, placement, plan,
                    runs, routings, setup.network_name, seed, detail)
-
-
-def _fixed_ops(coster: StepCoster) -> dict:
-    """Ops whose cost does not depend on routing: computed once per run."""
-    model = coster.model
-    layers = range(model.layers)
-    backward_order = [model.layers] + list(reversed(layers))  # LM head first, then the layers top-down
-    return {
-        "attention": {b: [coster.attention(i, b) for i in layers] for b in (False, True)},
-        "dense_ffn": {b: {i: coster.dense_ffn(i, b) for i in layers if not model.is_moe(i)} for b in (False, True)},
-        "head": {b: coster.head(b) for b in (False, True)},
-        "backward_order": backward_order,
-        "grad_sync": [coster.grad_sync(i) for i in backward_order],
-        # ZeRO-3: every layer's weights gathered before its forward (the head's last) and, but the head's still
-        # held, again before its backward.
-        "gathers": {False: [coster.weight_gather(i, False) for i in [*layers, model.layers]],
-                    True: [coster.weight_gather(i, True) for i in layers]},
-        "optimizer": coster.optimizer(),
-    }
-
-
-def _gathered(gathers: list[Op | None], position: int, step: int) -> list[Item]:
-    """Wait for this unit's prefetched weights and start the next unit's (``step``: +1 forward, -1 backward)."""
-    items: list[Item] = [Await(gathers[position])] if 0 <= position < len(gathers) and gathers[position] else []
-    ahead = position + step
-    if 0 <= ahead < len(gathers) and gathers[ahead]:
-        items.append(Prefetch(gathers[ahead]))
-    return items
-
-
-def _micro_batch_ops(coster, fixed, plan, layout, placement, rng):
-    model = coster.model
-    gathers = fixed["gathers"]
-    forward: list[Item] = _gathered(gathers[False], -1, 1)
-    backward_by_layer: dict[int, list[Item]] = {model.layers: _gathered(gathers[True], model.layers, -1) + [fixed["head"][True]]}
-    layer_routings: list[LoadSample] = []
-    moe_index = coster.moe_index
-    for i in range(model.layers):
-        forward += _gathered(gathers[False], i, 1) + fixed["attention"][False][i]
-        if i in moe_index:
-            routing = route_layer(plan, layout, placement, moe_index[i], rng)
-            layer_routings.append(routing.load_sample())
-            ops, a2a = coster.moe_block(i, routing, backward=False)
-            back_ffn, _ = coster.moe_block(i, routing, backward=True, a2a=a2a)
-        else:
-            ops, back_ffn = fixed["dense_ffn"][False][i], fixed["dense_ffn"][True][i]
-        forward += ops
-        backward_by_layer[i] = _gathered(gathers[True], i, -1) + back_ffn + fixed["attention"][True][i]  # each in backward order
-    forward += _gathered(gathers[False], model.layers, 1) + [fixed["head"][False]]
-    backward = [backward_by_layer[i] for i in fixed["backward_order"]]
-    return forward, backward, layer_routings
 
 
 def _union_s(intervals: list[tuple[float, float]]) -> float:
@@ -144,17 +95,17 @@ def _union_s(intervals: list[tuple[float, float]]) -> float:
     return float(np.clip(spans[:, 1] - starts, 0.0, None).sum())
 
 
-def _wait_causes(spans: list[Span]) -> dict[str, float]:
-    """Seconds the critical stream waited for a resource, split by the category of the background ops that held
-    that resource meanwhile (one op holds a resource at a time, so they fill each wait)."""
+def _wait_causes(spans: list[Span], stream: str = "main") -> dict[str, float]:
+    """Seconds `stream` waited for a resource, split by the category of the other streams' ops that held that
+    resource meanwhile (one op holds a resource at a time, so they fill each wait)."""
     held: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    background = [s for s in spans if s.stream != "main"]
-    for name in {r for s in background for r in s.op.resources}:
-        on = sorted((s.start_s, s.end_s, s.op.category) for s in background if name in s.op.resources)
+    others = [s for s in spans if s.stream != stream]
+    for name in {r for s in others for r in s.held}:
+        on = sorted((s.start_s, s.end_s, s.op.category) for s in others if name in s.held)
         held[name] = (np.array([o[0] for o in on]), np.array([o[1] for o in on]), np.array([o[2] for o in on]))
     causes: dict[str, float] = {}
     for span in spans:
-        if span.stream != "main":
+        if span.stream != stream:
             continue
         for name, lo, hi in span.waits:
             overlap: dict[str, float] = {}
@@ -172,6 +123,42 @@ def _wait_causes(spans: list[Span]) -> dict[str, float]:
     return causes
 
 
+def critical_path(run: StepRun, stream: str, into: dict[str, float], weight: float = 1.0) -> None:
+    """Add `weight` × where one critical stream's step went to `into`: seconds by breakdown field (they add up to
+    the step time), and its compute and all-to-all busy seconds (``compute_busy``, ``all_to_all_busy``).
+
+    Its own ops count by their category (an expert FFN's wait for the slowest chip as straggler); its waits for a
+    resource go to whoever held it; its recorded waits for a dependency (a pipeline stage's input) by theirs;
+    whatever is left before its last op is the gradient sync it waited for before the optimizer, and after its
+    last op, waiting for the other stages to finish, a pipeline bubble. Accumulated in place, in one order, so a
+    single stream's figures are summed exactly as they always were."""
+    own = [s for s in run.spans if s.stream == stream]
+    for cause, seconds in _wait_causes(run.spans, stream).items():
+        into[category(cause).field] += weight * seconds
+    busy = waited = 0.0
+    for span in own:
+        op, duration = span.op, span.end_s - span.start_s
+        busy += duration
+        waited += span.waited_s
+        if op.category == "compute":
+            into["compute_s"] += weight * (duration - op.straggler_s)
+            into["straggler_s"] += weight * op.straggler_s
+        else:
+            into[category(op.category).field] += weight * duration
+        if op.category == "all_to_all":
+            into["all_to_all_busy"] += weight * duration
+        if op.resource == COMPUTE:
+            into["compute_busy"] += weight * duration
+    idle = 0.0
+    for gap in run.idle:
+        if gap.stream == stream:
+            into[category(gap.category).field] += weight * (gap.end_s - gap.start_s)
+            idle += gap.end_s - gap.start_s
+    end = max((s.end_s for s in own), default=0.0)
+    into["pipeline_bubble_s"] += weight * (run.step_time_s - end)
+    into["grad_sync_exposed_s"] += weight * (end - busy - waited - idle)
+
+
 def _percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q, method="linear"))
 
@@ -182,41 +169,22 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
     mean_time = float(times.mean())
 
     # Critical path by cause, averaged over steps.
-    sums = dict.fromkeys(Breakdown.model_fields, 0.0)
-    grad_total = gather_total = compute_busy = a2a_total = 0.0
+    sums = dict.fromkeys([*Breakdown.model_fields, "compute_busy", "all_to_all_busy"], 0.0)
+    grad_total = gather_total = 0.0
     link_bytes = np.zeros(topology.num_links)
     hardware_flops = 0.0
     for run in runs:
-        main_busy = 0.0
         # Pipelined buckets overlap each other on the slice's network and the DCN: count wall time, not op time.
         grad_total += _union_s([(s.start_s, s.end_s) for s in run.spans if s.op.category == "grad_sync"])
         gather_total += _union_s([(s.start_s, s.end_s) for s in run.spans if s.stream == "prefetch"])
-        waits = _wait_causes(run.spans)
-        sums["grad_sync_exposed_s"] += waits.pop("grad_sync", 0.0)
-        sums["weight_gather_s"] += waits.pop("weight_gather", 0.0)
-        assert not waits, f"the critical stream waited behind {sorted(waits)}"  # only background streams hold it up
         for span in run.spans:
-            op, duration = span.op, span.end_s - span.start_s
-            if op.link_bytes is not None:
-                link_bytes += op.link_bytes
-            if op.resource == COMPUTE:
-                hardware_flops += op.flops
-            if span.stream != "main":
-                continue
-            main_busy += duration
-            if op.category == "grad_sync":
-                sums["grad_sync_exposed_s"] += duration
-            elif op.category == "compute":
-                sums["compute_s"] += duration - op.straggler_s
-                sums["straggler_s"] += op.straggler_s
-            else:
-                sums[f"{op.category}_s"] += duration
-            if op.category == "all_to_all":
-                a2a_total += duration
-            if op.resource == COMPUTE:
-                compute_busy += duration
-        # Whatever the main stream spent idle waiting for the last buckets is exposed sync too.
-        sums["grad_sync_exposed_s"] += run.step_time_s - main_busy - sum(s.waited_s for s in run.spans if s.stream == "main")
+            if span.op.link_bytes is not None:
+                link_bytes += span.op.link_bytes
+            if span.op.resource == COMPUTE:
+                hardware_flops += span.op.flops / run.groups  # each group (pipeline stage) is 1/groups of the chips
+        for stream in run.critical:  # the mean chip: each critical stream is one group of chips, all equal in size
+            critical_path(run, stream, sums, 1.0 / len(run.critical))
+    compute_busy, a2a_total = sums.pop("compute_busy"), sums.pop("all_to_all_busy")
     n = len(runs)
     breakdown = Breakdown(**{k: v / n for k, v in sums.items()})
     comm = CommunicationTotals(all_to_all_s=a2a_total / n, grad_sync_s=grad_total / n,

@@ -28,13 +28,14 @@ nothing here loops over chips.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
 from pathsim.collectives import collective_phases
 from pathsim import kernel_costs as kc
 from pathsim.device import DeviceModel
+from pathsim.engine.graph import COMPUTE, DCN, NETWORK, Op
 from pathsim.memory import OPTIMIZER_STATE_BYTES, dense_params_of_layer, expert_slots_on_busiest_chip, optimizer_params_per_chip
 from pathsim.model_math import LayerShapes, layer_shapes
 from pathsim.network.timing import NetworkModel
@@ -44,28 +45,6 @@ from pathsim.topology.base import Topology
 from pathsim.topology.multi_slice import MultiSlice
 from pathsim.traffic import Traffic
 from pathsim.workload import Layout, WorkloadConfig
-
-COMPUTE, NETWORK, DCN = "compute", "network", "dcn"  # DCN: the host NICs between the slices of a multi-slice cluster
-# What an op is, for the breakdown (a compute op's straggler_s is reported apart from its compute).
-CATEGORIES = ("compute", "all_to_all", "tensor_parallel", "weight_gather", "grad_sync", "optimizer")
-
-
-@dataclass
-class Op:
-    name: str
-    category: str  # one of CATEGORIES
-    resource: str  # COMPUTE, NETWORK or DCN
-    duration_s: float
-    layer: int = -1
-    straggler_s: float = 0.0  # part of duration_s spent waiting for the slowest chip (max − mean)
-    flops: float = 0.0  # per chip (mean), for utilisation
-    link_bytes: np.ndarray | None = field(default=None, repr=False)
-    also: tuple[str, ...] = ()  # further resources held for the whole op (an all-to-all whose bytes cross the DCN)
-
-    @property
-    def resources(self) -> tuple[str, ...]:
-        return (self.resource, *self.also)
-
 
 class StepCoster:
     """Durations of every op, for one workload on one cluster."""

@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pathsim.engine import StepRun
+from pathsim.engine import DCN, StepRun
+from pathsim.engine.categories import BY_KEY, CATEGORIES
 from pathsim.errors import PathsimConfigError
-from pathsim.step_ops import DCN
 
-TRACKS = {"compute": 1, "optimizer": 1, "all_to_all": 2, "tensor_parallel": 3, "grad_sync": 4, "weight_gather": 7}
 DCN_TRACK = 6  # ops on the data-center network between slices, whatever their category
-TRACK_NAMES = {1: "compute (slowest chip)", 2: "network: all-to-all", 3: "network: tensor-parallel",
-               4: "network: gradient sync", 7: "network: weight all-gather (ZeRO-3)", DCN_TRACK: "DCN: between slices",
-               5: "expert FFN (mean chip)"}
+EXPERT_MEAN_TRACK = BY_KEY["straggler"].trace_tid  # the mean chip's expert time, under the slowest chip's
+TRACK_NAMES = {**{c.trace_tid: ("compute (slowest chip)" if c.track == "compute" else
+                                "network: weight all-gather (ZeRO-3)" if c.key == "weight_gather" else f"network: {c.track}")
+                  for c in CATEGORIES if c.track},
+               DCN_TRACK: "DCN: between slices", EXPERT_MEAN_TRACK: "expert FFN (mean chip)"}
 
 
 def trace_events(runs: list[StepRun], title: str) -> list[dict]:
@@ -36,11 +37,11 @@ def trace_events(runs: list[StepRun], title: str) -> list[dict]:
             if span.waited_s > 0:
                 args["waited_us"] = span.waited_s * 1e6
             start = offset_us + span.start_s * 1e6
-            tid = DCN_TRACK if op.resource == DCN else TRACKS[op.category]
+            tid = DCN_TRACK if op.resource == DCN else BY_KEY[op.category].trace_tid
             events.append({"ph": "X", "pid": 1, "tid": tid, "name": op.name, "cat": op.category,
                            "ts": start, "dur": (span.end_s - span.start_s) * 1e6, "args": args})
             if op.straggler_s > 0:
-                events.append({"ph": "X", "pid": 1, "tid": 5, "name": op.name + " (mean chip)", "cat": "expert_mean",
+                events.append({"ph": "X", "pid": 1, "tid": EXPERT_MEAN_TRACK, "name": op.name + " (mean chip)", "cat": "expert_mean",
                                "ts": start, "dur": (span.end_s - span.start_s - op.straggler_s) * 1e6, "args": args})
         offset_us += run.step_time_s * 1e6
     return events

@@ -21,7 +21,7 @@ from pathsim.placement import round_robin
 from pathsim.presets import preset_path
 from pathsim.routing import route_layer
 from pathsim.run_setup import prepare_run
-from pathsim.engine import Prefetch, StepSchedule, run_step
+from pathsim.builders.training import Prefetch, StepSchedule, run_step
 from pathsim.simulation import _wait_causes
 from pathsim.step_ops import COMPUTE, DCN, NETWORK, Op, StepCoster
 from pathsim.topology import MultiSlice, Torus, build_topology

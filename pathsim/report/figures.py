@@ -20,18 +20,15 @@ from pathsim.cluster import ClusterConfig
 from pathsim.report.content import ClusterOption
 from pathsim.energy import STATES, StateTimeline, power_timeline
 from pathsim.result import SimulationResult
-from pathsim.step_ops import DCN
+from pathsim.engine import DCN
+from pathsim.engine.categories import CATEGORIES
 from pathsim.topology import FatTree, MultiSlice, Torus, build_topology
 from pathsim.topology.torus import AXIS_NAMES
 from pathsim.units import format_seconds
 
-# One colour per cause, used by every figure that shows it.
-CAUSE_COLOURS = {"compute": "#4C72B0", "straggler": "#8FB0E0", "all to all": "#DD8452", "tensor parallel": "#937860",
-                 "weight gather": "#64B5CD", "grad sync exposed": "#C44E52", "optimizer": "#8172B3"}
-CATEGORY_COLOURS = {"compute": CAUSE_COLOURS["compute"], "all_to_all": CAUSE_COLOURS["all to all"],
-                    "tensor_parallel": CAUSE_COLOURS["tensor parallel"], "weight_gather": CAUSE_COLOURS["weight gather"],
-                    "grad_sync": CAUSE_COLOURS["grad sync exposed"],
-                    "optimizer": CAUSE_COLOURS["optimizer"], "dcn": "#DA8BC3"}
+# One colour per cause (pathsim.engine.categories), used by every figure that shows it.
+CAUSE_COLOURS = {c.label: c.colour for c in CATEGORIES}
+CATEGORY_COLOURS = {**{c.key: c.colour for c in CATEGORIES}, "dcn": "#DA8BC3"}
 STATE_COLOURS = {"compute": "#4C72B0", "communication": "#DD8452", "idle": "#BBBBBB"}
 ENERGY_COLOURS = {"chips: compute": "#4C72B0", "chips: communication": "#DD8452", "chips: idle": "#BBBBBB",
                   "hosts": "#55A868", "network": "#937860", "facility overhead (PUE)": "#C44E52"}
@@ -102,10 +99,11 @@ def gantt_figure(result: SimulationResult) -> Drawn:
     tracks = ["compute", "all_to_all", "tensor_parallel", "grad_sync"]
     if any(s.category == "weight_gather" for s in detail.timeline):
         tracks.insert(3, "weight_gather")  # sharded weights (ZeRO-3): their gathers get their own row
+    if any(s.category == "pipeline_p2p" for s in detail.timeline):
+        tracks.append("pipeline_p2p")  # activations and their gradients between pipeline stages
     if any(s.resource == DCN for s in detail.timeline):
         tracks.append("dcn")  # a multi-slice cluster: what crosses the data-center network gets its own row
-    names = {"compute": "compute", "all_to_all": "all-to-all", "tensor_parallel": "tensor-parallel", "grad_sync": "gradient sync",
-             "weight_gather": "weight all-gather", "dcn": "DCN (between slices)"}
+    names = {**{c.key: c.track for c in CATEGORIES}, "dcn": "DCN (between slices)"}
     rows = []
     for category in tracks + ["optimizer"]:
         spans = [s for s in detail.timeline if ("dcn" if s.resource == DCN else s.category) == category]
@@ -123,7 +121,8 @@ def gantt_figure(result: SimulationResult) -> Drawn:
     step_s = result.detail.state_boundaries_s[-1]
     ax.set_xlim(0, step_s)
     ax.tick_params(labelbottom=False)
-    ax.legend(handles=[Patch(color=CATEGORY_COLOURS[c], label=names.get(c, c)) for c in tracks + ["optimizer"]]
+    ax.legend(handles=[Patch(color=CATEGORY_COLOURS[c], label=names[c]) for c in tracks]
+              + [Patch(color=CATEGORY_COLOURS["optimizer"], label="optimizer")]  # drawn on the compute row
               + [Patch(color=CAUSE_COLOURS["straggler"], label="waiting for the slowest chip")],
               ncols=6, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
 

@@ -1,0 +1,172 @@
+"""The training step of one group of chips as a graph: the critical stream and its background work.
+
+The critical stream — forward and backward of every micro-batch — runs op
+after op. A layer's gradient all-reduces are a chain of ops per bucket (on a
+multi-slice cluster: reduce-scatter in the slice, all-reduce across slices over
+the DCN, all-gather in the slice), run as one stream per stage of the chain:
+each bucket's stages in order, buckets pipelined, so one bucket crosses the DCN
+while the next reduce-scatters over ICI. Chains are launched as soon as a
+layer's last backward finishes (``grad_sync_overlap``) and queue for the
+network behind the critical stream (lower priority, so a bucket in flight can
+still delay the next all-to-all: the interference is simulated, not assumed)
+while backward compute carries on. Without overlap they start after the
+backward pass. The optimizer step waits for all of them.
+
+Sharded weights (ZeRO-3) are gathered ahead of use: the critical stream
+launches a layer's all-gather (:class:`Prefetch`) while the layer before it
+computes, at the critical stream's priority, and waits for it
+(:class:`Await`) only when the layer starts; the wait, if any, is an exposed
+span of the gather.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pathsim.engine import Graph, Node, Op, Stream, StepRun, run_graph
+from pathsim.routing import LoadSample, route_layer
+from pathsim.step_ops import StepCoster
+
+CRITICAL, GRAD = 0, 1  # priorities: lower value is served first
+
+
+@dataclass(frozen=True)
+class Prefetch:
+    """Start `op` in the background here; the critical stream goes on."""
+
+    op: Op
+
+
+@dataclass(frozen=True)
+class Await:
+    """The critical stream waits here until the prefetched `op` has finished."""
+
+    op: Op
+
+
+Item = Op | Prefetch | Await
+
+
+@dataclass
+class StepSchedule:
+    micro_batches: list[tuple[list[Item], list[list[Item]]]]  # per micro-batch: forward, backward per layer (reverse order)
+    grad_sync: list[list[list[Op]]]  # per entry of the backward order: that layer's gradient chains (one per bucket)
+    optimizer: Op
+    overlap_grad_sync: bool
+
+
+def fixed_ops(coster: StepCoster) -> dict:
+    """Ops whose cost does not depend on routing: computed once per run."""
+    model = coster.model
+    layers = range(model.layers)
+    backward_order = [model.layers] + list(reversed(layers))  # LM head first, then the layers top-down
+    return {
+        "attention": {b: [coster.attention(i, b) for i in layers] for b in (False, True)},
+        "dense_ffn": {b: {i: coster.dense_ffn(i, b) for i in layers if not model.is_moe(i)} for b in (False, True)},
+        "head": {b: coster.head(b) for b in (False, True)},
+        "backward_order": backward_order,
+        "grad_sync": [coster.grad_sync(i) for i in backward_order],
+        # ZeRO-3: every layer's weights gathered before its forward (the head's last) and, but the head's still
+        # held, again before its backward.
+        "gathers": {False: [coster.weight_gather(i, False) for i in [*layers, model.layers]],
+                    True: [coster.weight_gather(i, True) for i in layers]},
+        "optimizer": coster.optimizer(),
+    }
+
+
+def gathered(gathers: list[Op | None], position: int, step: int) -> list[Item]:
+    """Wait for this unit's prefetched weights and start the next unit's (``step``: +1 forward, -1 backward)."""
+    items: list[Item] = [Await(gathers[position])] if 0 <= position < len(gathers) and gathers[position] else []
+    ahead = position + step
+    if 0 <= ahead < len(gathers) and gathers[ahead]:
+        items.append(Prefetch(gathers[ahead]))
+    return items
+
+
+def micro_batch_items(coster: StepCoster, fixed: dict, plan, layout, placement, rng):
+    """One micro-batch's forward items and its backward items per layer (backward order), and its routing samples."""
+    model = coster.model
+    gathers = fixed["gathers"]
+    forward: list[Item] = gathered(gathers[False], -1, 1)
+    backward_by_layer: dict[int, list[Item]] = {model.layers: gathered(gathers[True], model.layers, -1) + [fixed["head"][True]]}
+    layer_routings: list[LoadSample] = []
+    moe_index = coster.moe_index
+    for i in range(model.layers):
+        forward += gathered(gathers[False], i, 1) + fixed["attention"][False][i]
+        if i in moe_index:
+            routing = route_layer(plan, layout, placement, moe_index[i], rng)
+            layer_routings.append(routing.load_sample())
+            ops, a2a = coster.moe_block(i, routing, backward=False)
+            back_ffn, _ = coster.moe_block(i, routing, backward=True, a2a=a2a)
+        else:
+            ops, back_ffn = fixed["dense_ffn"][False][i], fixed["dense_ffn"][True][i]
+        forward += ops
+        backward_by_layer[i] = gathered(gathers[True], i, -1) + back_ffn + fixed["attention"][True][i]  # each in backward order
+    forward += gathered(gathers[False], model.layers, 1) + [fixed["head"][False]]
+    backward = [backward_by_layer[i] for i in fixed["backward_order"]]
+    return forward, backward, layer_routings
+
+
+def grad_streams(chains: list[list[Op]], after: Node | None, group: int = 0) -> list[Stream]:
+    """One stream per (stage, resource) of the chains, not per chain: bucket b+1 reduce-scatters while bucket b
+    crosses the DCN, a chain that starts on the DCN does not wait behind others' reduce-scatters, and a layer of
+    thousands of buckets makes a handful of streams, not thousands."""
+    nodes = [[Node(op, groups=(group,)) for op in chain] for chain in chains]
+    for chain in nodes:
+        for k in range(1, len(chain)):
+            chain[k].deps.append(chain[k - 1])
+    members: dict[tuple[int, str], list[Node]] = {}
+    for c, chain in enumerate(chains):
+        for k, op in enumerate(chain):
+            members.setdefault((k, op.resource), []).append(nodes[c][k])
+    return [Stream("grad_sync", group_nodes, GRAD, after, group) for group_nodes in members.values()]
+
+
+def critical_stream(schedule: StepSchedule, name: str = "main", group: int = 0) -> tuple[Stream, list[Stream]]:
+    """The critical stream of `schedule` on one group of chips, and the background streams it launches."""
+    main: list[Node] = []
+    background: list[Stream] = []
+    prefetched: dict[int, Node] = {}
+    pending: list[Stream] = []  # gradient chains started after the backward pass (no overlap)
+
+    def last() -> Node | None:
+        return main[-1] if main else None
+
+    def add(item: Item) -> None:
+        if isinstance(item, Prefetch):
+            node = Node(item.op, groups=(group,))
+            prefetched[id(item.op)] = node
+            background.append(Stream("prefetch", [node], CRITICAL, last(), group))
+        elif isinstance(item, Await):
+            main.append(Node(None, [prefetched.pop(id(item.op))], (group,), wait_category="weight_gather"))
+        else:
+            main.append(Node(item, groups=(group,)))
+
+    final = len(schedule.micro_batches) - 1
+    for mb, (forward, backward) in enumerate(schedule.micro_batches):
+        for item in forward:
+            add(item)
+        for position, layer_items in enumerate(backward):
+            for item in layer_items:
+                add(item)
+            if mb == final and schedule.grad_sync[position]:
+                if schedule.overlap_grad_sync:
+                    background += grad_streams(schedule.grad_sync[position], last(), group)
+                else:
+                    pending.append(schedule.grad_sync[position])
+    end_of_backward = last()
+    for chains in pending:
+        background += grad_streams(chains, end_of_backward, group)
+    grad_ends = [s.nodes[-1] for s in background if s.name == "grad_sync"]
+    main.append(Node(schedule.optimizer, grad_ends, (group,)))
+    return Stream(name, main, CRITICAL, None, group), background
+
+
+def training_graph(schedule: StepSchedule) -> Graph:
+    main, background = critical_stream(schedule)
+    return Graph([main, *background])
+
+
+def run_step(schedule: StepSchedule) -> StepRun:
+    """Run one training step's schedule (the whole cluster as one group of chips)."""
+    return run_graph(training_graph(schedule))

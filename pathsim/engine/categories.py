@@ -1,0 +1,42 @@
+"""The one registry of causes: what an op is for, and how every output shows it.
+
+Each entry feeds the result's breakdown (its field), the Perfetto trace (its
+track), the report's figures (colour and row label). A new cause — a new kind
+of communication, a new kind of wait — is one entry here; ops name it by key.
+Energy needs no entry: a chip's state follows the resource an op holds
+(:mod:`pathsim.energy`), and waits hold none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Category:
+    key: str  # what ops carry in Op.category
+    field: str  # the result's Breakdown field: seconds of the step's critical path spent on it
+    label: str  # the breakdown's name for it
+    colour: str
+    track: str  # the row of the gantt chart and trace it is drawn on ("" for time with no op: a wait)
+    trace_tid: int  # the trace's thread id of that row
+
+
+CATEGORIES: tuple[Category, ...] = (
+    Category("compute", "compute_s", "compute", "#4C72B0", "compute", 1),
+    # Not an op's category: the part of an expert FFN spent waiting for the slowest chip (max − mean).
+    Category("straggler", "straggler_s", "straggler", "#8FB0E0", "", 5),
+    Category("all_to_all", "all_to_all_s", "all to all", "#DD8452", "all-to-all", 2),
+    Category("tensor_parallel", "tensor_parallel_s", "tensor parallel", "#937860", "tensor-parallel", 3),
+    Category("weight_gather", "weight_gather_s", "weight gather", "#64B5CD", "weight all-gather", 7),
+    Category("grad_sync", "grad_sync_exposed_s", "grad sync exposed", "#C44E52", "gradient sync", 4),
+    Category("optimizer", "optimizer_s", "optimizer", "#8172B3", "compute", 1),
+    Category("pipeline_p2p", "pipeline_p2p_s", "pipeline p2p", "#55A868", "pipeline send/recv", 8),
+    # Not an op's category: a pipeline stage with nothing to do (waiting for its input or the last stage's output).
+    Category("pipeline_bubble", "pipeline_bubble_s", "pipeline bubble", "#CCCCCC", "", 0),
+)
+BY_KEY = {c.key: c for c in CATEGORIES}
+
+
+def category(key: str) -> Category:
+    return BY_KEY[key]
