@@ -17,6 +17,7 @@ import numpy as np
 from pathsim.cluster import load_cluster
 from pathsim.collectives import ALGORITHMS, OPS, CollectiveResult, run_collective
 from pathsim.device import load_profile
+from pathsim.engine.categories import CATEGORIES
 from pathsim.errors import PathsimConfigError
 from pathsim.network import MODELS
 from pathsim.numeric_files import read_numeric_array
@@ -198,7 +199,8 @@ def format_simulation(result: SimulationResult) -> str:
                if result.layers else "), dense")
     slices = p.get("slices", 1)
     where = f"{result.chips} chips in {slices} slices" if slices > 1 else f"{result.chips} chips"
-    head = (f"{result.workload} on {result.cluster}: {where} (data {p['data']} x tensor {p['tensor']}{experts}, "
+    stages = f"pipeline {p['pipeline']} x " if p.get("pipeline", 1) > 1 else ""
+    head = (f"{result.workload} on {result.cluster}: {where} ({stages}data {p['data']} x tensor {p['tensor']}{experts}, "
             f"{result.steps} step(s), seed {result.seed}, {result.network_model} network")
     if result.parallelism_axes:
         head += "\n  axes: " + "; ".join(f"{k} {v}" for k, v in result.parallelism_axes.items())
@@ -214,7 +216,8 @@ def format_simulation(result: SimulationResult) -> str:
     ]
     b = result.breakdown
     total = max(st.mean_s, 1e-30)
-    rows = [(cause, format_seconds(value), f"{100 * value / total:.1f} %") for cause, value in b.causes()]
+    rows = [(c.label, format_seconds(value), f"{100 * value / total:.1f} %")
+            for c, value in ((c, getattr(b, c.field)) for c in CATEGORIES) if c.always or value > 0]
     lines = [head, _table(summary, ("metric", "value", "note")), "  where the time goes (critical path, mean step):",
              _table(rows, ("cause", "time", "share"))]
     c = result.communication
@@ -227,8 +230,17 @@ def format_simulation(result: SimulationResult) -> str:
             load.append((f"... {len(result.tasks) - 12} more tasks", "", "", ""))
         lines += ["  expert load per task (max/mean over experts, mean over layers):",
                   _table(load, ("task", "modality", "max/mean", "dropped"))]
+    if result.pipeline is not None:
+        pp = result.pipeline
+        lines.append(f"  pipeline: {pp.stages} stages, {pp.schedule}" + (f" x {pp.virtual_stages} chunks" if pp.virtual_stages > 1 else "")
+                     + f", {pp.micro_batches} micro-batches; bubble {100 * pp.bubble_fraction:.1f} % of the step "
+                     f"(closed form for uniform stages {100 * pp.closed_form_bubble_fraction:.1f} %)")
+        stage_rows = [(str(st.stage), f"{st.layers[0]}-{st.layers[-1]} ({len(st.layers)})", format_seconds(st.bubble_s),
+                       format_bytes(st.memory.total_bytes) + ("" if st.memory.fits else " DOES NOT FIT")
+                       + (" (tightest)" if st.stage == pp.tightest_stage else "")) for st in pp.per_stage]
+        lines.append(_table(stage_rows, ("stage", "layers", "bubble", "memory per chip")))
     m = result.memory
-    lines.append(f"  memory per chip: parameters {format_bytes(m.parameters_bytes)}, gradients {format_bytes(m.gradients_bytes)}, "
+    lines.append(f"  memory per chip{' (tightest stage)' if result.pipeline else ''}: parameters {format_bytes(m.parameters_bytes)}, gradients {format_bytes(m.gradients_bytes)}, "
                  f"optimizer {format_bytes(m.optimizer_bytes)}, activations {format_bytes(m.activations_bytes)} ({m.note})")
     return "\n".join(lines)
 

@@ -9,11 +9,16 @@ parameter; with ``shard_parameters`` (ZeRO-3 / FSDP) the dense weights and
 their gradients are split too, over the data ranks of a slice, and a chip holds
 two layers' gathered weights at a time (the one computing, the one
 prefetched). Activations follow :mod:`pathsim.model_math` for one micro-batch
-(no pipeline parallelism: every layer's activations are live at the end of the
-forward pass).
+without pipelining (every layer's activations are live at the end of the
+forward pass); a pipeline stage (:class:`Held`) holds its own layers, the
+input embedding on the first stage and the LM head on the last (a copy of each
+when they are tied, as Megatron-LM does), and the activations of as many
+micro-batches per layer as its schedule has in flight at once.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 
@@ -36,16 +41,38 @@ class MemoryReport(BaseModel):
     note: str
 
 
-def expert_slots_on_busiest_chip(workload: WorkloadConfig, placement: Placement | None) -> int:
-    """Expert slots, summed over the MoE layers, on the chip hosting the most."""
-    return placement.busiest_rank_slots(len(workload.model.moe_layers)) if placement is not None else 0
+@dataclass(frozen=True)
+class Held:
+    """What one pipeline stage's chips hold: its layers, whether it has the input embedding (first stage) and the
+    LM head (last stage), and per layer the micro-batches whose activations its schedule keeps at once."""
+
+    layers: tuple[int, ...]
+    embedding: bool
+    head: bool
+    in_flight: tuple[int, ...]  # per entry of layers
 
 
-def parameters_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int) -> tuple[float, float]:
-    """(dense, expert) parameters on a chip hosting `expert_slots` experts over all MoE layers; dense ones
+def expert_slots_on_busiest_chip(workload: WorkloadConfig, placement: Placement | None, held: Held | None = None) -> int:
+    """Expert slots, summed over the MoE layers (a stage's only, given `held`), on the chip hosting the most."""
+    if placement is None:
+        return 0
+    if held is None:
+        return placement.busiest_rank_slots(len(workload.model.moe_layers))
+    index = {layer: j for j, layer in enumerate(workload.model.moe_layers)}
+    return placement.busiest_rank_slots(len(index), [index[i] for i in held.layers if i in index])
+
+
+def parameters_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int,
+                        held: Held | None = None) -> tuple[float, float]:
+    """(dense, expert) parameters on a chip hosting `expert_slots` experts over its MoE layers; dense ones
     are split over tensor ranks."""
     model = workload.model
     s = layer_shapes(model)
+    if held is not None:
+        table = model.vocab * model.d_model
+        dense = (sum(dense_params_of_layer(model, i) for i in held.layers)
+                 + table * (int(held.embedding) + int(held.head))) / layout.tensor
+        return dense, expert_slots * s.expert_params
     n_moe = len(model.moe_layers)
     n_dense = model.layers - n_moe
     dense = (model.layers * s.attention_params + n_dense * s.dense_ffn_params
@@ -53,10 +80,10 @@ def parameters_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: 
     return dense, expert_slots * s.expert_params
 
 
-def optimizer_params_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int) -> float:
+def optimizer_params_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int, held: Held | None = None) -> float:
     """Parameters whose optimizer state a chip keeps and updates (ZeRO-1: its shard over each parameter's replicas;
     ZeRO-3 without ZeRO-1: its shard of the dense weights)."""
-    dense, experts = parameters_per_chip(workload, layout, expert_slots)
+    dense, experts = parameters_per_chip(workload, layout, expert_slots, held)
     if workload.training.shard_optimizer:
         return dense / layout.data + experts / layout.expert_replication
     return dense / layout.parameter_shards + experts
@@ -78,23 +105,33 @@ def gathered_weight_params(workload: WorkloadConfig, layout: Layout) -> float:
     return 2.0 * largest / layout.tensor
 
 
-def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int, hbm_bytes: float) -> MemoryReport:
-    """HBM use of a chip hosting `expert_slots` experts over all MoE layers (pass the busiest chip's)."""
+def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int, hbm_bytes: float,
+                    held: Held | None = None) -> MemoryReport:
+    """HBM use of a chip hosting `expert_slots` experts over its MoE layers (pass the busiest chip's); `held`:
+    a pipeline stage's chip."""
     model = workload.model
-    dense, experts = parameters_per_chip(workload, layout, expert_slots)
+    dense, experts = parameters_per_chip(workload, layout, expert_slots, held)
     params = dense / layout.parameter_shards + experts
     gathered = gathered_weight_params(workload, layout)
     dtype = model.dtype_bytes
-    optimizer = OPTIMIZER_STATE_BYTES[workload.training.optimizer] * optimizer_params_per_chip(workload, layout, expert_slots)
-    per_token = sum(activation_bytes_per_token(model, model.is_moe(i), workload.training.recompute)
-                    for i in range(model.layers))
+    optimizer = OPTIMIZER_STATE_BYTES[workload.training.optimizer] * optimizer_params_per_chip(workload, layout, expert_slots, held)
+    if held is None:
+        per_token = sum(activation_bytes_per_token(model, model.is_moe(i), workload.training.recompute)
+                        for i in range(model.layers))
+    else:
+        per_token = sum(count * activation_bytes_per_token(model, model.is_moe(i), workload.training.recompute)
+                        for i, count in zip(held.layers, held.in_flight))
     activations = per_token * layout.tokens_per_chip(workload) * (dtype / 2.0)
     total = (params + gathered) * dtype + params * dtype + optimizer + activations
     return MemoryReport(
         parameters_bytes=(params + gathered) * dtype, gradients_bytes=params * dtype, optimizer_bytes=optimizer,
         activations_bytes=activations, total_bytes=total, hbm_bytes=hbm_bytes, headroom_bytes=hbm_bytes - total,
         fits=total <= hbm_bytes,
-        note=(f"chip with {expert_slots} expert slot(s) over {len(model.moe_layers)} MoE layers; {workload.training.optimizer} state "
+        note=((f"pipeline stage with layers {held.layers[0]}-{held.layers[-1]}, up to {max(held.in_flight)} micro-batch(es) "
+               f"of activations per layer; " if held is not None and held.layers else "") +
+              f"chip with {expert_slots} expert slot(s) over "
+              f"{len(model.moe_layers) if held is None else sum(model.is_moe(i) for i in held.layers)} MoE layers; "
+              f"{workload.training.optimizer} state "
               f"{'sharded (ZeRO-1)' if workload.training.shard_optimizer else 'replicated'}; "
               + (f"dense weights sharded {layout.parameter_shards}-way (ZeRO-3), two layers gathered; "
                  if layout.parameter_shards > 1 else "") +

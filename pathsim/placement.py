@@ -85,12 +85,13 @@ class Placement(StrictModel):
         """(entries × ranks) expert slots each rank fills."""
         return np.array([[len(rank) for rank in layer] for layer in self.slots])
 
-    def busiest_rank_slots(self, moe_layers: int) -> int:
-        """Expert slots, summed over the MoE layers, on the rank that hosts the most (what its HBM must hold)."""
+    def busiest_rank_slots(self, moe_layers: int, among: "list[int] | None" = None) -> int:
+        """Expert slots, summed over the MoE layers (or only the MoE layers `among`, by index: a pipeline
+        stage's), on the rank that hosts the most (what its HBM must hold)."""
         per_rank = self.experts_per_rank
         if len(per_rank) == 1:
-            return int(per_rank.max()) * moe_layers
-        return int(per_rank.sum(axis=0).max())
+            return int(per_rank.max()) * (moe_layers if among is None else len(among))
+        return int((per_rank if among is None else per_rank[among]).sum(axis=0).max())
 
     def token_shares(self, moe_layer: int = 0) -> sp.csr_matrix:
         """(experts × ranks) fraction of each expert's tokens sent to each rank in one MoE layer; rows sum to 1."""

@@ -100,6 +100,27 @@ class SimulationDetail(BaseModel):
     expert_load: list[list[float]]  # in that layer, per task, per expert: assignments per step
 
 
+class StageSummary(BaseModel):
+    """One pipeline stage: the layers it holds, how its step went and its HBM verdict."""
+
+    stage: int
+    layers: list[int]
+    busy_s: float  # its critical stream's ops (compute and the communication it waits for), mean step
+    bubble_s: float  # nothing to do: waiting for a micro-batch that has not reached it, or for the others to finish
+    memory: MemoryReport
+
+
+class PipelineSummary(BaseModel):
+    stages: int
+    schedule: str
+    virtual_stages: int
+    micro_batches: int
+    bubble_fraction: float  # of the step, mean over stages (simulated)
+    closed_form_bubble_fraction: float  # ((P-1)/v) / (m + (P-1)/v): uniform stages, free communication
+    tightest_stage: int  # the stage with the least HBM headroom (result.memory is its)
+    per_stage: list[StageSummary]
+
+
 class SimulationResult(BaseModel):
     cluster: str
     workload: str
@@ -133,3 +154,4 @@ class SimulationResult(BaseModel):
     inputs: dict[str, Any]  # the full cluster, workload and device-profile configs
     pathsim_version: str = __version__
     detail: SimulationDetail | None = None
+    pipeline: PipelineSummary | None = None  # pipeline-parallel runs only

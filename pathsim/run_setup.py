@@ -20,7 +20,7 @@ from pathsim.network.timing import NetworkModel
 from pathsim.routing import RoutingPlan, build_plan
 from pathsim.topology import MultiSlice, Torus, build_topology
 from pathsim.topology.base import Topology
-from pathsim.workload import Layout, WorkloadConfig, dense_counterpart, load_workload, resolve_parallelism
+from pathsim.workload import Layout, WorkloadConfig, check_pipeline, dense_counterpart, load_workload, resolve_parallelism
 
 STEP_MODELS = ("fast",)  # the fluid model takes minutes per all-to-all of a training step
 
@@ -46,9 +46,27 @@ class RunSetup:
 
 def layout_on(workload: WorkloadConfig, topology: Topology, source: str, chips: np.ndarray | None = None) -> Layout:
     """The workload's parallel layout on this topology (a multi-slice cluster lays ranks out slice by slice),
-    or on only its `chips` (a job sharing the cluster; whole slices of a multi-slice cluster keep their axes)."""
+    or on only its `chips` (a job sharing the cluster; whole slices of a multi-slice cluster keep their axes).
+    With pipeline stages, the layout of stage 0 — the first block of chips — that every stage repeats on its own
+    block (``Layout.for_stage``)."""
     if chips is not None and len(chips) == topology.num_chips:
         chips = None  # a job on the whole cluster is laid out as the cluster's own
+    par = workload.parallelism
+    if par.pipeline > 1 or par.virtual_stages > 1 or par.stage_layers is not None:
+        if chips is not None:
+            raise PathsimConfigError(source, "parallelism.pipeline", "pipeline parallelism runs on a whole cluster, not "
+                                     "on a job sharing one", "remove pipeline from this job, or give it its own cluster")
+        stage_chips = check_pipeline(workload, topology.num_chips, source)
+        if isinstance(topology, MultiSlice) and stage_chips % topology.chips_per_slice and topology.chips_per_slice % stage_chips:
+            raise PathsimConfigError(source, "parallelism.pipeline", f"stages of {stage_chips} chips straddle the "
+                                     f"{topology.chips_per_slice}-chip slices", "use stages of whole slices or a divisor of a slice")
+        if par.axes_order and stage_chips != topology.num_chips:
+            raise PathsimConfigError(source, "parallelism.axes_order", "does not apply to a stage's block of a torus yet",
+                                     "remove axes_order")
+        flat = workload.model_copy(update={"parallelism": par.model_copy(update={"pipeline": 1, "virtual_stages": 1,
+                                                                                  "stage_layers": None})})
+        stage = layout_on(flat, topology, source, np.arange(stage_chips)) if par.pipeline > 1 else layout_on(flat, topology, source)
+        return stage.model_copy(update={"pipeline": par.pipeline})
     if chips is None:
         slices, inner = (topology.slices, topology.inner) if isinstance(topology, MultiSlice) else (1, topology)
         return resolve_parallelism(workload, topology.num_chips, source, inner.dims if isinstance(inner, Torus) else None,

@@ -17,8 +17,9 @@ import numpy as np
 from pathsim.cluster import ClusterConfig
 from pathsim.collectives import LinkUsage
 from pathsim.device import DeviceProfile
+from pathsim.builders.pipeline import Pipeline, bubble_fraction, stage_fixed_ops
 from pathsim.builders.training import StepSchedule, fixed_ops, micro_batch_items, run_step
-from pathsim.engine import COMPUTE, Span, StepRun
+from pathsim.engine import COMPUTE, Span, StepRun, run_graph
 from pathsim.engine.categories import category
 from pathsim.energy import STATES, ChipActivity, power_inputs, state_timeline, step_energy
 from pathsim.errors import PathsimConfigError
@@ -26,8 +27,8 @@ from pathsim.memory import expert_slots_on_busiest_chip, memory_per_chip
 from pathsim.model_math import model_totals
 from pathsim.placement import Placement
 from pathsim.planner import resolve_placement
-from pathsim.result import (Breakdown, CommunicationTotals, LayerLoad, ModalityLoad, SimulationDetail, SimulationResult,
-                            StepTimeStats, TaskLoad, TimelineSpan)
+from pathsim.result import (Breakdown, CommunicationTotals, LayerLoad, ModalityLoad, PipelineSummary, SimulationDetail,
+                            SimulationResult, StageSummary, StepTimeStats, TaskLoad, TimelineSpan)
 from pathsim.routing import LoadSample, step_rng
 from pathsim.run_setup import RunSetup, prepare_run
 from pathsim.step_ops import StepCoster
@@ -65,6 +66,8 @@ def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "
               detail: bool = False) -> SimulationResult:
     """Simulate `steps` steps of a prepared run with a resolved placement."""
     workload_config, layout, plan, seed = setup.workload, setup.layout, setup.plan, setup.seed
+    if layout.pipeline > 1:
+        return _run_pipeline_steps(setup, placement, steps, trace, detail)
     coster = StepCoster(workload_config, layout, setup.topology, setup.network, setup.device, placement)
     fixed = fixed_ops(coster)
     micro_batches = workload_config.training.micro_batches
@@ -83,6 +86,45 @@ def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "
         write_trace(trace, runs, f"{workload_config.name} on {setup.cluster.name}")
     return _result(setup.cluster, workload_config, setup.device_profile, setup.topology, layout, coster, placement, plan,
                    runs, routings, setup.network_name, seed, detail)
+
+
+def _run_pipeline_steps(setup: RunSetup, placement: Placement | None, steps: int, trace, detail: bool) -> SimulationResult:
+    """`steps` steps of a pipeline-parallel run: one coster per stage (its block of chips, its layers)."""
+    workload, layout = setup.workload, setup.layout
+    stage_layouts = [layout.for_stage(s) for s in range(layout.pipeline)]
+    pipeline = Pipeline(workload, [])
+    pipeline.costers = [StepCoster(workload, stage_layouts[s], setup.topology, setup.network, setup.device, placement,
+                                   pipeline.held[s]) for s in range(layout.pipeline)]
+    fixed = [stage_fixed_ops(c, list(pipeline.held[s].layers), pipeline.held[s].head) for s, c in enumerate(pipeline.costers)]
+    runs: list[StepRun] = []
+    routings: list[list[LoadSample]] = []
+    for step in range(steps):
+        graph, samples = pipeline.step_graph(fixed, setup.plan, placement, step_rng(setup.seed, step))
+        runs.append(run_graph(graph))
+        routings += samples
+    if trace is not None:
+        write_trace(trace, runs, f"{workload.name} on {setup.cluster.name}")
+    return _result(setup.cluster, workload, setup.device_profile, setup.topology, layout, pipeline.costers[0], placement,
+                   setup.plan, runs, routings, setup.network_name, setup.seed, detail, pipeline)
+
+
+def _pipeline_summary(pipeline: Pipeline, runs: list[StepRun], workload: WorkloadConfig, placement, hbm_bytes: float,
+                      mean_time: float) -> PipelineSummary:
+    stages = []
+    for s, held in enumerate(pipeline.held):
+        into = dict.fromkeys([*Breakdown.model_fields, "compute_busy", "all_to_all_busy"], 0.0)
+        for run in runs:
+            critical_path(run, f"stage {s}", into, 1.0 / len(runs))
+        bubble = into["pipeline_bubble_s"]
+        coster = pipeline.costers[s]
+        memory = memory_per_chip(workload, coster.layout, expert_slots_on_busiest_chip(workload, placement, held), hbm_bytes, held)
+        stages.append(StageSummary(stage=s, layers=list(held.layers), busy_s=mean_time - bubble, bubble_s=bubble, memory=memory))
+    tightest = min(stages, key=lambda st: (st.memory.headroom_bytes, st.stage)).stage
+    return PipelineSummary(stages=pipeline.stages, schedule=pipeline.schedule, virtual_stages=pipeline.virtual,
+                           micro_batches=pipeline.micro_batches,
+                           bubble_fraction=float(np.mean([st.bubble_s for st in stages]) / mean_time),
+                           closed_form_bubble_fraction=bubble_fraction(pipeline.stages, pipeline.micro_batches, pipeline.virtual),
+                           tightest_stage=tightest, per_stage=stages)
 
 
 def _union_s(intervals: list[tuple[float, float]]) -> float:
@@ -164,7 +206,7 @@ def _percentile(values: np.ndarray, q: float) -> float:
 
 
 def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster, placement, plan, runs, routings,
-            network, seed, detail: bool) -> SimulationResult:
+            network, seed, detail: bool, pipeline: Pipeline | None = None) -> SimulationResult:
     times = np.array([r.step_time_s for r in runs])
     mean_time = float(times.mean())
 
@@ -200,17 +242,26 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
         model_flops -= 3.0 * 2.0 * coster.shapes.expert_params * dropped_assignments
     # MFU is against the datasheet peak, whatever a measured profile says the chip reaches.
     datasheet_peak = cluster.chip.peak_flops.get(workload.model.dtype, coster.device.peak_flops)
-    peak = datasheet_peak * layout.chips
+    peak = datasheet_peak * layout.total_chips
     utilisation = link_bytes / topology.link_bandwidth / times.sum()
     hottest = np.argsort(-utilisation, kind="stable")[:5]
 
     tasks, modalities, layers, dropped_fraction = _loads(workload, plan, routings)
-    timelines = [state_timeline(run.spans, run.step_time_s) for run in runs]
-    energy = step_energy(ChipActivity.mean_of(timelines), power_inputs(cluster, topology, layout.chip(np.arange(layout.chips))))
+    # The mean chip's states: each group of chips (pipeline stage) from its own ops, all groups equal in size.
+    timelines = [state_timeline([s for s in run.spans if s.group == g], run.step_time_s) for run in runs for g in range(run.groups)]
+    energy = step_energy(ChipActivity.mean_of(timelines), power_inputs(cluster, topology, layout.all_chips()))
+    summary = _pipeline_summary(pipeline, runs, workload, placement, cluster.chip.hbm_bytes, mean_time) if pipeline else None
+    if summary is not None:
+        memory = summary.per_stage[summary.tightest_stage].memory
+    else:
+        memory = memory_per_chip(workload, layout, expert_slots_on_busiest_chip(workload, placement), cluster.chip.hbm_bytes)
+    parallelism = dict(data=layout.data, tensor=layout.tensor, expert=layout.expert, expert_groups=layout.expert_groups,
+                       slices=layout.slices)
+    if layout.pipeline > 1:
+        parallelism["pipeline"] = layout.pipeline
     return SimulationResult(
-        cluster=cluster.name, workload=workload.name, chips=layout.chips,
-        parallelism=dict(data=layout.data, tensor=layout.tensor, expert=layout.expert, expert_groups=layout.expert_groups,
-                         slices=layout.slices),
+        cluster=cluster.name, workload=workload.name, chips=layout.total_chips,
+        parallelism=parallelism,
         parallelism_axes=layout.axes,
         placement=placement.policy if placement else "none", network_model=network,
         sampling=plan.sampling if plan else "none", seed=seed, steps=n,
@@ -225,10 +276,10 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
         max_link_utilisation=float(utilisation.max(initial=0.0)),
         hottest_links=[LinkUsage(link=topology.link_label(int(i)), link_class=str(topology.link_class[i]),
                                  bytes=float(link_bytes[i] / n), utilisation=float(utilisation[i])) for i in hottest],
-        memory=memory_per_chip(workload, layout, expert_slots_on_busiest_chip(workload, placement), cluster.chip.hbm_bytes),
+        memory=memory, pipeline=summary,
         events_per_step=int(np.mean([r.events for r in runs])),
         energy=energy,
-        detail=_detail(runs, timelines, times, utilisation, workload, routings, n) if detail else None,
+        detail=_detail(runs, timelines[::runs[0].groups], times, utilisation, workload, routings, n) if detail else None,
         inputs={"cluster": cluster.model_dump(mode="json"), "workload": workload.model_dump(mode="json"),
                 "device_profile": profile.model_dump(mode="json")},
     )

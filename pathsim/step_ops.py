@@ -36,7 +36,8 @@ from pathsim.collectives import collective_phases
 from pathsim import kernel_costs as kc
 from pathsim.device import DeviceModel
 from pathsim.engine.graph import COMPUTE, DCN, NETWORK, Op
-from pathsim.memory import OPTIMIZER_STATE_BYTES, dense_params_of_layer, expert_slots_on_busiest_chip, optimizer_params_per_chip
+from pathsim.memory import (OPTIMIZER_STATE_BYTES, Held, dense_params_of_layer, expert_slots_on_busiest_chip,
+                            optimizer_params_per_chip)
 from pathsim.model_math import LayerShapes, layer_shapes
 from pathsim.network.timing import NetworkModel
 from pathsim.placement import Placement
@@ -50,9 +51,10 @@ class StepCoster:
     """Durations of every op, for one workload on one cluster."""
 
     def __init__(self, workload: WorkloadConfig, layout: Layout, topology: Topology, network: NetworkModel,
-                 device: DeviceModel, placement: Placement | None):
+                 device: DeviceModel, placement: Placement | None, held: Held | None = None):
         self.workload, self.layout, self.topology = workload, layout, topology
         self.network, self.device, self.placement = network, device, placement
+        self.held = held  # a pipeline stage's layers (None: the whole model)
         self.model = workload.model
         self.shapes: LayerShapes = layer_shapes(self.model)
         self.dtype = self.model.dtype_bytes
@@ -286,7 +288,8 @@ class StepCoster:
         return chains
 
     def optimizer(self) -> Op:
-        params = optimizer_params_per_chip(self.workload, self.layout, expert_slots_on_busiest_chip(self.workload, self.placement))
+        params = optimizer_params_per_chip(self.workload, self.layout,
+                                           expert_slots_on_busiest_chip(self.workload, self.placement, self.held), self.held)
         cost = kc.optimizer(params, OPTIMIZER_STATE_BYTES[self.workload.training.optimizer], self.dtype)
         return Op("optimizer step", "optimizer", COMPUTE, float(self.device.time_s("optimizer", cost.flops, cost.nbytes)), -1,
                   flops=cost.flops)

@@ -135,6 +135,15 @@ class ParallelismSpec(StrictModel):
     tensor: PositiveInt = 1
     expert: PositiveInt | Literal["auto"] = Field("auto", description="chips per expert-parallel group (auto: all data-parallel ranks, at most one group per expert set)")
     data: PositiveInt | Literal["auto"] = Field("auto", description="data-parallel degree (auto: chips / tensor)")
+    pipeline: PositiveInt = Field(1, description="pipeline stages: chips = pipeline × data × tensor; stage s takes the s-th "
+                                                 "block of consecutive chips (neighbouring slabs of a torus, nodes of a fat tree)")
+    pipeline_schedule: Literal["gpipe", "1f1b", "interleaved"] = Field(
+        "1f1b", description="the order each stage runs its micro-batches (pathsim/builders/schedules.py); "
+                            "training.micro_batches are the pipeline's micro-batches")
+    virtual_stages: PositiveInt = Field(1, description="model chunks per stage (interleaved schedule: at least 2)")
+    stage_layers: list[PositiveInt] | None = Field(
+        None, description="layers of each virtual stage, in order (pipeline × virtual_stages entries summing to model.layers); "
+                          "default: contiguous blocks balancing compute, the LM head counted on the last stage")
     axes_order: list[Literal["x", "y", "z"]] | None = Field(
         None, description="torus clusters: the axes ranks walk, fastest first (default: the cluster's last axis fastest). "
                           "Tensor groups take the first ranks, expert groups the next, data replicas the rest.")
@@ -318,10 +327,12 @@ class Layout(StrictModel):
     data rank r belongs to expert group r // E_p at position r % E_p. Rank c runs on chip
     ``chip_of_rank[c]`` (the identity unless ``parallelism.axes_order`` reorders a torus)."""
 
-    chips: int
+    chips: int  # chips of one pipeline stage (all of them without pipelining): data × tensor
     tensor: int
     data: int
     expert: int
+    pipeline: int = Field(1, description="pipeline stages; stage s runs on chips shifted by s × chips (see for_stage)")
+    stage: int = Field(0, description="the pipeline stage these ranks are")
     slices: int = Field(1, description="slices of a multi-slice cluster: data replicas span them, chips slice after slice")
     parameter_shards: int = Field(1, description="data-parallel ranks each dense parameter is sharded over (ZeRO-3 / FSDP: "
                                                  "those of one slice; 1: replicated)")
@@ -331,8 +342,22 @@ class Layout(StrictModel):
     axes: dict[str, str] = Field(default_factory=dict, description="which topology axes each degree spans")
 
     def chip(self, ranks: np.ndarray) -> np.ndarray:
-        """Physical chip ids of the given ranks."""
-        return np.asarray(self.chip_of_rank)[ranks] if self.chip_of_rank is not None else np.asarray(ranks)
+        """Physical chip ids of the given ranks (of this stage)."""
+        base = np.asarray(self.chip_of_rank)[ranks] if self.chip_of_rank is not None else np.asarray(ranks)
+        return base + self.stage * self.chips if self.stage else base
+
+    @property
+    def total_chips(self) -> int:
+        """Chips of all pipeline stages."""
+        return self.chips * self.pipeline
+
+    def for_stage(self, stage: int) -> "Layout":
+        """The same layout on pipeline stage `stage`: the block of chips `stage` × chips on."""
+        return self.model_copy(update={"stage": stage})
+
+    def all_chips(self) -> np.ndarray:
+        """Physical chips of every stage, stage after stage."""
+        return np.concatenate([self.for_stage(s).chip(np.arange(self.chips)) for s in range(self.pipeline)])
 
     @property
     def physical_chips(self) -> int:
@@ -356,6 +381,41 @@ class Layout(StrictModel):
     def expert_replication(self) -> int:
         """Copies of each expert set (one per expert group and tensor rank)."""
         return self.expert_groups * self.tensor
+
+
+def check_pipeline(workload: WorkloadConfig, chips: int, source: str = "<workload>") -> int:
+    """Chips of one pipeline stage, once the pipeline settings are checked against the model and the cluster."""
+    par, model, training = workload.parallelism, workload.model, workload.training
+    p, v = par.pipeline, par.virtual_stages
+    if chips % p:
+        fits = [d for d in range(1, min(chips, model.layers) + 1) if chips % d == 0]
+        raise PathsimConfigError(source, "parallelism.pipeline", f"{chips} chips do not split into {p} equal stages",
+                                 f"use a divisor of {chips} (e.g. {', '.join(map(str, fits[-4:]))})")
+    if par.pipeline_schedule == "interleaved":
+        if v < 2:
+            raise PathsimConfigError(source, "parallelism.virtual_stages", "the interleaved schedule needs at least 2 "
+                                     f"model chunks per stage, got {v}", "set virtual_stages: 2 or more")
+        if training.micro_batches % p:
+            raise PathsimConfigError(source, "training.micro_batches", f"the interleaved schedule needs micro-batches in "
+                                     f"multiples of the {p} stages, got {training.micro_batches}",
+                                     f"use {p * max(1, round(training.micro_batches / p))}")
+    elif v > 1:
+        raise PathsimConfigError(source, "parallelism.virtual_stages", f"model chunks per stage apply to the interleaved "
+                                 f"schedule, not {par.pipeline_schedule}", "set pipeline_schedule: interleaved or virtual_stages: 1")
+    if p == 1 and (v > 1 or par.stage_layers is not None):
+        raise PathsimConfigError(source, "parallelism.virtual_stages" if v > 1 else "parallelism.stage_layers",
+                                 "applies to a pipeline of 2 or more stages", "set parallelism.pipeline, or drop it")
+    if p * v > model.layers:
+        raise PathsimConfigError(source, "parallelism.pipeline", f"{p} stages × {v} chunks = {p * v} virtual stages for "
+                                 f"{model.layers} layers: some would be empty", f"use at most {model.layers // v} stages")
+    if par.stage_layers is not None and (len(par.stage_layers) != p * v or sum(par.stage_layers) != model.layers):
+        raise PathsimConfigError(source, "parallelism.stage_layers", f"{len(par.stage_layers)} entries summing to "
+                                 f"{sum(par.stage_layers)} layers; the pipeline has {p * v} virtual stages and the model "
+                                 f"{model.layers} layers", f"give {p * v} positive counts summing to {model.layers}, or drop it")
+    if p > 1 and training.shard_parameters:
+        raise PathsimConfigError(source, "training.shard_parameters", "sharded parameters (ZeRO-3) are not simulated with "
+                                 "pipeline parallelism yet", "set shard_parameters: false (shard_optimizer, ZeRO-1, works)")
+    return chips // p
 
 
 def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<workload>",

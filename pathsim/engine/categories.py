@@ -20,6 +20,7 @@ class Category:
     colour: str
     track: str  # the row of the gantt chart and trace it is drawn on ("" for time with no op: a wait)
     trace_tid: int  # the trace's thread id of that row
+    always: bool = True  # listed in the console's breakdown even at zero (else only when a run has it)
 
 
 CATEGORIES: tuple[Category, ...] = (
@@ -31,9 +32,9 @@ CATEGORIES: tuple[Category, ...] = (
     Category("weight_gather", "weight_gather_s", "weight gather", "#64B5CD", "weight all-gather", 7),
     Category("grad_sync", "grad_sync_exposed_s", "grad sync exposed", "#C44E52", "gradient sync", 4),
     Category("optimizer", "optimizer_s", "optimizer", "#8172B3", "compute", 1),
-    Category("pipeline_p2p", "pipeline_p2p_s", "pipeline p2p", "#55A868", "pipeline send/recv", 8),
+    Category("pipeline_p2p", "pipeline_p2p_s", "pipeline p2p", "#55A868", "pipeline send/recv", 8, always=False),
     # Not an op's category: a pipeline stage with nothing to do (waiting for its input or the last stage's output).
-    Category("pipeline_bubble", "pipeline_bubble_s", "pipeline bubble", "#CCCCCC", "", 0),
+    Category("pipeline_bubble", "pipeline_bubble_s", "pipeline bubble", "#CCCCCC", "", 0, always=False),
 )
 BY_KEY = {c.key: c for c in CATEGORIES}
 

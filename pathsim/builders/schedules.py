@@ -1,0 +1,90 @@
+"""Pipeline schedules: the order in which each stage runs its micro-batches' forward and backward chunks.
+
+A schedule is a function of (stages P, micro-batches m, virtual stages per
+stage v) giving, per stage, its ordered :class:`Unit` s. Chunk ``c`` of stage
+``s`` is virtual stage ``c·P + s`` (Megatron-LM's interleaving, Narayanan et al.
+SC'21 §2.2), so a micro-batch's forward visits stages 0..P−1 for chunk 0, then
+again for chunk 1, and so on. Dependencies are not part of a schedule: the
+pipeline builder derives them (a forward chunk needs the previous virtual
+stage's output, a backward chunk the next one's gradient).
+
+- ``gpipe`` (Huang et al. 2019): all forwards, then all backwards. Bubble
+  (P−1)/(m+P−1) of the step on uniform stages; every stage holds all m
+  micro-batches' activations.
+- ``1f1b`` (PipeDream-Flush, Narayanan et al. 2021): P−s−1 warm-up forwards on
+  stage s, then one forward / one backward, then the remaining backwards. The
+  same bubble as GPipe, but stage s holds at most min(m, P−s) micro-batches.
+- ``interleaved`` (Narayanan et al. SC'21 §2.2): 1F1B over v model chunks per
+  stage; the bubble is divided by v, at the cost of v× the point-to-point
+  sends; needs m to be a multiple of P.
+
+A new schedule is one function in SCHEDULES.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One chunk of work on a stage: the forward ("F") or backward ("B") of micro-batch `mb` through model chunk `chunk`."""
+
+    kind: str
+    mb: int
+    chunk: int = 0
+
+
+def gpipe(stages: int, micro_batches: int, virtual: int = 1) -> list[list[Unit]]:
+    forward = [Unit("F", mb, c) for c in range(virtual) for mb in range(micro_batches)]
+    backward = [Unit("B", mb, c) for c in reversed(range(virtual)) for mb in range(micro_batches)]
+    return [forward + backward for _ in range(stages)]
+
+
+def one_f_one_b(stages: int, micro_batches: int, virtual: int = 1) -> list[list[Unit]]:
+    orders = []
+    for s in range(stages):
+        warmup = min(stages - s - 1, micro_batches)
+        order = [Unit("F", mb) for mb in range(warmup)]
+        for i in range(micro_batches - warmup):
+            order += [Unit("F", warmup + i), Unit("B", i)]
+        order += [Unit("B", mb) for mb in range(micro_batches - warmup, micro_batches)]
+        orders.append(order)
+    return orders
+
+
+def interleaved(stages: int, micro_batches: int, virtual: int = 2) -> list[list[Unit]]:
+    """Megatron-LM's interleaved 1F1B: the k-th forward of a stage is micro-batch (k // (P·v))·P + k % P of
+    chunk (k // P) % v; backwards walk the chunks in reverse."""
+    total = micro_batches * virtual
+
+    def unit(kind: str, k: int) -> Unit:
+        chunk = (k // stages) % virtual
+        return Unit(kind, (k // (stages * virtual)) * stages + k % stages, chunk if kind == "F" else virtual - 1 - chunk)
+
+    orders = []
+    for s in range(stages):
+        warmup = min((stages - s - 1) * 2 + (virtual - 1) * stages, total)
+        order = [unit("F", k) for k in range(warmup)]
+        for i in range(total - warmup):
+            order += [unit("F", warmup + i), unit("B", i)]
+        order += [unit("B", k) for k in range(total - warmup, total)]
+        orders.append(order)
+    return orders
+
+
+SCHEDULES: dict[str, Callable[[int, int, int], list[list[Unit]]]] = {
+    "gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved}
+
+
+def peak_in_flight(order: list[Unit], chunks: int) -> list[int]:
+    """Per model chunk of one stage, the most micro-batches whose forward has run and backward not yet (each holds
+    its activations), at the moment the stage holds the most in total."""
+    live = [0] * chunks
+    best, best_total = list(live), 0
+    for unit in order:
+        live[unit.chunk] += 1 if unit.kind == "F" else -1
+        if sum(live) > best_total:
+            best, best_total = list(live), sum(live)
+    return best

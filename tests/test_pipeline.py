@@ -1,0 +1,149 @@
+"""Pipeline parallelism: schedules against their closed forms, per-stage memory, sends, and bad input."""
+
+import numpy as np
+import pytest
+
+from pathsim import simulate
+from pathsim.builders.pipeline import bubble_fraction, partition_layers
+from pathsim.builders.schedules import SCHEDULES, peak_in_flight
+from pathsim.cluster import load_cluster
+from pathsim.errors import PathsimConfigError
+from pathsim.workload import load_workload
+
+
+def uniform_model(stages: int, micro_batches: int, schedule: str = "1f1b", virtual: int = 1, layers: int = 16) -> dict:
+    """A dense model whose stages are equal and whose sends are cheap next to their compute: wide layers, a
+    vocabulary too small for the LM head to weigh, one data rank so no gradient sync, and even stage lists."""
+    w = load_workload("palm-8b").model_dump(mode="json")
+    w["model"].update(layers=layers, d_model=8192, heads=64, head_dim=128, vocab=256, dense_ffn=32768, seq_len=2048)
+    w["training"].update(shard_parameters=False, micro_batches=micro_batches, tokens_per_step=4096 * micro_batches,
+                         recompute="none")
+    parts = stages * virtual
+    w["parallelism"].update(tensor=1, pipeline=stages, pipeline_schedule=schedule, virtual_stages=virtual,
+                            stage_layers=[layers // parts] * parts, axes_order=None)
+    return w
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("micro_batches", [4, 8, 32])
+def test_bubble_of_gpipe_and_1f1b_is_the_closed_form(schedule, micro_batches):
+    result = simulate("dgx-h100-1", uniform_model(8, micro_batches, schedule))
+    expected = (8 - 1) / (micro_batches + 8 - 1)
+    assert result.pipeline.closed_form_bubble_fraction == pytest.approx(expected)
+    b = result.breakdown
+    assert b.total_s() == pytest.approx(result.step_time.mean_s, rel=1e-9)
+    # The closed form is of the pipelined part: the step less the optimizer, which every stage runs once.
+    assert b.pipeline_bubble_s / (result.step_time.mean_s - b.optimizer_s) == pytest.approx(expected, rel=0.01)
+    assert result.pipeline.bubble_fraction == pytest.approx(b.pipeline_bubble_s / result.step_time.mean_s)
+
+
+def free_links(cluster: str) -> dict:
+    """The cluster with links that cost nothing: the closed forms assume free communication."""
+    config = load_cluster(cluster).model_dump(mode="json")
+    for link in config["links"].values():
+        link.update(bandwidth=1e18, latency=0.0)
+    return config
+
+
+@pytest.mark.parametrize("virtual", [2, 4])
+def test_interleaving_divides_the_bubble_by_the_virtual_stages(virtual):
+    # On real NVLink the ratio is lower (3.92 for v=4 here): interleaving multiplies the sends on the critical path.
+    plain = simulate(free_links("dgx-h100-1"), uniform_model(4, 8, "1f1b", 1, layers=32))
+    inter = simulate(free_links("dgx-h100-1"), uniform_model(4, 8, "interleaved", virtual, layers=32))
+    bubble = lambda r: r.breakdown.pipeline_bubble_s  # noqa: E731
+    assert bubble(plain) / bubble(inter) == pytest.approx(virtual, rel=0.01)
+    pipelined = inter.step_time.mean_s - inter.breakdown.optimizer_s
+    assert bubble(inter) / pipelined == pytest.approx(bubble_fraction(4, 8, virtual), rel=0.01)
+    # Each micro-batch crosses v times as many stage boundaries, forward and backward.
+    sends = lambda r: sum(s.category == "pipeline_p2p" and "(exposed)" not in s.name for s in r.detail.timeline)  # noqa: E731
+    plain_d = simulate("dgx-h100-1", uniform_model(4, 8, "1f1b", 1, layers=16), detail=True)
+    inter_d = simulate("dgx-h100-1", uniform_model(4, 8, "interleaved", virtual, layers=16), detail=True)
+    assert sends(plain_d) == 2 * 8 * (4 - 1)
+    assert sends(inter_d) == 2 * 8 * (4 * virtual - 1)
+
+
+def test_every_schedule_runs_each_unit_once_and_forward_before_backward():
+    for name, schedule in SCHEDULES.items():
+        for stages, micro_batches, virtual in [(2, 4, 2), (4, 8, 2), (4, 4, 3), (8, 16, 2), (3, 7, 1)]:
+            if name == "interleaved" and micro_batches % stages or name != "interleaved" and virtual > 1:
+                continue
+            orders = schedule(stages, micro_batches, virtual)
+            assert len(orders) == stages
+            for order in orders:
+                units = [(u.kind, u.mb, u.chunk) for u in order]
+                assert sorted(units) == sorted({(k, mb, c) for k in "FB" for mb in range(micro_batches)
+                                                for c in range(virtual)}), name
+                for mb in range(micro_batches):
+                    for c in range(virtual):
+                        assert units.index(("F", mb, c)) < units.index(("B", mb, c)), name
+
+
+def test_1f1b_holds_at_most_p_minus_s_micro_batches_on_stage_s():
+    stages, micro_batches = 8, 16
+    orders = SCHEDULES["1f1b"](stages, micro_batches, 1)
+    assert [peak_in_flight(o, 1)[0] for o in orders] == [min(micro_batches, stages - s) for s in range(stages)]
+    assert {peak_in_flight(o, 1)[0] for o in SCHEDULES["gpipe"](stages, micro_batches, 1)} == {micro_batches}
+    result = simulate("dgx-h100-1", uniform_model(stages, micro_batches, "1f1b"))
+    acts = np.array([s.memory.activations_bytes for s in result.pipeline.per_stage])
+    np.testing.assert_allclose(acts / acts[-1], [stages - s for s in range(stages)], rtol=1e-12)
+    assert result.pipeline.tightest_stage == 0 and result.memory == result.pipeline.per_stage[0].memory
+
+
+def test_stage_memory_holds_its_own_layers_and_the_embedding_and_head_at_the_ends():
+    result = simulate("dgx-h100-1", uniform_model(4, 8))
+    params = [s.memory.parameters_bytes for s in result.pipeline.per_stage]
+    table = 256 * 8192 * 2  # vocab × d_model × bf16
+    assert params[1] == pytest.approx(params[2]) and params[0] == pytest.approx(params[1] + table)
+    assert params[3] == pytest.approx(params[1] + table)
+    assert [s.layers for s in result.pipeline.per_stage] == [list(range(4 * k, 4 * k + 4)) for k in range(4)]
+
+
+def test_default_split_balances_compute_with_the_head_on_the_last_stage():
+    model = load_workload("palm-8b").model  # a 256k vocabulary: its head weighs about a layer's worth
+    parts = partition_layers(model, 4)
+    assert sum(len(p) for p in parts) == model.layers and [p.start for p in parts] == sorted(p.start for p in parts)
+    assert len(parts[-1]) < len(parts[0])
+    assert partition_layers(model.model_copy(update={"vocab": 8}), 4) == [range(0, 8), range(8, 16), range(16, 24), range(24, 32)]
+
+
+def test_a_pipelined_moe_step_routes_every_layer_and_sums_to_the_step():
+    w = load_workload("mixtral-8x7b").model_dump(mode="json")
+    w["training"]["micro_batches"] = 8
+    w["parallelism"].update(pipeline=4, tensor=2, expert="auto")
+    result = simulate("dgx-h100-4", w, steps=2, seed=3)
+    assert result.chips == 32 and result.parallelism["pipeline"] == 4
+    assert len(result.layers) == len(load_workload("mixtral-8x7b").model.moe_layers)
+    assert result.breakdown.total_s() == pytest.approx(result.step_time.mean_s, rel=1e-9)
+    assert result.breakdown.all_to_all_s > 0 and result.breakdown.pipeline_bubble_s > 0
+    again = simulate("dgx-h100-4", w, steps=2, seed=3)
+    assert again.step_time.per_step_s == result.step_time.per_step_s
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(pipeline=3), "parallelism.pipeline"),
+    (dict(pipeline=8, virtual_stages=5, pipeline_schedule="interleaved"), "parallelism.pipeline"),
+    (dict(pipeline=4, stage_layers=[4, 4, 4]), "parallelism.stage_layers"),
+    (dict(pipeline=4, stage_layers=[4, 4, 4, 5]), "parallelism.stage_layers"),
+    (dict(pipeline=4, virtual_stages=2), "parallelism.virtual_stages"),
+    (dict(pipeline=4, pipeline_schedule="interleaved", virtual_stages=1), "parallelism.virtual_stages"),
+    (dict(pipeline=1, virtual_stages=2, pipeline_schedule="interleaved"), "parallelism.virtual_stages"),
+    (dict(pipeline=3, pipeline_schedule="interleaved", virtual_stages=2), "parallelism.pipeline"),
+    (dict(pipeline=8, pipeline_schedule="interleaved", virtual_stages=2, micro=6), "training.micro_batches"),
+])
+def test_bad_pipeline_settings_name_the_field(change, field):
+    w = uniform_model(4, 8)
+    w["parallelism"]["stage_layers"] = None
+    micro = change.pop("micro", None)
+    if micro:
+        w["training"].update(micro_batches=micro, tokens_per_step=4096 * micro)
+    w["parallelism"].update(change)
+    with pytest.raises(PathsimConfigError) as err:
+        simulate("dgx-h100-1", w)
+    assert err.value.field == field
+
+
+def test_an_unknown_schedule_is_refused_with_the_choices(tmp_path):
+    from pathsim.cli import main
+    w = tmp_path / "w.yaml"
+    w.write_text("extends: palm-8b\nparallelism:\n  pipeline: 4\n  pipeline_schedule: zigzag\n")
+    assert main(["simulate", "--cluster", "dgx-h100-1", "--workload", str(w)]) == 2
