@@ -86,6 +86,7 @@ class TimelineSpan(BaseModel):
     end_s: float
     straggler_s: float
     waited_s: float
+    group: int = 0  # the pipeline stage it ran on
 
 
 class SimulationDetail(BaseModel):

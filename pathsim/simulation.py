@@ -289,7 +289,8 @@ def _detail(runs: list[StepRun], timelines, times: np.ndarray, utilisation: np.n
             routings: list[list[LoadSample]], steps: int) -> SimulationDetail:
     shown = int(np.argmin(np.abs(times - np.median(times))))
     spans = [TimelineSpan(name=s.op.name, category=s.op.category, resource=s.op.resource, stream=s.stream, layer=s.op.layer,
-                          start_s=s.start_s, end_s=s.end_s, straggler_s=s.op.straggler_s, waited_s=s.waited_s)
+                          start_s=s.start_s, end_s=s.end_s, straggler_s=s.op.straggler_s, waited_s=s.waited_s,
+                          group=s.group)
              for s in sorted(runs[shown].spans, key=lambda s: (s.start_s, s.end_s))]
     expert_load: list[list[float]] = []
     hottest_layer = -1

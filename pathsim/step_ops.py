@@ -132,11 +132,14 @@ class StepCoster:
         core = self._compute(f"L{layer} attention core {tag}", "attention",
                              kc.attention_core(td, self.model.seq_len, self.model.heads / tp, s.head_dim, self.dtype), layer, backward)
         norm = self._compute(f"L{layer} norms+residual {tag}", "elementwise", kc.elementwise(t, d, 8, self.dtype), layer, backward)
-        ops = [proj, core, norm] + self._tensor_allreduce(f"L{layer} attention all-reduce {tag}", layer)
+        # Parallel layers: a dense FFN's all-reduce sums the attention's partial outputs with its own.
+        shared = self.model.parallel_layers and not self.model.is_moe(layer)
+        ops = [proj, core, norm] + ([] if shared else self._tensor_allreduce(f"L{layer} attention all-reduce {tag}", layer))
         if backward and self.workload.training.recompute != "none":
-            # Rematerialise before differentiating: everything (full) or the attention core (selective).
+            # Rematerialise before differentiating: everything (full: the forward's tensor-parallel all-reduce too,
+            # as Megatron-LM's full recompute re-runs it) or the attention core (selective).
             forward = self.attention(layer, False)
-            again = forward[:3] if self.workload.training.recompute == "full" else forward[1:2]
+            again = forward if self.workload.training.recompute == "full" else forward[1:2]
             ops = [replace(o, name=o.name.replace("fwd", "recompute")) for o in again] + ops
         return ops
 
@@ -146,9 +149,10 @@ class StepCoster:
                             kc.ffn(self.tokens_per_data_rank, self.model.d_model, self.model.dense_ffn / self.layout.tensor,
                                    self.model.ffn_matrices, self.dtype),
                             layer, backward)
-        ops = [ffn] + self._tensor_allreduce(f"L{layer} FFN all-reduce {tag}", layer)
-        if backward and self.workload.training.recompute == "full":
-            ops.insert(0, replace(self.dense_ffn(layer, False)[0], name=f"L{layer} dense FFN recompute"))
+        label = "attention+FFN" if self.model.parallel_layers else "FFN"
+        ops = [ffn] + self._tensor_allreduce(f"L{layer} {label} all-reduce {tag}", layer)
+        if backward and self.workload.training.recompute == "full":  # the FFN and its all-reduce, again
+            ops = [replace(o, name=o.name.replace("fwd", "recompute")) for o in self.dense_ffn(layer, False)] + ops
         return ops
 
     def all_to_all(self, name: str, layer: int, traffic: Traffic) -> Op:

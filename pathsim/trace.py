@@ -1,7 +1,8 @@
 """Chrome / Perfetto trace of simulated steps (opens in ui.perfetto.dev or chrome://tracing).
 
 Trace Event Format (the JSON array form with "X" complete events): one
-process for the simulated slice, one thread (track) per stream of work —
+process for the simulated slice (one per pipeline stage, with a track of its
+bubbles), one thread (track) per stream of work —
 compute, the all-to-alls, tensor-parallel and gradient communication — plus a
 track with the mean chip's expert time, so the gap to the slowest chip (the
 straggler cost) is visible under each expert block.
@@ -17,6 +18,7 @@ from pathsim.engine.categories import BY_KEY, CATEGORIES
 from pathsim.errors import PathsimConfigError
 
 DCN_TRACK = 6  # ops on the data-center network between slices, whatever their category
+BUBBLE_TRACK = 9  # a pipeline stage waiting for its input
 EXPERT_MEAN_TRACK = BY_KEY["straggler"].trace_tid  # the mean chip's expert time, under the slowest chip's
 TRACK_NAMES = {**{c.trace_tid: ("compute (slowest chip)" if c.track == "compute" else
                                 "network: weight all-gather (ZeRO-3)" if c.key == "weight_gather" else f"network: {c.track}")
@@ -25,10 +27,17 @@ TRACK_NAMES = {**{c.trace_tid: ("compute (slowest chip)" if c.track == "compute"
 
 
 def trace_events(runs: list[StepRun], title: str) -> list[dict]:
-    events: list[dict] = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": title}}]
-    for tid, name in TRACK_NAMES.items():
-        events.append({"ph": "M", "pid": 1, "tid": tid, "name": "thread_name", "args": {"name": name}})
-        events.append({"ph": "M", "pid": 1, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": tid}})
+    groups = runs[0].groups if runs else 1
+    events: list[dict] = []
+    for g in range(groups):
+        pid = g + 1
+        events.append({"ph": "M", "pid": pid, "name": "process_name",
+                       "args": {"name": title if groups == 1 else f"{title}: pipeline stage {g}"}})
+        events.append({"ph": "M", "pid": pid, "name": "process_sort_index", "args": {"sort_index": pid}})
+        names = TRACK_NAMES if groups == 1 else {**TRACK_NAMES, BUBBLE_TRACK: "pipeline bubble (stage idle)"}
+        for tid, name in names.items():
+            events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": name}})
+            events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": tid}})
     offset_us = 0.0
     for step, run in enumerate(runs):
         for span in run.spans:
@@ -38,11 +47,16 @@ def trace_events(runs: list[StepRun], title: str) -> list[dict]:
                 args["waited_us"] = span.waited_s * 1e6
             start = offset_us + span.start_s * 1e6
             tid = DCN_TRACK if op.resource == DCN else BY_KEY[op.category].trace_tid
-            events.append({"ph": "X", "pid": 1, "tid": tid, "name": op.name, "cat": op.category,
+            pid = span.group + 1
+            events.append({"ph": "X", "pid": pid, "tid": tid, "name": op.name, "cat": op.category,
                            "ts": start, "dur": (span.end_s - span.start_s) * 1e6, "args": args})
             if op.straggler_s > 0:
-                events.append({"ph": "X", "pid": 1, "tid": EXPERT_MEAN_TRACK, "name": op.name + " (mean chip)", "cat": "expert_mean",
+                events.append({"ph": "X", "pid": pid, "tid": EXPERT_MEAN_TRACK, "name": op.name + " (mean chip)", "cat": "expert_mean",
                                "ts": start, "dur": (span.end_s - span.start_s - op.straggler_s) * 1e6, "args": args})
+        for gap in run.idle:
+            events.append({"ph": "X", "pid": gap.group + 1, "tid": BUBBLE_TRACK, "name": BY_KEY[gap.category].label,
+                           "cat": gap.category, "ts": offset_us + gap.start_s * 1e6,
+                           "dur": (gap.end_s - gap.start_s) * 1e6, "args": {"step": step, "stream": gap.stream}})
         offset_us += run.step_time_s * 1e6
     return events
 

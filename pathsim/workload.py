@@ -67,6 +67,8 @@ class ModelSpec(StrictModel):
     vocab: PositiveInt
     tied_embeddings: bool = Field(False, description="the output head reuses the input embedding matrix (PaLM, T5)")
     ffn_kind: Literal["gelu", "relu", "swiglu"] = "gelu"
+    parallel_layers: bool = Field(False, description="attention and a dense FFN read the same layer norm and their outputs "
+                                                     "are summed (GPT-J, PaLM): one tensor-parallel all-reduce per layer, not two")
     dense_ffn: PositiveInt = Field(description="d_ff of the dense (non-MoE) FFN layers")
     dtype: str = Field("bf16", description="compute dtype: a key of the chip's peak_flops")
     moe: MoESpec | None = None

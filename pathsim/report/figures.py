@@ -104,14 +104,25 @@ def gantt_figure(result: SimulationResult) -> Drawn:
     if any(s.resource == DCN for s in detail.timeline):
         tracks.append("dcn")  # a multi-slice cluster: what crosses the data-center network gets its own row
     names = {**{c.key: c.track for c in CATEGORIES}, "dcn": "DCN (between slices)"}
+    stages = result.pipeline.stages if result.pipeline else 1
+    if stages > 1:  # one compute row per pipeline stage: its bubbles are the gaps
+        tracks = [f"stage {g}" for g in range(stages)] + tracks[1:]
+        names.update({f"stage {g}": f"stage {g} compute" for g in range(stages)})
+
+    def row_of(s) -> str:
+        kind = "dcn" if s.resource == DCN else s.category
+        return f"stage {s.group}" if stages > 1 and kind in ("compute", "optimizer") else kind
+
     rows = []
     for category in tracks + ["optimizer"]:
-        spans = [s for s in detail.timeline if ("dcn" if s.resource == DCN else s.category) == category]
+        spans = [s for s in detail.timeline if row_of(s) == category]
         if not spans:
             continue
         y = tracks.index("compute" if category == "optimizer" else category)
         busy = [(s.start_s, s.end_s - s.start_s - s.straggler_s) for s in spans]
-        ax.broken_barh(busy, (y - 0.35, 0.7), facecolors=CATEGORY_COLOURS[category], linewidth=0)
+        colours = (CATEGORY_COLOURS[category] if category in CATEGORY_COLOURS
+                   else [CATEGORY_COLOURS[s.category] for s in spans])  # a stage's row: compute and its optimizer step
+        ax.broken_barh(busy, (y - 0.35, 0.7), facecolors=colours, linewidth=0)
         tails = [(s.end_s - s.straggler_s, s.straggler_s) for s in spans if s.straggler_s > 0]
         if tails:
             ax.broken_barh(tails, (y - 0.35, 0.7), facecolors=CAUSE_COLOURS["straggler"], linewidth=0)
@@ -121,7 +132,8 @@ def gantt_figure(result: SimulationResult) -> Drawn:
     step_s = result.detail.state_boundaries_s[-1]
     ax.set_xlim(0, step_s)
     ax.tick_params(labelbottom=False)
-    ax.legend(handles=[Patch(color=CATEGORY_COLOURS[c], label=names[c]) for c in tracks]
+    shown = ["compute", *(t for t in tracks if not t.startswith("stage ") and t != "compute")]
+    ax.legend(handles=[Patch(color=CATEGORY_COLOURS[c], label=names[c]) for c in shown]
               + [Patch(color=CATEGORY_COLOURS["optimizer"], label="optimizer")]  # drawn on the compute row
               + [Patch(color=CAUSE_COLOURS["straggler"], label="waiting for the slowest chip")],
               ncols=6, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
