@@ -331,8 +331,16 @@ def route_layer(plan: RoutingPlan, layout: Layout, placement: Placement, layer: 
     else:
         dest = (group // layout.tensor * layout.expert)[:, None] + np.arange(layout.expert)[None, :]
         dest = dest * layout.tensor + tensor_rank[:, None]
-        matrix = np.zeros((physical, physical))
-        matrix[chip[:, None], layout.chip(dest)] = per_rank[row_of]
-        dispatch = Traffic.from_matrix(matrix)
-        chip_tokens = matrix.sum(axis=0)[own]
+        if chips * layout.expert * 16 <= physical * physical:
+            # Far fewer flows than the cluster's N×N entries (a pipeline stage's or a job's part of the cluster):
+            # keep the flows, never the matrix.
+            src, dst = np.broadcast_to(chip[:, None], dest.shape).ravel(), layout.chip(dest).ravel()
+            nbytes = per_rank[row_of].ravel()
+            dispatch = Traffic.from_flows(physical, src, dst, nbytes)
+            chip_tokens = np.bincount(dst, weights=nbytes, minlength=physical)[own]
+        else:
+            matrix = np.zeros((physical, physical))
+            matrix[chip[:, None], layout.chip(dest)] = per_rank[row_of]
+            dispatch = Traffic.from_matrix(matrix)
+            chip_tokens = matrix.sum(axis=0)[own]
     return LayerRouting(routed=routed, dropped=dropped, chip_tokens=chip_tokens, chip_slots=chip_slots, dispatch=dispatch)

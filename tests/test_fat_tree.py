@@ -86,3 +86,30 @@ def test_fabric_larger_than_two_tiers_is_a_config_error():
     from pathsim.errors import PathsimConfigError
     with pytest.raises(PathsimConfigError, match="two-tier"):
         fat_tree(nodes=64, gpn=1, radix=4)
+
+
+@pytest.mark.parametrize("name", ["dgx-h100-1", "dgx-h100-4", "dgx-h100-128-4to1", "h800-2048"])
+def test_flow_and_factor_loads_equal_the_routed_incidence(name):
+    """Fat trees price flows by bincount and low-rank traffic from its factors: both must put every byte where
+    the incidence routing (and the dense matrix) puts it, and the longest route must be the same."""
+    from pathsim.topology.base import Topology
+
+    topology = build_topology(load_cluster(name))
+    n = topology.num_chips
+    rng = np.random.default_rng(7)
+    src, dst, nbytes = rng.integers(0, n, 4000), rng.integers(0, n, 4000), rng.random(4000)
+    flows = Traffic.from_flows(n, src, dst, nbytes)
+    np.testing.assert_allclose(topology.link_loads(flows), Topology.link_loads(topology, flows), rtol=1e-12, atol=1e-9)
+    for rank in (1, 4):
+        left = rng.random((n, rank)) * (rng.random((n, rank)) < 0.3)
+        right = rng.random((rank, n))
+        factored, dense = Traffic.from_factors(left, right), Traffic.from_matrix(left @ right)
+        np.testing.assert_allclose(topology.link_loads(factored), topology.link_loads(dense), rtol=1e-9, atol=1e-9)
+        assert topology.max_path_latency(factored) == topology.max_path_latency(dense)
+    # Traffic inside one node only: no byte may show up on a NIC or the fabric, so the latency is NVLink's.
+    groups = np.zeros((n, n // 8))
+    groups[np.arange(n), np.arange(n) // 8] = 1.0
+    inside = Traffic.from_factors(groups, 3.0 * groups.T)
+    assert topology.max_path_latency(inside) == topology.max_path_latency(Traffic.from_matrix(groups @ (3.0 * groups.T)))
+    loads = topology.link_loads(inside)
+    assert loads[topology.link_class == "nic"].sum() == 0.0

@@ -128,9 +128,23 @@ class FatTree(Topology):
         lat = self._latency
         return np.select([same_node, same_leaf], [2 * lat["nvlink"], 2 * lat["nic"]], 2 * (lat["nic"] + lat["fabric"]))
 
+    def max_path_latency(self, traffic: Traffic) -> float:
+        if not _factored(traffic):
+            return super().max_path_latency(traffic)
+        # A route's latency depends only on how far it goes (same node, same leaf, across the spines), so the
+        # longest is that of the farthest tier any byte reaches: read off the loads, no N×N scan of flows.
+        loads, lat = self.link_loads(traffic), self._latency
+        if self.n_spines and loads[self._up:self._up + self.n_leaves * self.n_spines].any():
+            return float(2 * (lat["nic"] + lat["fabric"]))
+        if loads[self._nic_up:self._nic_up + self.num_chips].any():
+            return float(2 * lat["nic"])
+        return float(2 * lat["nvlink"]) if loads.any() else 0.0
+
     def link_loads(self, traffic: Traffic) -> np.ndarray:
         if not traffic.is_dense:
-            return super().link_loads(traffic)
+            return self._flow_loads(*traffic.flows())
+        if _factored(traffic):
+            return self._factored_loads(*traffic.factors)
         T = traffic.matrix.copy()
         np.fill_diagonal(T, 0.0)
         n = self.num_chips
@@ -157,6 +171,60 @@ class FatTree(Topology):
             S = self.n_spines
             loads[self._up:self._up + self.n_leaves * S] = np.repeat(leaf_traffic.sum(axis=1) / S, S)
             loads[self._down:self._down + self.n_leaves * S] = np.repeat(leaf_traffic.sum(axis=0) / S, S)
+        return loads
+
+    def _flow_loads(self, src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+        """Loads of a list of flows, routed as :meth:`incidence` routes them, by bincount: no sparse matrix."""
+        loads = np.zeros(self.num_links)
+        if len(src) == 0:
+            return loads
+        same_node, _, cross = self._classes(src, dst)
+        n, network = self.num_chips, ~same_node
+        if same_node.any():
+            loads[self._nv_up:self._nv_up + n] = np.bincount(src[same_node], nbytes[same_node], minlength=n)
+            loads[self._nv_down:self._nv_down + n] = np.bincount(dst[same_node], nbytes[same_node], minlength=n)
+        loads[self._nic_up:self._nic_up + n] = np.bincount(src[network], nbytes[network], minlength=n)
+        loads[self._nic_down:self._nic_down + n] = np.bincount(dst[network], nbytes[network], minlength=n)
+        if cross.any():  # ECMP: an equal share over every spine
+            S, leaves = self.n_spines, self.n_leaves
+            loads[self._up:self._up + leaves * S] = np.repeat(
+                np.bincount(self.leaf_of[src[cross]], nbytes[cross], minlength=leaves) / S, S)
+            loads[self._down:self._down + leaves * S] = np.repeat(
+                np.bincount(self.leaf_of[dst[cross]], nbytes[cross], minlength=leaves) / S, S)
+        return loads
+
+    def _factored_loads(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """The loads of traffic ``left @ right`` (N×r, r×N) without forming it: O(N·r·(GPUs per node + leaves))."""
+        n, gpn, r = self.num_chips, self.gpus_per_node, left.shape[1]
+        nodes = n // gpn
+        loads = np.zeros(self.num_links)
+        # Each node's own block of the matrix, local copies (the diagonal) included, then without them.
+        block = np.einsum("kir,krj->kij", left.reshape(nodes, gpn, r), right.reshape(r, nodes, gpn).transpose(1, 0, 2))
+        diagonal = np.einsum("sr,rs->s", left, right)
+        intra = block.copy()
+        intra.reshape(nodes, gpn * gpn)[:, ::gpn + 1] = 0.0
+        intra_out, intra_in = intra.sum(axis=2).ravel(), intra.sum(axis=1).ravel()
+        if gpn > 1:
+            loads[self._nv_up:self._nv_up + n] = intra_out
+            loads[self._nv_down:self._nv_down + n] = intra_in
+        loads[self._nic_up:self._nic_up + n] = left @ right.sum(axis=1) - diagonal - intra_out
+        loads[self._nic_down:self._nic_down + n] = left.sum(axis=0) @ right - diagonal - intra_in
+        if self.n_spines:
+            by_leaf = np.zeros((self.n_leaves, r))
+            np.add.at(by_leaf, self.leaf_of, left)
+            to_leaf = np.zeros((r, self.n_leaves))
+            np.add.at(to_leaf.T, self.leaf_of, right.T)
+            leaf_traffic = by_leaf @ to_leaf
+            # NVLink carries intra-node bytes (and a GPU's copies to itself stay put) even across leaves.
+            li = self.leaf_of.reshape(-1, gpn)
+            np.add.at(leaf_traffic, (np.repeat(li, gpn, axis=1).ravel(), np.tile(li, (1, gpn)).ravel()), -block.ravel())
+            np.fill_diagonal(leaf_traffic, 0.0)
+            S = self.n_spines
+            loads[self._up:self._up + self.n_leaves * S] = np.repeat(np.maximum(leaf_traffic.sum(axis=1), 0.0) / S, S)
+            loads[self._down:self._down + self.n_leaves * S] = np.repeat(np.maximum(leaf_traffic.sum(axis=0), 0.0) / S, S)
+        # The subtractions leave rounding residue where bytes cancel exactly (intra-node traffic counted across
+        # rails, then taken off): clear it, so a link no byte crosses carries none and sets no latency.
+        loads[loads < 1e-12 * max(float(left.sum(axis=0) @ right.sum(axis=1)), 0.0)] = 0.0
         return loads
 
     def by_tier(self, link_values: np.ndarray) -> dict[str, np.ndarray]:
@@ -186,3 +254,8 @@ class FatTree(Topology):
         info = super().describe()
         info.update(gpus_per_node=self.gpus_per_node, leaves=self.n_leaves, spines=self.n_spines)
         return info
+
+
+def _factored(traffic: Traffic) -> bool:
+    """Traffic held as low-rank factors and not (yet) as a matrix: its loads need no N×N array."""
+    return traffic.factors is not None and traffic._matrix is None
