@@ -2,8 +2,8 @@
 
 Issue 20's goal is one step of ``deepseek-v3`` (16 stages, 64-way expert
 parallelism) on 2,048 GPUs in under 2 s. This prints, for DeepSeek-V3's layout
-on ``h800-2048`` with 2, 4 and 8 micro-batches (the preset's own batch is
-larger), the wall time of one step, the part of it per micro-batch, and the
+on ``h800-2048`` with 2, 4 and 8 micro-batches of 4 sequences (the preset
+itself has 120 of one), the wall time of one step, the part of it per micro-batch, and the
 same per micro-batch cost without pipelining (one stage of the same chips) as
 the reference measured in the same run; plus a dense interleaved pipeline on
 256 H100 (PaLM 8B, 4 stages x 2 chunks, 16 micro-batches) as the cheap case.

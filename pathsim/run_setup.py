@@ -65,7 +65,11 @@ def layout_on(workload: WorkloadConfig, topology: Topology, source: str, chips: 
                                      "remove axes_order")
         flat = workload.model_copy(update={"parallelism": par.model_copy(update={"pipeline": 1, "virtual_stages": 1,
                                                                                   "stage_layers": None})})
-        stage = layout_on(flat, topology, source, np.arange(stage_chips)) if par.pipeline > 1 else layout_on(flat, topology, source)
+        try:
+            stage = layout_on(flat, topology, source, np.arange(stage_chips)) if par.pipeline > 1 else layout_on(flat, topology, source)
+        except PathsimConfigError as error:  # the degrees apply inside a stage: say so
+            raise PathsimConfigError(error.source, error.field, f"{error.problem} (in each of the {par.pipeline} "
+                                     f"pipeline stages of {stage_chips} chips)", error.fix) from None
         return stage.model_copy(update={"pipeline": par.pipeline})
     if chips is None:
         slices, inner = (topology.slices, topology.inner) if isinstance(topology, MultiSlice) else (1, topology)

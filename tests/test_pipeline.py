@@ -147,3 +147,18 @@ def test_an_unknown_schedule_is_refused_with_the_choices(tmp_path):
     w = tmp_path / "w.yaml"
     w.write_text("extends: palm-8b\nparallelism:\n  pipeline: 4\n  pipeline_schedule: zigzag\n")
     assert main(["simulate", "--cluster", "dgx-h100-1", "--workload", str(w)]) == 2
+
+
+@pytest.mark.parametrize("name, billions", [("1.7b", 1.7), ("3.6b", 3.6), ("7.5b", 7.5), ("18.4b", 18.4), ("39.1b", 39.1)])
+def test_megatron_presets_have_their_published_size(name, billions):
+    from pathsim.model_math import model_totals
+    # Narayanan et al. SC'21 Table 1 rounds to 0.1B; its count is 12 l h^2 (1 + 13/(12h) + (V+s)/(12 l h)).
+    assert model_totals(load_workload(f"megatron-gpt-{name}").model).total_params / 1e9 == pytest.approx(billions, abs=0.06)
+
+
+def test_megatron_39b_runs_its_published_layout_and_fits():
+    result = simulate("dgx-a100-64", "megatron-gpt-39.1b")
+    assert (result.chips, result.parallelism["pipeline"], result.parallelism["tensor"], result.parallelism["data"]) == (512, 2, 8, 32)
+    assert result.memory.fits and result.pipeline.schedule == "interleaved" and result.pipeline.virtual_stages == 2
+    assert result.breakdown.total_s() == pytest.approx(result.step_time.mean_s, rel=1e-9)
+    assert result.pipeline.bubble_fraction > result.pipeline.closed_form_bubble_fraction > 0

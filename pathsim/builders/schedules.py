@@ -42,21 +42,10 @@ def gpipe(stages: int, micro_batches: int, virtual: int = 1) -> list[list[Unit]]
     return [forward + backward for _ in range(stages)]
 
 
-def one_f_one_b(stages: int, micro_batches: int, virtual: int = 1) -> list[list[Unit]]:
-    orders = []
-    for s in range(stages):
-        warmup = min(stages - s - 1, micro_batches)
-        order = [Unit("F", mb) for mb in range(warmup)]
-        for i in range(micro_batches - warmup):
-            order += [Unit("F", warmup + i), Unit("B", i)]
-        order += [Unit("B", mb) for mb in range(micro_batches - warmup, micro_batches)]
-        orders.append(order)
-    return orders
-
-
-def interleaved(stages: int, micro_batches: int, virtual: int = 2) -> list[list[Unit]]:
-    """Megatron-LM's interleaved 1F1B: the k-th forward of a stage is micro-batch (k // (P·v))·P + k % P of
-    chunk (k // P) % v; backwards walk the chunks in reverse."""
+def _warm_up_then_alternate(stages: int, micro_batches: int, virtual: int, warmup_of: Callable[[int], int]) -> list[list[Unit]]:
+    """Per stage: `warmup_of(stage)` forwards, then one forward and one backward in turn, then the backwards left.
+    The k-th forward (and k-th backward) of a stage is micro-batch (k // (P·v))·P + k % P of chunk (k // P) % v,
+    backwards walking the chunks in reverse (with v = 1: micro-batch k, chunk 0)."""
     total = micro_batches * virtual
 
     def unit(kind: str, k: int) -> Unit:
@@ -65,13 +54,22 @@ def interleaved(stages: int, micro_batches: int, virtual: int = 2) -> list[list[
 
     orders = []
     for s in range(stages):
-        warmup = min((stages - s - 1) * 2 + (virtual - 1) * stages, total)
+        warmup = min(warmup_of(s), total)
         order = [unit("F", k) for k in range(warmup)]
         for i in range(total - warmup):
             order += [unit("F", warmup + i), unit("B", i)]
         order += [unit("B", k) for k in range(total - warmup, total)]
         orders.append(order)
     return orders
+
+
+def one_f_one_b(stages: int, micro_batches: int, virtual: int = 1) -> list[list[Unit]]:
+    return _warm_up_then_alternate(stages, micro_batches, 1, lambda s: stages - s - 1)
+
+
+def interleaved(stages: int, micro_batches: int, virtual: int = 2) -> list[list[Unit]]:
+    """Megatron-LM's interleaved 1F1B: a longer warm-up, so every chunk of the first stage is under way."""
+    return _warm_up_then_alternate(stages, micro_batches, virtual, lambda s: (stages - s - 1) * 2 + (virtual - 1) * stages)
 
 
 SCHEDULES: dict[str, Callable[[int, int, int], list[list[Unit]]]] = {
