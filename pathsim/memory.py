@@ -115,12 +115,13 @@ def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int,
     gathered = gathered_weight_params(workload, layout)
     dtype = model.dtype_bytes
     optimizer = OPTIMIZER_STATE_BYTES[workload.training.optimizer] * optimizer_params_per_chip(workload, layout, expert_slots, held)
+    layer_bytes = {moe: activation_bytes_per_token(model, moe, workload.training.recompute, layout.tensor,
+                                                   workload.parallelism.sequence_parallel)
+                   for moe in {model.is_moe(i) for i in range(model.layers)}}
     if held is None:
-        per_token = sum(activation_bytes_per_token(model, model.is_moe(i), workload.training.recompute)
-                        for i in range(model.layers))
+        per_token = sum(layer_bytes[model.is_moe(i)] for i in range(model.layers))
     else:
-        per_token = sum(count * activation_bytes_per_token(model, model.is_moe(i), workload.training.recompute)
-                        for i, count in zip(held.layers, held.in_flight))
+        per_token = sum(count * layer_bytes[model.is_moe(i)] for i, count in zip(held.layers, held.in_flight))
     activations = per_token * layout.tokens_per_chip(workload) * (dtype / 2.0)
     total = (params + gathered) * dtype + params * dtype + optimizer + activations
     return MemoryReport(

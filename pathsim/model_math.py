@@ -96,11 +96,24 @@ def mlp_activation_bytes(d_model: int, d_ff: int, matrices: int) -> float:
     return 3.0 * d_model + 2.0 * matrices * d_ff
 
 
-def activation_bytes_per_token(model: ModelSpec, layer_is_moe: bool, recompute: str) -> float:
-    """Activation bytes per token of one layer kept for backward (16-bit activations)."""
+# Of a layer's 34 h bytes per token (Korthikanti et al. 2022, Sec. 4.1), those tensor parallelism alone does not
+# split: the two layer norms' inputs (4 h), the inputs of the attention and MLP blocks (2 h each) and their two
+# dropout masks (h each) — Table 2's "10" in sbh(10 + 24/t + 5as/(ht)). Sequence parallelism splits them too.
+REPLICATED_WITHOUT_SEQUENCE_PARALLELISM = 10.0
+
+
+def activation_bytes_per_token(model: ModelSpec, layer_is_moe: bool, recompute: str, tensor: int = 1,
+                               sequence_parallel: bool = True) -> float:
+    """Activation bytes of one layer kept for backward (16-bit activations), per token of a tensor rank's share of
+    the sequence (tokens / tensor): multiplied by a chip's tokens, Table 2 of Korthikanti et al. 2022 —
+    sbh(34/t + 5as/(ht)) with sequence parallelism, sbh(10 + 24/t + 5as/(ht)) without; selective recompute drops
+    the 5as/h term, full recompute keeps only each layer's input (2 sbh, split over t only with sequence
+    parallelism)."""
     h = model.d_model
+    whole = 1.0 if sequence_parallel else float(tensor)  # what a tensor rank holds of the parts TP alone leaves whole
     if recompute == "full":
-        return 2.0 * h
+        return 2.0 * h * whole
+    replicated = (whole - 1.0) * REPLICATED_WITHOUT_SEQUENCE_PARALLELISM * h
     attention = 11.0 * h + (5.0 * model.heads * model.seq_len if recompute == "none" else 0.0)
     norms = 4.0 * h
     m = model.ffn_matrices
@@ -111,4 +124,4 @@ def activation_bytes_per_token(model: ModelSpec, layer_is_moe: bool, recompute: 
         mlp += 4.0 * moe.experts  # router logits and probabilities (fp16)
     else:
         mlp = mlp_activation_bytes(h, model.dense_ffn, m)
-    return attention + norms + mlp
+    return attention + norms + mlp + replicated

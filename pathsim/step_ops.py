@@ -131,7 +131,10 @@ class StepCoster:
                              kc.dense(td, s.attention_params / tp, 2 * d + 4 * d / tp, self.dtype), layer, backward)
         core = self._compute(f"L{layer} attention core {tag}", "attention",
                              kc.attention_core(td, self.model.seq_len, self.model.heads / tp, s.head_dim, self.dtype), layer, backward)
-        norm = self._compute(f"L{layer} norms+residual {tag}", "elementwise", kc.elementwise(t, d, 8, self.dtype), layer, backward)
+        # Layer norms, dropout and residuals run on a tensor rank's share of the sequence only with sequence parallelism.
+        norm_tokens = t if self.workload.parallelism.sequence_parallel else td
+        norm = self._compute(f"L{layer} norms+residual {tag}", "elementwise", kc.elementwise(norm_tokens, d, 8, self.dtype),
+                             layer, backward)
         # Parallel layers: a dense FFN's all-reduce sums the attention's partial outputs with its own.
         shared = self.model.parallel_layers and not self.model.is_moe(layer)
         ops = [proj, core, norm] + ([] if shared else self._tensor_allreduce(f"L{layer} attention all-reduce {tag}", layer))

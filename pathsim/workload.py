@@ -137,6 +137,10 @@ class ParallelismSpec(StrictModel):
     tensor: PositiveInt = 1
     expert: PositiveInt | Literal["auto"] = Field("auto", description="chips per expert-parallel group (auto: all data-parallel ranks, at most one group per expert set)")
     data: PositiveInt | Literal["auto"] = Field("auto", description="data-parallel degree (auto: chips / tensor)")
+    sequence_parallel: bool = Field(
+        True, description="Megatron-LM sequence parallelism (Korthikanti et al. 2022): layer norms, dropout and the inputs "
+                          "of the tensor-parallel blocks are split over the tensor ranks too (their all-reduces become "
+                          "reduce-scatter + all-gather, the same bytes); off, each tensor rank keeps and computes them whole")
     pipeline: PositiveInt = Field(1, description="pipeline stages: chips = pipeline × data × tensor; stage s takes the s-th "
                                                  "block of consecutive chips (neighbouring slabs of a torus, nodes of a fat tree)")
     pipeline_schedule: Literal["gpipe", "1f1b", "interleaved"] = Field(

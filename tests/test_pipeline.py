@@ -162,3 +162,43 @@ def test_megatron_39b_runs_its_published_layout_and_fits():
     assert result.memory.fits and result.pipeline.schedule == "interleaved" and result.pipeline.virtual_stages == 2
     assert result.breakdown.total_s() == pytest.approx(result.step_time.mean_s, rel=1e-9)
     assert result.pipeline.bubble_fraction > result.pipeline.closed_form_bubble_fraction > 0
+
+
+KORTHIKANTI = {  # Korthikanti et al. 2022, Table 3: heads, hidden, layers (sequence 2048, tensor 8)
+    "22B": (64, 6144, 48), "175B": (96, 12288, 96), "530B": (128, 20480, 105), "1T": (160, 25600, 128)}
+
+
+@pytest.mark.parametrize("size", sorted(KORTHIKANTI))
+@pytest.mark.parametrize("recompute, sequence_parallel", [("none", False), ("none", True), ("selective", False),
+                                                          ("selective", True), ("full", False), ("full", True)])
+def test_activation_memory_is_korthikanti_table_2(size, recompute, sequence_parallel):
+    """Per layer and micro-batch of b sequences: sbh(10 + 24/t + 5as/(ht)) with tensor parallelism alone, sbh(34/t +
+    5as/(ht)) with sequence parallelism, the 5as/(ht) term gone with selective recompute, 2sbh (÷t with sequence
+    parallelism) with full recompute."""
+    a, h, layers = KORTHIKANTI[size]
+    s, t, b = 2048, 8, 1
+    w = load_workload("megatron-gpt-1.7b").model_dump(mode="json")
+    w["model"].update(layers=layers, d_model=h, heads=a, dense_ffn=4 * h)
+    w["training"].update(tokens_per_step=s * b, recompute=recompute)
+    w["parallelism"].update(tensor=t, sequence_parallel=sequence_parallel)
+    config = load_workload(w)
+    from pathsim.memory import memory_per_chip
+    from pathsim.workload import resolve_parallelism
+    memory = memory_per_chip(config, resolve_parallelism(config, t), 0, 80e9)
+    attention_scores = 5 * a * s / (h * t) if recompute == "none" else 0.0
+    if recompute == "full":
+        per_layer = 2 * (1 / t if sequence_parallel else 1)
+    else:
+        per_layer = (34 / t if sequence_parallel else 10 + 24 / t) + attention_scores
+    assert memory.activations_bytes == pytest.approx(layers * s * b * h * per_layer, rel=1e-12)
+
+
+def test_sequence_parallelism_off_runs_norms_on_whole_sequences():
+    w = load_workload("megatron-gpt-18.4b").model_dump(mode="json")
+    on = simulate("dgx-a100-32", w, detail=True)
+    w["parallelism"]["sequence_parallel"] = False
+    off = simulate("dgx-a100-32", w, detail=True)
+    norms = lambda r: sum(s.end_s - s.start_s for s in r.detail.timeline if "norms" in s.name)  # noqa: E731
+    assert norms(off) > 4 * norms(on)  # 8 tensor ranks: the same work, not split (fixed overheads aside)
+    assert off.memory.activations_bytes > on.memory.activations_bytes
+    assert off.step_time.mean_s > on.step_time.mean_s
