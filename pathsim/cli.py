@@ -200,7 +200,8 @@ def format_simulation(result: SimulationResult) -> str:
     slices = p.get("slices", 1)
     where = f"{result.chips} chips in {slices} slices" if slices > 1 else f"{result.chips} chips"
     stages = f"pipeline {p['pipeline']} x " if p.get("pipeline", 1) > 1 else ""
-    head = (f"{result.workload} on {result.cluster}: {where} ({stages}data {p['data']} x tensor {p['tensor']}{experts}, "
+    context = f" x context {p['context']}" if p.get("context", 1) > 1 else ""
+    head = (f"{result.workload} on {result.cluster}: {where} ({stages}data {p['data']}{context} x tensor {p['tensor']}{experts}, "
             f"{result.steps} step(s), seed {result.seed}, {result.network_model} network")
     if result.parallelism_axes:
         head += "\n  axes: " + "; ".join(f"{k} {v}" for k, v in result.parallelism_axes.items())

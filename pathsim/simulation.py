@@ -255,8 +255,10 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
         memory = summary.per_stage[summary.tightest_stage].memory
     else:
         memory = memory_per_chip(workload, layout, expert_slots_on_busiest_chip(workload, placement), cluster.chip.hbm_bytes)
-    parallelism = dict(data=layout.data, tensor=layout.tensor, expert=layout.expert, expert_groups=layout.expert_groups,
-                       slices=layout.slices)
+    parallelism = dict(data=layout.data // layout.context, tensor=layout.tensor, expert=layout.expert,
+                       expert_groups=layout.expert_groups, slices=layout.slices)
+    if layout.context > 1:
+        parallelism["context"] = layout.context
     if layout.pipeline > 1:
         parallelism["pipeline"] = layout.pipeline
     return SimulationResult(

@@ -35,7 +35,7 @@ import numpy as np
 from pathsim.collectives import collective_phases
 from pathsim import kernel_costs as kc
 from pathsim.device import DeviceModel
-from pathsim.engine.graph import COMPUTE, DCN, NETWORK, Op
+from pathsim.engine.graph import COMPUTE, DCN, NETWORK, Await, Item, Op, Prefetch
 from pathsim.memory import (OPTIMIZER_STATE_BYTES, Held, dense_params_of_layer, expert_slots_on_busiest_chip,
                             optimizer_params_per_chip)
 from pathsim.model_math import LayerShapes, layer_shapes
@@ -71,6 +71,9 @@ class StepCoster:
         self.shard_groups = layout.chip(by_slice.transpose(0, 2, 1).reshape(-1, slice_data))
         self.cross_slice_groups = layout.chip(by_slice.reshape(layout.slices, -1).T)
         self.tensor_groups = layout.chip(ranks.reshape(layout.data, layout.tensor))
+        # Context groups: the same tensor rank of `context` consecutive data ranks (the ranks sharing sequences).
+        c = layout.context
+        self.context_groups = layout.chip(ranks.reshape(layout.data // c, c, layout.tensor).transpose(0, 2, 1).reshape(-1, c))
         # Every copy of an expert set (one per expert group and tensor rank) trains on its own tokens,
         # so expert gradients are all-reduced over the chips holding the same position of every copy.
         self.expert_groups = layout.chip(ranks.reshape(layout.expert_groups, layout.expert, layout.tensor)
@@ -135,16 +138,42 @@ class StepCoster:
         norm_tokens = t if self.workload.parallelism.sequence_parallel else td
         norm = self._compute(f"L{layer} norms+residual {tag}", "elementwise", kc.elementwise(norm_tokens, d, 8, self.dtype),
                              layer, backward)
+        core_items = self._with_context_exchange(core, layer, backward)
         # Parallel layers: a dense FFN's all-reduce sums the attention's partial outputs with its own.
         shared = self.model.parallel_layers and not self.model.is_moe(layer)
-        ops = [proj, core, norm] + ([] if shared else self._tensor_allreduce(f"L{layer} attention all-reduce {tag}", layer))
+        ops = [proj, *core_items, norm] + ([] if shared else self._tensor_allreduce(f"L{layer} attention all-reduce {tag}", layer))
         if backward and self.workload.training.recompute != "none":
             # Rematerialise before differentiating: everything (full: the forward's tensor-parallel all-reduce too,
-            # as Megatron-LM's full recompute re-runs it) or the attention core (selective).
+            # as Megatron-LM's full recompute re-runs it) or the attention core with its K/V exchange (selective).
             forward = self.attention(layer, False)
-            again = forward if self.workload.training.recompute == "full" else forward[1:2]
-            ops = [replace(o, name=o.name.replace("fwd", "recompute")) for o in again] + ops
+            again = forward if self.workload.training.recompute == "full" else forward[1:1 + len(core_items)]
+            ops = _renamed(again, "fwd", "recompute") + ops
         return ops
+
+    def _with_context_exchange(self, core: Op, layer: int, backward: bool) -> list[Item]:
+        """The attention core with the K/V traffic of context parallelism around it.
+
+        Each context rank holds 1/C of every sequence's tokens and needs every other rank's keys and values
+        (causal masks balanced across ranks, as Megatron-LM's load-balanced split does): C−1 blocks of its
+        K/V width (2 × its KV heads × head_dim) reach each rank, as an all-gather over the context group; in
+        backward the K/V again and their gradients (reduce-scattered), twice the bytes. ``ring`` passes the blocks
+        while the core computes (the op runs beside it; only what outlasts the core is exposed); ``all_gather``
+        gathers first and reduce-scatters after, on the critical path."""
+        c = self.layout.context
+        if c == 1:
+            return [core]
+        kv_heads = max((self.model.kv_heads or self.model.heads) / self.layout.tensor, 1.0)
+        local = self.tokens_per_data_rank * 2 * kv_heads * self.shapes.head_dim * self.dtype
+        tag = "bwd" if backward else "fwd"
+        op, nbytes = ("reduce_scatter", 2 * c * local) if backward else ("all_gather", c * local)
+        if self.workload.parallelism.context_algorithm == "ring":
+            time_s, link_bytes = self.collective("all_gather", nbytes, self.context_groups)
+            ring = self._network_op(f"L{layer} context K/V ring {tag}", "context_parallel", time_s, layer, link_bytes)
+            return [Prefetch(ring), core, Await(ring)]
+        time_s, link_bytes = self.collective(op, nbytes, self.context_groups)
+        exchange = self._network_op(f"L{layer} context K/V {op.replace('_', '-')} {tag}", "context_parallel", time_s, layer,
+                                    link_bytes)
+        return [core, exchange] if backward else [exchange, core]
 
     def dense_ffn(self, layer: int, backward: bool) -> list[Op]:
         tag = "bwd" if backward else "fwd"
@@ -301,3 +330,15 @@ class StepCoster:
         return Op("optimizer step", "optimizer", COMPUTE, float(self.device.time_s("optimizer", cost.flops, cost.nbytes)), -1,
                   flops=cost.flops)
 
+
+def _renamed(items: list[Item], old: str, new: str) -> list[Item]:
+    """Copies of `items` with `old` replaced by `new` in their ops' names, a prefetch and its wait kept paired."""
+    copies: dict[int, Op] = {}
+
+    def copy(op: Op) -> Op:
+        if id(op) not in copies:
+            copies[id(op)] = replace(op, name=op.name.replace(old, new))
+        return copies[id(op)]
+
+    return [Prefetch(copy(i.op)) if isinstance(i, Prefetch) else Await(copy(i.op)) if isinstance(i, Await) else copy(i)
+            for i in items]

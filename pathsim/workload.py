@@ -137,6 +137,11 @@ class ParallelismSpec(StrictModel):
     tensor: PositiveInt = 1
     expert: PositiveInt | Literal["auto"] = Field("auto", description="chips per expert-parallel group (auto: all data-parallel ranks, at most one group per expert set)")
     data: PositiveInt | Literal["auto"] = Field("auto", description="data-parallel degree (auto: chips / tensor)")
+    context: PositiveInt = Field(1, description="context parallelism: each sequence split over this many ranks (after the "
+                                                "tensor ranks, before the data ranks); chips = pipeline × data × context × tensor")
+    context_algorithm: Literal["ring", "all_gather"] = Field(
+        "ring", description="ring: K/V blocks passed around the context group while attention computes (ring attention); "
+                            "all_gather: K/V gathered before attention and their gradients reduce-scattered after (Llama 3)")
     sequence_parallel: bool = Field(
         True, description="Megatron-LM sequence parallelism (Korthikanti et al. 2022): layer norms, dropout and the inputs "
                           "of the tensor-parallel blocks are split over the tensor ranks too (their all-reduces become "
@@ -335,8 +340,9 @@ class Layout(StrictModel):
 
     chips: int  # chips of one pipeline stage (all of them without pipelining): data × tensor
     tensor: int
-    data: int
+    data: int  # ranks that split the batch's tokens: data replicas × context ranks (rank c: c // tensor)
     expert: int
+    context: int = Field(1, description="context ranks: the `context` consecutive ones of `data` share each sequence")
     pipeline: int = Field(1, description="pipeline stages; stage s runs on chips shifted by s × chips (see for_stage)")
     stage: int = Field(0, description="the pipeline stage these ranks are")
     slices: int = Field(1, description="slices of a multi-slice cluster: data replicas span them, chips slice after slice")
@@ -418,6 +424,9 @@ def check_pipeline(workload: WorkloadConfig, chips: int, source: str = "<workloa
         raise PathsimConfigError(source, "parallelism.stage_layers", f"{len(par.stage_layers)} entries summing to "
                                  f"{sum(par.stage_layers)} layers; the pipeline has {p * v} virtual stages and the model "
                                  f"{model.layers} layers", f"give {p * v} positive counts summing to {model.layers}, or drop it")
+    if p > 1 and par.context > 1:
+        raise PathsimConfigError(source, "parallelism.context", "context parallelism is not simulated with pipeline "
+                                 "parallelism yet", "use one of the two")
     if p > 1 and training.shard_parameters:
         raise PathsimConfigError(source, "training.shard_parameters", "sharded parameters (ZeRO-3) are not simulated with "
                                  "pipeline parallelism yet", "set shard_parameters: false (shard_optimizer, ZeRO-1, works)")
@@ -434,6 +443,14 @@ def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<wo
     """
     par = workload.parallelism
     slice_chips = chips // slices
+    if par.context > 1:
+        if workload.model.seq_len % par.context:
+            raise PathsimConfigError(source, "parallelism.context", f"context degree {par.context} does not divide the "
+                                     f"{workload.model.seq_len}-token sequence", "use a divisor of model.seq_len")
+        if slice_chips % (par.tensor * par.context):
+            raise PathsimConfigError(source, "parallelism.context", f"{slice_chips} chips per slice do not split into "
+                                     f"tensor × context groups of {par.tensor * par.context}",
+                                     f"use a context degree dividing {slice_chips // par.tensor}")
     if slice_chips % par.tensor:
         where = f"a slice's {slice_chips} chips" if slices > 1 else f"{chips} chips"
         raise PathsimConfigError(source, "parallelism.tensor", f"{where} do not split into tensor groups of {par.tensor}"
@@ -443,10 +460,11 @@ def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<wo
     if par.tensor > 1 and (model.heads % par.tensor or model.d_model % par.tensor):
         raise PathsimConfigError(source, "parallelism.tensor", f"tensor degree {par.tensor} does not divide the model's "
                                  f"{model.heads} heads and d_model {model.d_model}", "use a common divisor of heads and d_model")
-    data = chips // par.tensor
-    if par.data != "auto" and par.data != data:
-        raise PathsimConfigError(source, "parallelism.data", f"data ({par.data}) × tensor ({par.tensor}) must equal the cluster's {chips} chips",
-                                 f"set data: {data} or data: auto")
+    data = chips // par.tensor  # data replicas × context ranks
+    if par.data != "auto" and par.data * par.context != data:
+        with_context = f" × context ({par.context})" if par.context > 1 else ""
+        raise PathsimConfigError(source, "parallelism.data", f"data ({par.data}){with_context} × tensor ({par.tensor}) must "
+                                 f"equal the {chips} chips", f"set data: {data // par.context} or data: auto")
     moe = workload.model.moe
     slice_data = data // slices
     if par.expert == "auto":
@@ -484,11 +502,15 @@ def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<wo
         walk = [("chips", slice_chips)]
     if walk is not None and slices > 1:
         walk.append(("slices", slices))
-    layout = Layout(chips=chips, tensor=par.tensor, data=data, expert=expert, slices=slices, chip_of_rank=chip_of_rank,
+    layout = Layout(chips=chips, tensor=par.tensor, data=data, expert=expert, context=par.context, slices=slices,
+                    chip_of_rank=chip_of_rank,
                     parameter_shards=slice_data if workload.training.shard_parameters else 1)
     if walk is not None:
-        degrees = ([("tensor", par.tensor), ("expert", expert), ("data replicas", data // expert)] if moe is not None
-                   else [("tensor", par.tensor), ("data", data)])  # a dense model has no expert groups to show
+        if par.context > 1:  # expert groups (over data × context ranks) are left out of the picture
+            degrees = [("tensor", par.tensor), ("context", par.context), ("data", data // par.context)]
+        else:
+            degrees = ([("tensor", par.tensor), ("expert", expert), ("data replicas", data // expert)] if moe is not None
+                       else [("tensor", par.tensor), ("data", data)])  # a dense model has no expert groups to show
         layout = layout.model_copy(update={"axes": _axes_spanned(walk, degrees)})
     return layout
 

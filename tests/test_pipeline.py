@@ -202,3 +202,43 @@ def test_sequence_parallelism_off_runs_norms_on_whole_sequences():
     assert norms(off) > 4 * norms(on)  # 8 tensor ranks: the same work, not split (fixed overheads aside)
     assert off.memory.activations_bytes > on.memory.activations_bytes
     assert off.step_time.mean_s > on.step_time.mean_s
+
+
+def long_context(context: int, algorithm: str = "ring", seq_len: int = 32768) -> dict:
+    w = load_workload("megatron-gpt-7.5b").model_dump(mode="json")
+    w["model"].update(seq_len=seq_len)
+    w["training"].update(tokens_per_step=16 * seq_len, recompute="selective")
+    w["parallelism"].update(tensor=8, context=context, context_algorithm=algorithm)
+    return w
+
+
+def test_context_parallelism_adds_only_its_kv_exchange_to_the_data_parallel_step():
+    # A context rank computes like a data rank on its 1/C of the tokens (every query still sees every key);
+    # what context parallelism adds is moving the keys and values around the group.
+    plain = simulate("dgx-h100-4", long_context(1), detail=True)
+    gathered = simulate("dgx-h100-4", long_context(2, "all_gather"), detail=True)
+    ring = simulate("dgx-h100-4", long_context(2, "ring"), detail=True)
+    assert gathered.parallelism["context"] == 2 and gathered.parallelism["data"] == plain.parallelism["data"] // 2
+    for r in (gathered, ring):
+        assert r.breakdown.total_s() == pytest.approx(r.step_time.mean_s, rel=1e-9)
+        assert r.breakdown.compute_s == pytest.approx(plain.breakdown.compute_s, rel=1e-9)
+    exchange = sum(s.end_s - s.start_s for s in gathered.detail.timeline if s.category == "context_parallel")
+    assert exchange > 0 and gathered.breakdown.context_parallel_s == pytest.approx(exchange, rel=1e-9)
+    # The ring passes the blocks under the attention core: at most what the all-gather variant exposes.
+    assert 0 <= ring.breakdown.context_parallel_s < gathered.breakdown.context_parallel_s
+    # At 32K tokens the core outlasts the ring (hidden whole here); the all-gather variant waits for every block.
+    assert plain.step_time.mean_s <= ring.step_time.mean_s < gathered.step_time.mean_s
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(context=3), "parallelism.context"),  # 32768 % 3
+    (dict(context=8, tensor=8), "parallelism.context"),  # 8 × 8 > 32 GPUs
+    (dict(context=2, pipeline=2), "parallelism.context"),
+    (dict(context=2, data=4), "parallelism.data"),
+])
+def test_bad_context_settings_name_the_field(change, field):
+    w = long_context(1)
+    w["parallelism"].update(change)
+    with pytest.raises(PathsimConfigError) as err:
+        simulate("dgx-h100-4", w)
+    assert err.value.field == field

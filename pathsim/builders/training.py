@@ -24,27 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pathsim.engine import Graph, Node, Op, Stream, StepRun, run_graph
+from pathsim.engine.graph import Await, Item, Prefetch
 from pathsim.routing import LoadSample, route_layer
 from pathsim.step_ops import StepCoster
 
 CRITICAL, GRAD = 0, 1  # priorities: lower value is served first
 
 
-@dataclass(frozen=True)
-class Prefetch:
-    """Start `op` in the background here; the critical stream goes on."""
-
-    op: Op
-
-
-@dataclass(frozen=True)
-class Await:
-    """The critical stream waits here until the prefetched `op` has finished."""
-
-    op: Op
-
-
-Item = Op | Prefetch | Await
 
 
 @dataclass
@@ -138,7 +124,7 @@ def critical_stream(schedule: StepSchedule, name: str = "main", group: int = 0) 
             prefetched[id(item.op)] = node
             background.append(Stream("prefetch", [node], CRITICAL, last(), group))
         elif isinstance(item, Await):
-            main.append(Node(None, [prefetched.pop(id(item.op))], (group,), wait_category="weight_gather"))
+            main.append(Node(None, [prefetched.pop(id(item.op))], (group,), wait_category=item.op.category))
         else:
             main.append(Node(item, groups=(group,)))
 

@@ -32,6 +32,8 @@ CATEGORIES: tuple[Category, ...] = (
     Category("weight_gather", "weight_gather_s", "weight gather", "#64B5CD", "weight all-gather", 7),
     Category("grad_sync", "grad_sync_exposed_s", "grad sync exposed", "#C44E52", "gradient sync", 4),
     Category("optimizer", "optimizer_s", "optimizer", "#8172B3", "compute", 1),
+    Category("context_parallel", "context_parallel_s", "context parallel", "#8C613C", "context-parallel K/V", 10,
+             always=False),
     Category("pipeline_p2p", "pipeline_p2p_s", "pipeline p2p", "#55A868", "pipeline send/recv", 8, always=False),
     # Not an op's category: a pipeline stage with nothing to do (waiting for its input or the last stage's output).
     Category("pipeline_bubble", "pipeline_bubble_s", "pipeline bubble", "#CCCCCC", "", 0, always=False),

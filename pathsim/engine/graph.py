@@ -49,6 +49,23 @@ def resource_key(kind: str, group: int) -> str:
     return DCN if kind == DCN else f"{kind}@{group}"
 
 
+@dataclass(frozen=True)
+class Prefetch:
+    """In a builder's list of work for one stream: start `op` in the background here; the stream goes on."""
+
+    op: Op
+
+
+@dataclass(frozen=True)
+class Await:
+    """In a builder's list of work for one stream: wait here until the prefetched `op` has finished."""
+
+    op: Op
+
+
+Item = Op | Prefetch | Await
+
+
 @dataclass(eq=False)
 class Node:
     """An op placed on group(s) of chips, after its dependencies; with no op, a barrier: the stream waits for the
