@@ -313,9 +313,8 @@ def route_layer(plan: RoutingPlan, layout: Layout, placement: Placement, layer: 
     rank_ids = np.arange(chips)
     chip = layout.chip(rank_ids)
     own = np.sort(chip)  # the chips the ranks run on, in id order (all of the cluster's but for a job sharing it)
-    tensor_rank, data_rank = rank_ids % layout.tensor, rank_ids // layout.tensor
-    position = data_rank % layout.expert
-    group = (data_rank // layout.expert) * layout.tensor + tensor_rank  # expert group × tensor rank
+    position = layout.expert_position(rank_ids)
+    group = layout.expert_copy(rank_ids)  # expert group × tensor rank
     chip_slots = np.bincount(shares.indices, minlength=layout.expert)[position][np.argsort(chip, kind="stable")]
     classes = per_rank.shape[0]
     rank = layout.expert_groups * layout.tensor * classes
@@ -329,8 +328,7 @@ def route_layer(plan: RoutingPlan, layout: Layout, placement: Placement, layer: 
         dispatch = Traffic.from_factors(left, right)
         chip_tokens = (left.sum(axis=0) @ right)[own]
     else:
-        dest = (group // layout.tensor * layout.expert)[:, None] + np.arange(layout.expert)[None, :]
-        dest = dest * layout.tensor + tensor_rank[:, None]
+        dest = layout.rank_at(group[:, None], np.arange(layout.expert)[None, :])  # every position of its own copy
         if chips * layout.expert * 16 <= physical * physical:
             # Far fewer flows than the cluster's N×N entries (a pipeline stage's or a job's part of the cluster):
             # keep the flows, never the matrix.

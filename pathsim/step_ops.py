@@ -62,22 +62,13 @@ class StepCoster:
         self.tokens_per_chip = layout.tokens_per_chip(workload)
         self.tokens_per_data_rank = tokens_mb / layout.data
         self._collective_cache: dict[tuple, list[tuple[str, float, np.ndarray]]] = {}
-        ranks = np.arange(layout.chips)
-        # Dense parameters are replicated over the data ranks (one group per tensor rank)...
-        self.dense_groups = layout.chip(ranks.reshape(layout.data, layout.tensor).T)
-        # ...or, sharded (ZeRO-3), over the data ranks of each slice, replicated across the slices.
-        slice_data = layout.data // layout.slices
-        by_slice = ranks.reshape(layout.slices, slice_data, layout.tensor)
-        self.shard_groups = layout.chip(by_slice.transpose(0, 2, 1).reshape(-1, slice_data))
-        self.cross_slice_groups = layout.chip(by_slice.reshape(layout.slices, -1).T)
-        self.tensor_groups = layout.chip(ranks.reshape(layout.data, layout.tensor))
-        # Context groups: the same tensor rank of `context` consecutive data ranks (the ranks sharing sequences).
-        c = layout.context
-        self.context_groups = layout.chip(ranks.reshape(layout.data // c, c, layout.tensor).transpose(0, 2, 1).reshape(-1, c))
-        # Every copy of an expert set (one per expert group and tensor rank) trains on its own tokens,
-        # so expert gradients are all-reduced over the chips holding the same position of every copy.
-        self.expert_groups = layout.chip(ranks.reshape(layout.expert_groups, layout.expert, layout.tensor)
-                                         .transpose(1, 0, 2).reshape(layout.expert, -1))
+        # Dense parameters are replicated over the data ranks (one group per tensor rank), or, sharded (ZeRO-3), over
+        # the data ranks of each slice, replicated across the slices; every copy of an expert set (one per expert
+        # group and tensor rank) trains on its own tokens, so expert gradients are all-reduced over the chips
+        # holding the same position of every copy.
+        self.dense_groups, self.tensor_groups = layout.groups("data"), layout.groups("tensor")
+        self.shard_groups, self.cross_slice_groups = layout.groups("shard"), layout.groups("cross_slice")
+        self.context_groups, self.expert_groups = layout.groups("context"), layout.groups("expert_copies")
         self.moe_index = {layer: j for j, layer in enumerate(self.model.moe_layers)}
 
     # ---- helpers ----------------------------------------------------------------------
@@ -296,11 +287,10 @@ class StepCoster:
         copies_of = np.diff(shares.indptr)
         shard = expert_bytes / layout.expert_replication
         copies = np.arange(layout.expert_replication)
-        group, tensor = copies // layout.tensor, copies % layout.tensor
         for count in np.unique(copies_of[copies_of > 1]).tolist():
             replicated = np.flatnonzero(copies_of == count)
             pos = shares.indices[shares.indptr[replicated][:, None] + np.arange(count)]  # (experts, count)
-            ranks = ((group[None, :, None] * layout.expert + pos[:, None, :]) * layout.tensor + tensor[None, :, None])
+            ranks = layout.rank_at(copies[None, :, None], pos[:, None, :])
             rings = layout.chip(ranks.reshape(-1, count))
             ops += self._bucketed(f"L{layer} grad all-reduce (replicated experts x{count})", layer, [("all_reduce", shard, rings)])
         return ops

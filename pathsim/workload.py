@@ -358,6 +358,53 @@ class Layout(StrictModel):
         base = np.asarray(self.chip_of_rank)[ranks] if self.chip_of_rank is not None else np.asarray(ranks)
         return base + self.stage * self.chips if self.stage else base
 
+    # ---- rank arithmetic: the one place that knows how ranks are laid out -------------------------------------
+    # Rank c is tensor rank c % tensor of data rank c // tensor; data rank r is (data replica r // context, context
+    # rank r % context) and sits at position r % expert of expert group r // expert.
+
+    def tensor_rank(self, ranks: np.ndarray) -> np.ndarray:
+        return np.asarray(ranks) % self.tensor
+
+    def data_rank(self, ranks: np.ndarray) -> np.ndarray:
+        return np.asarray(ranks) // self.tensor
+
+    def expert_position(self, ranks: np.ndarray) -> np.ndarray:
+        """Position in its expert group (which slice of the expert set the rank hosts)."""
+        return self.data_rank(ranks) % self.expert
+
+    def expert_copy(self, ranks: np.ndarray) -> np.ndarray:
+        """Which copy of the expert set the rank belongs to: expert group × tensor rank."""
+        return (self.data_rank(ranks) // self.expert) * self.tensor + self.tensor_rank(ranks)
+
+    def rank_at(self, copy: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """The rank at `position` of expert-set copy `copy` (the inverse of expert_copy and expert_position)."""
+        copy, position = np.asarray(copy), np.asarray(position)
+        return ((copy // self.tensor) * self.expert + position) * self.tensor + copy % self.tensor
+
+    def groups(self, kind: str) -> np.ndarray:
+        """Physical chips of the concurrent groups a collective of this kind runs over, one group a row:
+        ``tensor`` (a data rank's tensor ranks), ``data`` (every data rank of one tensor rank: dense gradients),
+        ``shard`` (the data ranks of one slice: ZeRO-3), ``cross_slice`` (the same rank of every slice),
+        ``context`` (the ranks sharing sequences), ``expert_copies`` (the same position in every expert-set copy)."""
+        ranks = np.arange(self.chips)
+        if kind == "tensor":
+            grid = ranks.reshape(self.data, self.tensor)
+        elif kind == "data":
+            grid = ranks.reshape(self.data, self.tensor).T
+        elif kind == "shard":
+            slice_data = self.data // self.slices
+            grid = ranks.reshape(self.slices, slice_data, self.tensor).transpose(0, 2, 1).reshape(-1, slice_data)
+        elif kind == "cross_slice":
+            grid = ranks.reshape(self.slices, -1).T
+        elif kind == "context":
+            c = self.context
+            grid = ranks.reshape(self.data // c, c, self.tensor).transpose(0, 2, 1).reshape(-1, c)
+        elif kind == "expert_copies":
+            grid = ranks.reshape(self.expert_groups, self.expert, self.tensor).transpose(1, 0, 2).reshape(self.expert, -1)
+        else:
+            raise ValueError(f"unknown group kind {kind!r}")
+        return self.chip(grid)
+
     @property
     def total_chips(self) -> int:
         """Chips of all pipeline stages."""

@@ -43,7 +43,7 @@ def expected_demand(setup: RunSetup) -> ExpertDemand:
     if plan is None:
         raise ValueError("expected_demand needs an MoE workload")
     ranks = np.arange(layout.chips)
-    position = (ranks // layout.tensor) % layout.expert
+    position = layout.expert_position(ranks)
     kept, class_of_rank = [], None
     for layer in range(setup.moe_layers):
         rows, row_of = expected_sources(plan, layer)
@@ -54,6 +54,6 @@ def expected_demand(setup: RunSetup) -> ExpertDemand:
     position_classes = np.bincount(position * classes + class_of_rank, minlength=layout.expert * classes)
     position_classes = position_classes.reshape(layout.expert, classes).astype(np.float64)
     per_copy = position_classes.sum(axis=0) @ class_kept / layout.expert_replication
-    position_chip = layout.chip(np.arange(layout.expert) * layout.tensor)
+    position_chip = layout.chip(layout.rank_at(0, np.arange(layout.expert)))  # the first copy's chip at each position
     return ExpertDemand(load=per_copy, class_kept=class_kept, position_classes=position_classes,
                         position_chip=np.asarray(position_chip))

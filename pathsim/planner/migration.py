@@ -82,9 +82,9 @@ def migration_cost(setup: RunSetup, old: list[list[list[int]]], new: list[list[l
     arr = np.array(moves, dtype=np.int64)
     src_pos, dst_pos = arr[:, 2], arr[:, 3]
     # Every expert group and tensor rank moves its own instance of each copy.
-    instance = np.arange(layout.expert_groups)[:, None] * layout.expert * layout.tensor + np.arange(layout.tensor)[None, :]
-    src = layout.chip(src_pos[:, None] * layout.tensor + instance.ravel()[None, :]).ravel()
-    dst = layout.chip(dst_pos[:, None] * layout.tensor + instance.ravel()[None, :]).ravel()
+    copies = np.arange(layout.expert_replication)[None, :]
+    src = layout.chip(layout.rank_at(copies, src_pos[:, None])).ravel()
+    dst = layout.chip(layout.rank_at(copies, dst_pos[:, None])).ravel()
     traffic = Traffic.from_flows(layout.physical_chips, src, dst, np.full(len(src), per_copy))
     seconds = setup.network.phase(traffic).time_s
     return Migration(copies=len(moves), bytes=per_copy * len(src), seconds=seconds)
