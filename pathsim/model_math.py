@@ -106,15 +106,16 @@ def activation_bytes_per_token(model: ModelSpec, layer_is_moe: bool, recompute: 
                                sequence_parallel: bool = True) -> float:
     """Activation bytes of one layer kept for backward (16-bit activations), per token of a tensor rank's share of
     the sequence (tokens / tensor): multiplied by a chip's tokens, Table 2 of Korthikanti et al. 2022 —
-    sbh(34/t + 5as/(ht)) with sequence parallelism, sbh(10 + 24/t + 5as/(ht)) without; selective recompute drops
-    the 5as/h term, full recompute keeps only each layer's input (2 sbh, split over t only with sequence
+    sbh(34/t + 5as/(ht)) with sequence parallelism, sbh(10 + 24/t + 5as/(ht)) without; selective recompute or
+    fused (flash) attention drops the 5as/h term, full recompute keeps only each layer's input (2 sbh, split over t only with sequence
     parallelism)."""
     h = model.d_model
     whole = 1.0 if sequence_parallel else float(tensor)  # what a tensor rank holds of the parts TP alone leaves whole
     if recompute == "full":
         return 2.0 * h * whole
     replicated = (whole - 1.0) * REPLICATED_WITHOUT_SEQUENCE_PARALLELISM * h
-    attention = 11.0 * h + (5.0 * model.heads * model.seq_len if recompute == "none" else 0.0)
+    scores_kept = recompute == "none" and not model.flash_attention  # the s×s softmax and dropout: 5as per token
+    attention = 11.0 * h + (5.0 * model.heads * model.seq_len if scores_kept else 0.0)
     norms = 4.0 * h
     m = model.ffn_matrices
     if layer_is_moe:

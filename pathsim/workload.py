@@ -67,6 +67,8 @@ class ModelSpec(StrictModel):
     vocab: PositiveInt
     tied_embeddings: bool = Field(False, description="the output head reuses the input embedding matrix (PaLM, T5)")
     ffn_kind: Literal["gelu", "relu", "swiglu"] = "gelu"
+    flash_attention: bool = Field(False, description="fused (flash) attention: the s×s scores and softmax are never "
+                                                     "stored, so activations have no 5as/h term (as with selective recompute)")
     parallel_layers: bool = Field(False, description="attention and a dense FFN read the same layer norm and their outputs "
                                                      "are summed (GPT-J, PaLM): one tensor-parallel all-reduce per layer, not two")
     dense_ffn: PositiveInt = Field(description="d_ff of the dense (non-MoE) FFN layers")

@@ -242,3 +242,21 @@ def test_bad_context_settings_name_the_field(change, field):
     with pytest.raises(PathsimConfigError) as err:
         simulate("dgx-h100-4", w)
     assert err.value.field == field
+
+
+def test_flash_attention_keeps_no_attention_scores():
+    from pathsim.memory import memory_per_chip
+    from pathsim.workload import resolve_parallelism
+
+    def activations(recompute: str, flash: bool) -> float:
+        w = load_workload("megatron-gpt-7.5b").model_dump(mode="json")
+        w["model"]["flash_attention"] = flash
+        w["training"]["recompute"] = recompute
+        config = load_workload(w)
+        return memory_per_chip(config, resolve_parallelism(config, 128), 0, 80e9).activations_bytes
+
+    m = load_workload("megatron-gpt-7.5b").model
+    assert activations("none", True) == activations("selective", False) == activations("selective", True)
+    tokens_per_chip = 512 * 2048 / 128
+    scores = 5 * m.heads * m.seq_len * tokens_per_chip * m.layers  # 5as bytes per token and layer
+    assert activations("none", False) - activations("none", True) == pytest.approx(scores, rel=1e-12)
