@@ -156,7 +156,9 @@ def gantt_figure(result: SimulationResult) -> Drawn:
                  ncols=3, loc="lower right", frameon=False)
     _footer(figure, f"Step {detail.timeline_step} of {result.steps} (the one nearest the median). Power: {inputs.chips} chips at "
                     f"{chip_watts['idle']:.0f}/{chip_watts['communication']:.0f}/{chip_watts['compute']:.0f} W idle/communicating/"
-                    f"computing, {inputs.hosts} hosts at {inputs.host_w:.0f} W, network {inputs.network_w():.0f} W.")
+                    f"computing, {inputs.hosts} hosts at {inputs.host_w:.0f} W, network {inputs.network_w():.0f} W."
+                    + (" The power strip follows pipeline stage 0's chips (the step's energy averages every stage)."
+                       if stages > 1 else ""))
     return Drawn("timeline", "One step, op by op",
                  "Each stream of work of the step nearest the median, and the cluster's IT power over it "
                  "(pale blue: the slowest chip's extra expert time, which the other chips spend waiting).",
