@@ -96,6 +96,8 @@ def run_graph(graph: Graph) -> StepRun:
             yield simpy.AllOf(env, [done[id(dep)] for dep in pending])
         if node.wait_category is None or env.now <= since:
             return
+        # Blame the dependency that got under way last (builders give recorded waits a single dependency, so
+        # this is the one the stream waited for).
         last = max(pending, key=lambda dep: (asked_at[id(dep)], pending.index(dep)))
         under_way = max(since, asked_at[id(last)])
         if under_way > since:
