@@ -24,5 +24,5 @@ class FastModel:
     def phase(self, traffic: Traffic) -> PhaseTiming:
         link_bytes = self.topology.link_loads(traffic)
         drain = float(np.max(link_bytes / self.topology.link_bandwidth, initial=0.0))
-        latency = self.topology.max_path_latency(traffic) if drain > 0 else 0.0
+        latency = self.topology.max_path_latency(traffic, link_bytes) if drain > 0 else 0.0
         return PhaseTiming(drain, latency, link_bytes)

@@ -107,8 +107,9 @@ class Topology(ABC):
             return np.zeros(0)
         return self.incidence(src, dst) @ self.link_latency
 
-    def max_path_latency(self, traffic: Traffic) -> float:
-        """The longest route latency among the phase's flows."""
+    def max_path_latency(self, traffic: Traffic, link_bytes: np.ndarray | None = None) -> float:
+        """The longest route latency among the phase's flows (`link_bytes`: the phase's loads, where a topology
+        can read the answer off them instead of scanning flows)."""
         src, dst, _ = traffic.flows()
         return float(self.path_latency(src, dst).max(initial=0.0))
 

@@ -128,17 +128,17 @@ class FatTree(Topology):
         lat = self._latency
         return np.select([same_node, same_leaf], [2 * lat["nvlink"], 2 * lat["nic"]], 2 * (lat["nic"] + lat["fabric"]))
 
-    def max_path_latency(self, traffic: Traffic) -> float:
+    def max_path_latency(self, traffic: Traffic, link_bytes: np.ndarray | None = None) -> float:
         if not _factored(traffic):
             return super().max_path_latency(traffic)
-        # A route's latency depends only on how far it goes (same node, same leaf, across the spines), so the
-        # longest is that of the farthest tier any byte reaches: read off the loads, no N×N scan of flows.
-        loads, lat = self.link_loads(traffic), self._latency
-        if self.n_spines and loads[self._up:self._up + self.n_leaves * self.n_spines].any():
-            return float(2 * (lat["nic"] + lat["fabric"]))
-        if loads[self._nic_up:self._nic_up + self.num_chips].any():
-            return float(2 * lat["nic"])
-        return float(2 * lat["nvlink"]) if loads.any() else 0.0
+        # A route's latency depends only on its class (same node, same leaf, across the spines), so the longest is
+        # that of the classes whose links carry bytes: read off the loads, no N×N scan of flows.
+        loads, lat, n = self.link_loads(traffic) if link_bytes is None else link_bytes, self._latency, self.num_chips
+        present = [2 * lat["nvlink"] if self._nv_up >= 0 and loads[self._nv_up:self._nv_up + n].any() else 0.0,
+                   2 * lat["nic"] if loads[self._nic_up:self._nic_up + n].any() else 0.0,
+                   2 * (lat["nic"] + lat["fabric"]) if self.n_spines and loads[self._up:self._up + self.n_leaves * self.n_spines].any()
+                   else 0.0]
+        return float(max(present))
 
     def link_loads(self, traffic: Traffic) -> np.ndarray:
         if not traffic.is_dense:

@@ -176,7 +176,7 @@ class MultiSlice(Topology):
         loads[self._uplink_down:self._uplink_down + S] = between.sum(axis=0)
         return loads
 
-    def max_path_latency(self, traffic: Traffic) -> float:
+    def max_path_latency(self, traffic: Traffic, link_bytes: np.ndarray | None = None) -> float:
         if not traffic.is_dense:
             return super().max_path_latency(traffic)
         blocks, out, _, _ = self._blocks(traffic)

@@ -359,7 +359,7 @@ class Torus(Topology):
             hops[lo:lo + 256] = hops_by_delta[self.index(self.reduce(self.coords[dst] - self.coords[src]))].reshape(-1, n)
         return hops
 
-    def max_path_latency(self, traffic: Traffic) -> float:
+    def max_path_latency(self, traffic: Traffic, link_bytes: np.ndarray | None = None) -> float:
         if traffic.factors is not None:
             left, right = traffic.factors
             hops = max((self._max_hops_between(left[:, r] > 0, right[r] > 0) for r in range(left.shape[1])), default=0)
