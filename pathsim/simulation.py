@@ -17,8 +17,8 @@ import numpy as np
 from pathsim.cluster import ClusterConfig
 from pathsim.collectives import LinkUsage
 from pathsim.device import DeviceProfile
-from pathsim.builders.pipeline import Pipeline, bubble_fraction, stage_fixed_ops
-from pathsim.builders.training import StepSchedule, fixed_ops, micro_batch_items, run_step
+from pathsim.builders.pipeline import Pipeline, bubble_fraction
+from pathsim.builders.training import TrainingStep
 from pathsim.engine import COMPUTE, Span, StepRun, run_graph
 from pathsim.engine.categories import category
 from pathsim.energy import STATES, ChipActivity, power_inputs, state_timeline, step_energy
@@ -65,47 +65,23 @@ def simulate(cluster: "str | Path | dict | ClusterConfig", workload: "str | Path
 def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "str | Path | None" = None,
               detail: bool = False) -> SimulationResult:
     """Simulate `steps` steps of a prepared run with a resolved placement."""
-    workload_config, layout, plan, seed = setup.workload, setup.layout, setup.plan, setup.seed
-    if layout.pipeline > 1:
-        return _run_pipeline_steps(setup, placement, steps, trace, detail)
-    coster = StepCoster(workload_config, layout, setup.topology, setup.network, setup.device, placement)
-    fixed = fixed_ops(coster)
-    micro_batches = workload_config.training.micro_batches
-    runs: list[StepRun] = []
-    routings: list[list[LoadSample]] = []
-    for step in range(steps):
-        rng = step_rng(seed, step)
-        batches = []
-        for _ in range(micro_batches):
-            forward, backward, layer_routings = micro_batch_items(coster, fixed, plan, layout, placement, rng)
-            batches.append((forward, backward))
-            routings.append(layer_routings)
-        schedule = StepSchedule(batches, fixed["grad_sync"], fixed["optimizer"], workload_config.training.grad_sync_overlap)
-        runs.append(run_step(schedule))
-    if trace is not None:
-        write_trace(trace, runs, f"{workload_config.name} on {setup.cluster.name}")
-    return _result(setup.cluster, workload_config, setup.device_profile, setup.topology, layout, coster, placement, plan,
-                   runs, routings, setup.network_name, seed, detail)
-
-
-def _run_pipeline_steps(setup: RunSetup, placement: Placement | None, steps: int, trace, detail: bool) -> SimulationResult:
-    """`steps` steps of a pipeline-parallel run: one coster per stage (its block of chips, its layers)."""
     workload, layout = setup.workload, setup.layout
-    stage_layouts = [layout.for_stage(s) for s in range(layout.pipeline)]
-    pipeline = Pipeline(workload, [])
-    pipeline.costers = [StepCoster(workload, stage_layouts[s], setup.topology, setup.network, setup.device, placement,
-                                   pipeline.held[s]) for s in range(layout.pipeline)]
-    fixed = [stage_fixed_ops(c, list(pipeline.held[s].layers), pipeline.held[s].head) for s, c in enumerate(pipeline.costers)]
+
+    def coster(stage: int = 0, held=None) -> StepCoster:
+        return StepCoster(workload, layout.for_stage(stage), setup.topology, setup.network, setup.device, placement, held)
+
+    builder = Pipeline(workload, coster) if layout.pipeline > 1 else TrainingStep(coster())
     runs: list[StepRun] = []
     routings: list[list[LoadSample]] = []
     for step in range(steps):
-        graph, samples = pipeline.step_graph(fixed, setup.plan, placement, step_rng(setup.seed, step))
+        graph, samples = builder.step_graph(setup.plan, placement, step_rng(setup.seed, step))
         runs.append(run_graph(graph))
         routings += samples
     if trace is not None:
         write_trace(trace, runs, f"{workload.name} on {setup.cluster.name}")
-    return _result(setup.cluster, workload, setup.device_profile, setup.topology, layout, pipeline.costers[0], placement,
-                   setup.plan, runs, routings, setup.network_name, setup.seed, detail, pipeline)
+    return _result(setup.cluster, workload, setup.device_profile, setup.topology, layout, builder.coster, placement,
+                   setup.plan, runs, routings, setup.network_name, setup.seed, detail,
+                   builder if isinstance(builder, Pipeline) else None)
 
 
 def _pipeline_summary(pipeline: Pipeline, runs: list[StepRun], workload: WorkloadConfig, placement, hbm_bytes: float,

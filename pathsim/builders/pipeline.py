@@ -25,10 +25,12 @@ overlap is on.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from pathsim.builders.schedules import SCHEDULES, Unit, peak_in_flight
-from pathsim.builders.training import CRITICAL, grad_streams
+from pathsim.builders.training import CRITICAL, fixed_ops, grad_streams
 from pathsim.engine import NETWORK, Graph, Node, Op, Stream
 from pathsim.memory import Held
 from pathsim.model_math import layer_shapes
@@ -73,7 +75,8 @@ def partition_layers(model: ModelSpec, parts: int, explicit: list[int] | None = 
 class Pipeline:
     """The stages of one pipeline-parallel run: their layers, schedule, costers and what each holds in HBM."""
 
-    def __init__(self, workload: WorkloadConfig, costers: list[StepCoster] | None = None):
+    def __init__(self, workload: WorkloadConfig, make_coster: Callable[[int, Held], StepCoster]):
+        """`make_coster(stage, held)`: the coster of a stage's chips, given what they hold."""
         par = workload.parallelism
         self.workload, self.model = workload, workload.model
         self.stages, self.virtual = par.pipeline, par.virtual_stages
@@ -81,13 +84,15 @@ class Pipeline:
         self.schedule = par.pipeline_schedule
         self.parts = partition_layers(self.model, self.stages * self.virtual, par.stage_layers)
         self.orders = SCHEDULES[self.schedule](self.stages, self.micro_batches, self.virtual)
-        self.costers = costers or []  # one per stage, set by the caller once it knows what each stage holds
         self.held = []
         for s, order in enumerate(self.orders):
             live = peak_in_flight(order, self.virtual)
             layers = [(i, live[c]) for c in range(self.virtual) for i in self.parts[c * self.stages + s]]
             self.held.append(Held(tuple(i for i, _ in layers), embedding=s == 0, head=s == self.stages - 1,
                                   in_flight=tuple(n for _, n in layers)))
+        self.costers = [make_coster(s, held) for s, held in enumerate(self.held)]
+        self.coster = self.costers[0]
+        self.fixed = [fixed_ops(c, list(held.layers), held.head) for c, held in zip(self.costers, self.held)]
         self._p2p: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
 
     def layers_of(self, stage: int, chunk: int) -> range:
@@ -107,10 +112,10 @@ class Pipeline:
             self._p2p[source, target] = (timing.time_s, timing.link_bytes)
         return self._p2p[source, target]
 
-    def step_graph(self, fixed: list[dict], plan, placement, rng: np.random.Generator) -> tuple[Graph, list[list[LoadSample]]]:
+    def step_graph(self, plan, placement, rng: np.random.Generator) -> tuple[Graph, list[list[LoadSample]]]:
         """One step's graph, with every micro-batch's routing sampled (micro-batch after micro-batch, layers in
         order, so the same seed gives the same samples whatever the schedule)."""
-        model, P = self.model, self.stages
+        model, P, fixed = self.model, self.stages, self.fixed
         stage_of = {i: k % P for k, part in enumerate(self.parts) for i in part}
         moe_ops: dict[tuple[int, int], tuple[list[Op], list[Op]]] = {}
         routings: list[list[LoadSample]] = []
@@ -183,19 +188,6 @@ class Pipeline:
             nodes.append(Node(fixed[s]["optimizer"], grad_ends, (s,)))
             streams.append(Stream(f"stage {s}", nodes, CRITICAL, None, s))
         return Graph(streams + background, groups=P, critical=tuple(st.name for st in streams)), routings
-
-
-def stage_fixed_ops(coster: StepCoster, layers: list[int], head: bool) -> dict:
-    """Ops of one stage whose cost does not depend on routing: computed once per run."""
-    model = coster.model
-    grad_layers = layers + ([model.layers] if head else [])
-    return {
-        "attention": {b: {i: coster.attention(i, b) for i in layers} for b in (False, True)},
-        "dense_ffn": {b: {i: coster.dense_ffn(i, b) for i in layers if not model.is_moe(i)} for b in (False, True)},
-        "head": {b: coster.head(b) for b in (False, True)} if head else {},
-        "grad_sync": {i: coster.grad_sync(i) for i in grad_layers},
-        "optimizer": coster.optimizer(),
-    }
 
 
 def bubble_fraction(stages: int, micro_batches: int, virtual: int = 1) -> float:

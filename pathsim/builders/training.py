@@ -41,23 +41,25 @@ class StepSchedule:
     overlap_grad_sync: bool
 
 
-def fixed_ops(coster: StepCoster) -> dict:
-    """Ops whose cost does not depend on routing: computed once per run."""
+def fixed_ops(coster: StepCoster, layers: list[int] | None = None, head: bool = True) -> dict:
+    """Ops whose cost does not depend on routing, computed once per run: those of `layers` (all by default) and, with
+    `head`, the LM head's; attention, dense FFN and gradient chains keyed by layer (``model.layers``: the head)."""
     model = coster.model
-    layers = range(model.layers)
-    backward_order = [model.layers] + list(reversed(layers))  # LM head first, then the layers top-down
-    return {
-        "attention": {b: [coster.attention(i, b) for i in layers] for b in (False, True)},
+    layers = list(range(model.layers)) if layers is None else layers
+    fixed = {
+        "attention": {b: {i: coster.attention(i, b) for i in layers} for b in (False, True)},
         "dense_ffn": {b: {i: coster.dense_ffn(i, b) for i in layers if not model.is_moe(i)} for b in (False, True)},
-        "head": {b: coster.head(b) for b in (False, True)},
-        "backward_order": backward_order,
-        "grad_sync": [coster.grad_sync(i) for i in backward_order],
+        "head": {b: coster.head(b) for b in (False, True)} if head else {},
+        "grad_sync": {i: coster.grad_sync(i) for i in [*([model.layers] if head else []), *reversed(layers)]},
+        "optimizer": coster.optimizer(),
+        "gathers": {False: [], True: []},
+    }
+    if coster.layout.parameter_shards > 1:
         # ZeRO-3: every layer's weights gathered before its forward (the head's last) and, but the head's still
         # held, again before its backward.
-        "gathers": {False: [coster.weight_gather(i, False) for i in [*layers, model.layers]],
-                    True: [coster.weight_gather(i, True) for i in layers]},
-        "optimizer": coster.optimizer(),
-    }
+        fixed["gathers"] = {False: [coster.weight_gather(i, False) for i in [*layers, model.layers]],
+                            True: [coster.weight_gather(i, True) for i in layers]}
+    return fixed
 
 
 def gathered(gathers: list[Op | None], position: int, step: int) -> list[Item]:
@@ -89,7 +91,7 @@ def micro_batch_items(coster: StepCoster, fixed: dict, plan, layout, placement, 
         forward += ops
         backward_by_layer[i] = gathered(gathers[True], i, -1) + back_ffn + fixed["attention"][True][i]  # each in backward order
     forward += gathered(gathers[False], model.layers, 1) + [fixed["head"][False]]
-    backward = [backward_by_layer[i] for i in fixed["backward_order"]]
+    backward = [backward_by_layer[i] for i in fixed["grad_sync"]]  # the backward order: the head, then top-down
     return forward, backward, layer_routings
 
 
@@ -146,6 +148,25 @@ def critical_stream(schedule: StepSchedule, name: str = "main", group: int = 0) 
     grad_ends = [s.nodes[-1] for s in background if s.name == "grad_sync"]
     main.append(Node(schedule.optimizer, grad_ends, (group,)))
     return Stream(name, main, CRITICAL, None, group), background
+
+
+class TrainingStep:
+    """The training step of one group of chips (data, tensor, context and expert parallelism), as a graph per step."""
+
+    def __init__(self, coster: StepCoster):
+        self.coster, self.costers = coster, [coster]
+        self.fixed = fixed_ops(coster)
+
+    def step_graph(self, plan, placement, rng) -> tuple[Graph, list[list[LoadSample]]]:
+        """One step's graph and each micro-batch's routing samples."""
+        batches, routings = [], []
+        for _ in range(self.coster.workload.training.micro_batches):
+            forward, backward, samples = micro_batch_items(self.coster, self.fixed, plan, self.coster.layout, placement, rng)
+            batches.append((forward, backward))
+            routings.append(samples)
+        schedule = StepSchedule(batches, list(self.fixed["grad_sync"].values()), self.fixed["optimizer"],
+                                self.coster.workload.training.grad_sync_overlap)
+        return training_graph(schedule), routings
 
 
 def training_graph(schedule: StepSchedule) -> Graph:
