@@ -84,14 +84,12 @@ def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "
                    builder if isinstance(builder, Pipeline) else None)
 
 
-def _pipeline_summary(pipeline: Pipeline, runs: list[StepRun], workload: WorkloadConfig, placement, hbm_bytes: float,
-                      mean_time: float) -> PipelineSummary:
+def _pipeline_summary(pipeline: Pipeline, paths: dict[str, dict[str, float]], steps: int, workload: WorkloadConfig,
+                      placement, hbm_bytes: float, mean_time: float) -> PipelineSummary:
+    """Each stage's layers, bubble (from its critical path, summed over `steps`) and memory."""
     stages = []
     for s, held in enumerate(pipeline.held):
-        into = dict.fromkeys([*Breakdown.model_fields, "compute_busy", "all_to_all_busy"], 0.0)
-        for run in runs:
-            critical_path(run, f"stage {s}", into, 1.0 / len(runs))
-        bubble = into["pipeline_bubble_s"]
+        bubble = paths[f"stage {s}"]["pipeline_bubble_s"] / steps
         coster = pipeline.costers[s]
         memory = memory_per_chip(workload, coster.layout, expert_slots_on_busiest_chip(workload, placement, held), hbm_bytes, held)
         stages.append(StageSummary(stage=s, layers=list(held.layers), busy_s=mean_time - bubble, bubble_s=bubble, memory=memory))
@@ -113,14 +111,25 @@ def _union_s(intervals: list[tuple[float, float]]) -> float:
     return float(np.clip(spans[:, 1] - starts, 0.0, None).sum())
 
 
-def _wait_causes(spans: list[Span], stream: str = "main") -> dict[str, float]:
-    """Seconds `stream` waited for a resource, split by the category of the other streams' ops that held that
-    resource meanwhile (one op holds a resource at a time, so they fill each wait)."""
-    held: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    others = [s for s in spans if s.stream != stream]
-    for name in {r for s in others for r in s.held}:
-        on = sorted((s.start_s, s.end_s, s.op.category) for s in others if name in s.held)
-        held[name] = (np.array([o[0] for o in on]), np.array([o[1] for o in on]), np.array([o[2] for o in on]))
+def _holders(spans: list[Span]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per resource, the (start, end, category) of the spans that held it, in time order. A stream's own spans never
+    overlap its own waits (it runs one op at a time), so one index serves every stream."""
+    on: dict[str, list[tuple[float, float, str]]] = {}
+    for span in spans:
+        for name in span.held:
+            on.setdefault(name, []).append((span.start_s, span.end_s, span.op.category))
+    held = {}
+    for name, intervals in on.items():
+        intervals.sort()
+        held[name] = (np.array([o[0] for o in intervals]), np.array([o[1] for o in intervals]),
+                      np.array([o[2] for o in intervals]))
+    return held
+
+
+def _wait_causes(spans: list[Span], stream: str = "main", held=None) -> dict[str, float]:
+    """Seconds `stream` waited for a resource, split by the category of the ops that held that resource meanwhile
+    (one op holds a resource at a time, so they fill each wait); `held`: :func:`_holders` of `spans`, if built."""
+    held = _holders(spans) if held is None else held
     causes: dict[str, float] = {}
     for span in spans:
         if span.stream != stream:
@@ -141,40 +150,40 @@ def _wait_causes(spans: list[Span], stream: str = "main") -> dict[str, float]:
     return causes
 
 
-def critical_path(run: StepRun, stream: str, into: dict[str, float], weight: float = 1.0) -> None:
-    """Add `weight` × where one critical stream's step went to `into`: seconds by breakdown field (they add up to
-    the step time), and its compute and all-to-all busy seconds (``compute_busy``, ``all_to_all_busy``).
+def critical_path(run: StepRun, stream: str, into: dict[str, float], own: list[Span], held) -> None:
+    """Add where one critical stream's step went to `into`: seconds by breakdown field (they add up to the step
+    time), and its compute and all-to-all busy seconds (``compute_busy``, ``all_to_all_busy``). `own`: the stream's
+    spans; `held`: :func:`_holders` of the run's.
 
     Its own ops count by their category (an expert FFN's wait for the slowest chip as straggler); its waits for a
     resource go to whoever held it; its recorded waits for a dependency (a pipeline stage's input) by theirs;
     whatever is left before its last op is the gradient sync it waited for before the optimizer, and after its
     last op, waiting for the other stages to finish, a pipeline bubble. Accumulated in place, in one order, so a
     single stream's figures are summed exactly as they always were."""
-    own = [s for s in run.spans if s.stream == stream]
-    for cause, seconds in _wait_causes(run.spans, stream).items():
-        into[category(cause).field] += weight * seconds
+    for cause, seconds in _wait_causes(own, stream, held).items():
+        into[category(cause).field] += seconds
     busy = waited = 0.0
     for span in own:
         op, duration = span.op, span.end_s - span.start_s
         busy += duration
         waited += span.waited_s
         if op.category == "compute":
-            into["compute_s"] += weight * (duration - op.straggler_s)
-            into["straggler_s"] += weight * op.straggler_s
+            into["compute_s"] += duration - op.straggler_s
+            into["straggler_s"] += op.straggler_s
         else:
-            into[category(op.category).field] += weight * duration
+            into[category(op.category).field] += duration
         if op.category == "all_to_all":
-            into["all_to_all_busy"] += weight * duration
+            into["all_to_all_busy"] += duration
         if op.resource == COMPUTE:
-            into["compute_busy"] += weight * duration
+            into["compute_busy"] += duration
     idle = 0.0
     for gap in run.idle:
-        if gap.stream == stream:
-            into[category(gap.category).field] += weight * (gap.end_s - gap.start_s)
+        if gap.stream == stream:  # few: one per bubble
+            into[category(gap.category).field] += gap.end_s - gap.start_s
             idle += gap.end_s - gap.start_s
     end = max((s.end_s for s in own), default=0.0)
-    into["pipeline_bubble_s"] += weight * (run.step_time_s - end)
-    into["grad_sync_exposed_s"] += weight * (end - busy - waited - idle)
+    into["pipeline_bubble_s"] += run.step_time_s - end
+    into["grad_sync_exposed_s"] += end - busy - waited - idle
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -186,8 +195,10 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
     times = np.array([r.step_time_s for r in runs])
     mean_time = float(times.mean())
 
-    # Critical path by cause, averaged over steps.
-    sums = dict.fromkeys([*Breakdown.model_fields, "compute_busy", "all_to_all_busy"], 0.0)
+    # Critical path by cause of each critical stream (one per group of chips), summed over steps.
+    paths = {stream: dict.fromkeys([*Breakdown.model_fields, "compute_busy", "all_to_all_busy"], 0.0)
+             for stream in runs[0].critical}
+    by_group: list[list[list[Span]]] = []  # per run, per group: its spans (for the chips' states)
     grad_total = gather_total = 0.0
     link_bytes = np.zeros(topology.num_links)
     hardware_flops = 0.0
@@ -200,8 +211,17 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
                 link_bytes += span.op.link_bytes
             if span.op.resource == COMPUTE:
                 hardware_flops += span.op.flops / run.groups  # each group (pipeline stage) is 1/groups of the chips
-        for stream in run.critical:  # the mean chip: each critical stream is one group of chips, all equal in size
-            critical_path(run, stream, sums, 1.0 / len(run.critical))
+        by_stream: dict[str, list[Span]] = {}
+        groups: list[list[Span]] = [[] for _ in range(run.groups)]
+        for span in run.spans:
+            by_stream.setdefault(span.stream, []).append(span)
+            groups[span.group].append(span)
+        by_group.append(groups)
+        held = _holders(run.spans)
+        for stream in run.critical:
+            critical_path(run, stream, paths[stream], by_stream.get(stream, []), held)
+    # The mean chip: each critical stream is one group of chips, all groups equal in size.
+    sums = {key: sum(path[key] for path in paths.values()) / len(paths) for key in paths[runs[0].critical[0]]}
     compute_busy, a2a_total = sums.pop("compute_busy"), sums.pop("all_to_all_busy")
     n = len(runs)
     breakdown = Breakdown(**{k: v / n for k, v in sums.items()})
@@ -224,9 +244,10 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
 
     tasks, modalities, layers, dropped_fraction = _loads(workload, plan, routings)
     # The mean chip's states: each group of chips (pipeline stage) from its own ops, all groups equal in size.
-    timelines = [state_timeline([s for s in run.spans if s.group == g], run.step_time_s) for run in runs for g in range(run.groups)]
+    timelines = [state_timeline(group, run.step_time_s) for run, groups in zip(runs, by_group) for group in groups]
     energy = step_energy(ChipActivity.mean_of(timelines), power_inputs(cluster, topology, layout.all_chips()))
-    summary = _pipeline_summary(pipeline, runs, workload, placement, cluster.chip.hbm_bytes, mean_time) if pipeline else None
+    summary = (_pipeline_summary(pipeline, paths, n, workload, placement, cluster.chip.hbm_bytes, mean_time)
+               if pipeline else None)
     if summary is not None:
         memory = summary.per_stage[summary.tightest_stage].memory
     else:
