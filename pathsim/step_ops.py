@@ -175,7 +175,7 @@ class StepCoster:
         label = "attention+FFN" if self.model.parallel_layers else "FFN"
         ops = [ffn] + self._tensor_allreduce(f"L{layer} {label} all-reduce {tag}", layer)
         if backward and self.workload.training.recompute == "full":  # the FFN and its all-reduce, again
-            ops = [replace(o, name=o.name.replace("fwd", "recompute")) for o in self.dense_ffn(layer, False)] + ops
+            ops = _renamed(self.dense_ffn(layer, False), "fwd", "recompute") + ops
         return ops
 
     def all_to_all(self, name: str, layer: int, traffic: Traffic) -> Op:

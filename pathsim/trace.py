@@ -18,12 +18,10 @@ from pathsim.engine.categories import BY_KEY, CATEGORIES
 from pathsim.errors import PathsimConfigError
 
 DCN_TRACK = 6  # ops on the data-center network between slices, whatever their category
-BUBBLE_TRACK = 9  # a pipeline stage waiting for its input
+BUBBLE_TRACK = BY_KEY["pipeline_bubble"].trace_tid  # a pipeline stage waiting for its input
 EXPERT_MEAN_TRACK = BY_KEY["straggler"].trace_tid  # the mean chip's expert time, under the slowest chip's
-TRACK_NAMES = {**{c.trace_tid: ("compute (slowest chip)" if c.track == "compute" else
-                                "network: weight all-gather (ZeRO-3)" if c.key == "weight_gather" else f"network: {c.track}")
-                  for c in CATEGORIES if c.track},
-               DCN_TRACK: "DCN: between slices", EXPERT_MEAN_TRACK: "expert FFN (mean chip)"}
+TRACK_NAMES = dict(sorted({**{c.trace_tid: c.trace_name for c in CATEGORIES if c.trace_tid != BUBBLE_TRACK},
+                            DCN_TRACK: "DCN: between slices"}.items()))
 
 
 def trace_events(runs: list[StepRun], title: str) -> list[dict]:
@@ -34,7 +32,7 @@ def trace_events(runs: list[StepRun], title: str) -> list[dict]:
         events.append({"ph": "M", "pid": pid, "name": "process_name",
                        "args": {"name": title if groups == 1 else f"{title}: pipeline stage {g}"}})
         events.append({"ph": "M", "pid": pid, "name": "process_sort_index", "args": {"sort_index": pid}})
-        names = TRACK_NAMES if groups == 1 else {**TRACK_NAMES, BUBBLE_TRACK: "pipeline bubble (stage idle)"}
+        names = TRACK_NAMES if groups == 1 else {**TRACK_NAMES, BUBBLE_TRACK: BY_KEY["pipeline_bubble"].trace_name}
         for tid, name in names.items():
             events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": name}})
             events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": tid}})
