@@ -66,7 +66,7 @@ def layout_on(workload: WorkloadConfig, topology: Topology, source: str, chips: 
         flat = workload.model_copy(update={"parallelism": par.model_copy(update={"pipeline": 1, "virtual_stages": 1,
                                                                                   "stage_layers": None})})
         try:
-            stage = layout_on(flat, topology, source, np.arange(stage_chips)) if par.pipeline > 1 else layout_on(flat, topology, source)
+            stage = layout_on(flat, topology, source, np.arange(stage_chips))  # check_pipeline: pipeline > 1 here
         except PathsimConfigError as error:  # the degrees apply inside a stage: say so
             raise PathsimConfigError(error.source, error.field, f"{error.problem} (in each of the {par.pipeline} "
                                      f"pipeline stages of {stage_chips} chips)", error.fix) from None
