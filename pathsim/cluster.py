@@ -135,8 +135,19 @@ class TorusSpec(StrictModel):
         return math.prod(self.dims)
 
 
+class PodSpec(StrictModel):
+    """The third tier of a fat tree: pods of consecutive nodes, each with its own spines, joined by core switches."""
+
+    nodes: int = Field(gt=0, description="nodes per pod (the last pod may hold fewer)")
+    oversubscription: float = Field(1.0, ge=1.0, allow_inf_nan=False,
+                                    description="a spine's bandwidth down to its leaves : up to the core")
+    switch_radix: int | None = Field(None, gt=1, le=4096, description="ports per spine and core switch "
+                                                                      "(default: the leaves' switch_radix)")
+    core: str | None = Field(None, description="link class between spines and core switches (default: the fabric class)")
+
+
 class FatTreeSpec(StrictModel):
-    """GPU nodes (an NVLink/NVSwitch domain each) on a two-tier leaf/spine fabric.
+    """GPU nodes (an NVLink/NVSwitch domain each) on a leaf/spine fabric, or with ``pod`` a leaf/spine/core one.
 
     ``fat_tree`` puts whole nodes under a leaf; ``rail_optimized`` wires GPU r of
     every node to rail r's leaf (as in NVIDIA DGX SuperPOD), a leaf per rail per
@@ -152,6 +163,7 @@ class FatTreeSpec(StrictModel):
     fabric: str | None = Field(None, description="link class between leaves and spines (default: the nic class)")
     switch_radix: int = Field(gt=1, le=4096, description="ports per leaf and spine switch")
     oversubscription: float = Field(1.0, ge=1.0, allow_inf_nan=False, description="leaf down-ports : up-ports")
+    pod: PodSpec | None = Field(None, description="pods and a core tier above the spines (three-tier fabrics)")
 
     @model_validator(mode="after")
     def _sized(self) -> "FatTreeSpec":
@@ -277,7 +289,8 @@ def _links_used(topo: "TorusSpec | FatTreeSpec | GraphSpec") -> dict[str, str | 
     if isinstance(topo, TorusSpec):
         return {"link": topo.link}
     if isinstance(topo, FatTreeSpec):
-        return {"nvlink": topo.nvlink if topo.gpus_per_node > 1 else None, "nic": topo.nic, "fabric": topo.fabric}
+        return {"nvlink": topo.nvlink if topo.gpus_per_node > 1 else None, "nic": topo.nic, "fabric": topo.fabric,
+                "pod.core": topo.pod.core if topo.pod else None}
     return {f"edges[{i}].link": edge.link for i, edge in enumerate(topo.edges)}
 
 
@@ -296,6 +309,7 @@ __all__ = [
     "ClusterConfig",
     "DcnSpec",
     "FatTreeSpec",
+    "PodSpec",
     "GraphEdge",
     "GraphSpec",
     "HostSpec",

@@ -16,10 +16,10 @@ NIC = 50e9
 S = 256 * 2**20
 
 
-def fat_tree(nodes, gpn, rail=False, radix=8, oversubscription=1.0):
+def fat_tree(nodes, gpn, rail=False, radix=8, oversubscription=1.0, **pods):
     return FatTree("ft", nodes=nodes, gpus_per_node=gpn, rail_optimized=rail, switch_radix=radix,
                    oversubscription=oversubscription, nics_per_gpu=1, nvlink=(450e9, 1e-6) if gpn > 1 else None,
-                   nic=(NIC, 1e-6), fabric=(NIC, 0.5e-6))
+                   nic=(NIC, 1e-6), fabric=(NIC, 0.5e-6), **pods)
 
 
 @pytest.mark.parametrize("nodes", [4, 8, 16, 32])
@@ -48,9 +48,18 @@ def test_oversubscription_slows_cross_leaf_traffic():
     assert t_thin > t_full
 
 
-@pytest.mark.parametrize("nodes, gpn, rail, seed", [(4, 4, False, 0), (8, 2, False, 1), (3, 4, True, 2), (6, 1, False, 3)])
-def test_fat_tree_routing_matches_generic_ecmp(nodes, gpn, rail, seed):
-    topo = fat_tree(nodes, gpn, rail=rail, radix=8)
+THREE_TIERS = dict(pod_oversubscription=3.0, spine_radix=8)
+
+
+@pytest.mark.parametrize("nodes, gpn, rail, seed, pods", [
+    (4, 4, False, 0, {}), (8, 2, False, 1, {}), (3, 4, True, 2, {}), (6, 1, False, 3, {}),
+    (24, 1, False, 4, dict(pod_nodes=4, **THREE_TIERS)), (12, 2, False, 5, dict(pod_nodes=2, **THREE_TIERS)),
+    (10, 4, True, 6, dict(pod_nodes=4, pod_oversubscription=3.0, spine_radix=16)), (40, 1, False, 7, dict(pod_nodes=16, spine_radix=16))])
+def test_fat_tree_routing_matches_generic_ecmp(nodes, gpn, rail, seed, pods):
+    """Loads of every tier, pods and core switches included (the last pod of two partial), equal generic
+    shortest-path ECMP over the same graph, and the incidence routing the fluid model uses."""
+    topo = fat_tree(nodes, gpn, rail=rail, radix=4 if pods else 8, **pods)
+    assert topo.n_cores >= (1 if pods.get("pod_nodes", nodes) < nodes else 0)
     rng = np.random.default_rng(seed)
     matrix = rng.random((topo.num_chips, topo.num_chips)) * 1e6
     rail_of = np.arange(topo.num_chips) % gpn
@@ -84,17 +93,62 @@ def test_superpod_sizing_matches_reference_architecture():
 
 def test_fabric_larger_than_two_tiers_is_a_config_error():
     from pathsim.errors import PathsimConfigError
-    with pytest.raises(PathsimConfigError, match="two-tier"):
+    with pytest.raises(PathsimConfigError, match="two-tier") as error:
         fat_tree(nodes=64, gpn=1, radix=4)
+    assert "pod" in error.value.fix  # the way out: a third tier
+    with pytest.raises(PathsimConfigError, match="splits a leaf") as error:
+        fat_tree(nodes=64, gpn=1, radix=4, pod_nodes=3)  # a leaf takes 2 single-GPU nodes
+    assert error.value.field == "topology.pod.nodes"
+    with pytest.raises(PathsimConfigError, match="exceed") as error:
+        fat_tree(nodes=64, gpn=1, radix=4, pod_nodes=32, spine_radix=8)
+    assert error.value.field == "topology.pod.switch_radix"
 
 
-@pytest.mark.parametrize("name", ["dgx-h100-1", "dgx-h100-4", "dgx-h100-128-4to1", "h800-2048"])
+@pytest.mark.parametrize("oversubscription", [1.0, 3.0, 7.0])
+def test_core_oversubscription_bounds_cross_pod_all_to_all(oversubscription):
+    """Uniform all-to-all over pods of P of N GPUs (one per node, leaves 1:1): each pod sends P·S·(N−P)/N bytes
+    up through spines whose core bandwidth is their P·NIC down over the pod's oversubscription."""
+    n, pod = 64, 16
+    topo = fat_tree(n, 1, radix=4, pod_nodes=pod, pod_oversubscription=oversubscription, spine_radix=64)
+    t = FastModel(topo).phase(Traffic.from_matrix(uniform_all_to_all(n, S))).bandwidth_time_s
+    nic_bound = (n - 1) / n * S / NIC
+    core_bound = pod * S * (n - pod) / n / (pod * NIC / oversubscription)
+    assert t == pytest.approx(max(nic_bound, core_bound), rel=1e-9)
+    assert topo.n_pods == 4 and topo.describe()["cores"] == topo.n_cores
+
+
+def test_llama3_cluster_sizing_follows_the_paper():
+    """Llama 3 §3.3.1: racks of 16 GPUs (two servers) under one ToR, 192 racks = 3,072 GPUs per non-blocking pod,
+    pods joined at 1:7; 16,384 GPUs take five pods and a third of a sixth."""
+    topo = build_topology(load_cluster("llama3-h100-16k"))
+    assert topo.num_chips == 16384 and topo.n_leaves == 1024
+    assert np.bincount(topo.leaf_of).tolist() == [16] * 1024
+    assert np.bincount(topo.pod_of).tolist() == [3072] * 5 + [1024]
+    tiers = {c: topo.link_bandwidth[topo.link_class == c].sum() for c in ("nic", "fabric", "core")}
+    full_pods = 16384 / 3072  # the spines are built for whole pods, the last one too
+    assert tiers["fabric"] / 2 == pytest.approx(1024 * 16 * 50e9)  # a leaf's 16 uplinks: non-blocking
+    assert tiers["core"] / 2 == pytest.approx(6 * 3072 * 50e9 / 7)  # six pods' spines, 1:7 to the core
+    assert full_pods < topo.n_pods
+
+
+def three_tier_rails():
+    """dgx-h100-32's nodes, 40 of them, on rails of 8 nodes, pods of 16 nodes joined 4:1 (the last pod half)."""
+    data = load_cluster("dgx-h100-32").model_dump(mode="json", exclude_none=True)
+    data["topology"].update(nodes=40, switch_radix=16, pod={"nodes": 16, "oversubscription": 4.0, "switch_radix": 64})
+    return data
+
+
+THREE_TIER_RAILS = "three-tier rails"
+
+
+@pytest.mark.parametrize("name", ["dgx-h100-1", "dgx-h100-4", "dgx-h100-128-4to1", "h800-2048", THREE_TIER_RAILS])
 def test_flow_and_factor_loads_equal_the_routed_incidence(name):
     """Fat trees price flows by bincount and low-rank traffic from its factors: both must put every byte where
     the incidence routing (and the dense matrix) puts it, and the longest route must be the same."""
     from pathsim.topology.base import Topology
 
-    topology = build_topology(load_cluster(name))
+    topology = build_topology(load_cluster(three_tier_rails() if name == THREE_TIER_RAILS else name))
+    assert name != THREE_TIER_RAILS or topology.n_cores > 0
     n = topology.num_chips
     rng = np.random.default_rng(7)
     src, dst, nbytes = rng.integers(0, n, 4000), rng.integers(0, n, 4000), rng.random(4000)

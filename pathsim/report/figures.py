@@ -228,7 +228,8 @@ def _topology_panels(topology, utilisation: np.ndarray) -> tuple[list[tuple[np.n
         note = "each chip's busier direction (+ or −) along the dimension"
     elif isinstance(topology, FatTree):
         labels = {"nvlink": ("NVLink (GPU ↔ NVSwitch)", "GPU in node", "node"), "nic": ("NIC (GPU ↔ leaf)", "GPU in node", "node"),
-                  "fabric": ("fabric (leaf ↔ spine)", "spine", "leaf")}
+                  "fabric": ("fabric (leaf ↔ spine of its pod)", "spine", "leaf"),
+                  "core": ("core (spine ↔ core switch)", "core switch", "spine")}
         for tier, values in topology.by_tier(utilisation).items():
             panels.append((values.max(axis=2),) + labels[tier])
         note = "the busier direction (up or down) of each cable"

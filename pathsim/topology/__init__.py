@@ -65,7 +65,11 @@ def _build_spec(name: str, spec: "TorusSpec | FatTreeSpec | GraphSpec", links) -
                        rail_optimized=spec.kind == "rail_optimized", switch_radix=spec.switch_radix,
                        oversubscription=spec.oversubscription, nics_per_gpu=spec.nics_per_gpu,
                        nvlink=pair(spec.nvlink) if spec.gpus_per_node > 1 else None,
-                       nic=pair(spec.nic), fabric=pair(spec.fabric or spec.nic))
+                       nic=pair(spec.nic), fabric=pair(spec.fabric or spec.nic),
+                       pod_nodes=spec.pod.nodes if spec.pod else None,
+                       pod_oversubscription=spec.pod.oversubscription if spec.pod else 1.0,
+                       spine_radix=spec.pod.switch_radix if spec.pod else None,
+                       core=pair(spec.pod.core) if spec.pod and spec.pod.core else None)
     return _build_graph(name, spec, links)
 
 

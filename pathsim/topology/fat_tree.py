@@ -1,21 +1,32 @@
-"""GPU clusters: NVLink/NVSwitch nodes on a two-tier InfiniBand leaf/spine fabric.
+"""GPU clusters: NVLink/NVSwitch nodes on a two- or three-tier fat tree.
 
 Nodes: GPUs (0..N-1), one NVSwitch per node (modelled as one non-blocking
-switch; the real node has 4 in H100), leaf switches, spine switches.
+switch; the real node has 4 in H100), leaf switches, spine switches, and, in a
+three-tier fabric, core switches.
 
 Routing:
 - same node: GPU → NVSwitch → GPU over NVLink;
 - same leaf (other node): GPU → NIC → leaf → NIC → GPU;
-- otherwise: up to the leaf, split evenly over all spines (ECMP), down.
+- same pod: up to the leaf, split evenly over the pod's spines (ECMP), down;
+- across pods (three tiers): up to the leaf, over the pod's spines, split evenly
+  over every core switch, down through the other pod's spines to its leaf.
 Rail-optimized fabrics (NVIDIA DGX SuperPOD reference architecture, RA-11333-001:
 "traffic per rail is always one hop away from the other 31 nodes in a SU;
 traffic between rails traverses the spine layer") wire GPU r of each node to
 rail r's leaf; cross-rail traffic goes through a spine (no PXN forwarding).
 
 Sizing: a leaf of radix R with oversubscription o has R·o/(1+o) down ports and
-R/(1+o) up ports. Spines number ceil(leaves × up / R); each leaf–spine pair
-is one link bundle of up/spines cables, so a 4-SU H100 SuperPOD (32 leaves)
-gets the 16 spines of the reference design.
+R/(1+o) up ports. In a two-tier fabric a spine spends all its ports on leaves;
+spines number the fewest that divide the leaves' up ports evenly and hold them
+(ceil(leaves × up / R)); each leaf–spine pair is one bundle of up/spines cables,
+so a 4-SU H100 SuperPOD (32 leaves) gets the 16 spines of the reference design.
+A three-tier fabric groups nodes into pods (the Llama 3 paper's "192 racks ...
+form a pod of 3,072 GPUs"); a pod's spines are sized the same way from the
+spines' down ports, and their bandwidth up to the core is their bandwidth down
+divided by the pod's oversubscription (Llama 3: 1:7). Core switches number
+enough to take every spine's uplinks; each spine–core pair carries an equal
+share of the spine's up bandwidth (an average of the real cabling's, which
+ECMP loads evenly all the same).
 """
 
 from __future__ import annotations
@@ -33,7 +44,9 @@ from pathsim.traffic import Traffic
 class FatTree(Topology):
     def __init__(self, name: str, *, nodes: int, gpus_per_node: int, rail_optimized: bool, switch_radix: int,
                  oversubscription: float, nics_per_gpu: int, nvlink: tuple[float, float] | None,
-                 nic: tuple[float, float], fabric: tuple[float, float]):
+                 nic: tuple[float, float], fabric: tuple[float, float], pod_nodes: int | None = None,
+                 pod_oversubscription: float = 1.0, spine_radix: int | None = None,
+                 core: tuple[float, float] | None = None):
         gpn = gpus_per_node
         n_gpus = nodes * gpn
         down = int(switch_radix * oversubscription / (1 + oversubscription))
@@ -49,22 +62,56 @@ class FatTree(Topology):
         else:
             self.leaf_of = gpu // gpus_per_leaf
         n_leaves = int(self.leaf_of.max()) + 1
-        if n_leaves > switch_radix:
+        leaf = np.arange(n_leaves)
+        # Pods: consecutive nodes whose leaves share one set of spines. Without pods the whole fabric is one.
+        three_tier = pod_nodes is not None and pod_nodes < nodes
+        if three_tier:
+            # A pod holds whole leaves: rail groups of nodes, or a whole number of leaves' GPUs.
+            step = gpus_per_leaf if rail_optimized else gpus_per_leaf // math.gcd(gpus_per_leaf, gpn)
+            if pod_nodes % step:
+                raise PathsimConfigError(
+                    name, "topology.pod.nodes",
+                    f"a pod of {pod_nodes} nodes splits a leaf (each leaf takes {gpus_per_leaf} GPUs"
+                    f"{' of one rail' if rail_optimized else ''})", f"use a multiple of {step} nodes per pod")
+            leaves_per_pod = (pod_nodes // gpus_per_leaf) * gpn if rail_optimized else pod_nodes * gpn // gpus_per_leaf
+            self.pod_of_leaf = leaf // leaves_per_pod
+            radix = spine_radix or switch_radix
+            spine_down = int(radix * pod_oversubscription / (1 + pod_oversubscription))
+            where, what = "topology.pod.switch_radix", f"a spine of radix {radix} with {pod_oversubscription}:1 up to the core"
+        else:
+            leaves_per_pod = n_leaves
+            self.pod_of_leaf = np.zeros(n_leaves, dtype=np.int64)
+            spine_down = switch_radix
+            where, what = "topology.nodes", f"one spine of radix {switch_radix}"
+        if leaves_per_pod > spine_down:
             raise PathsimConfigError(
-                name, "topology.nodes",
-                f"{n_leaves} leaves exceed what one spine of radix {switch_radix} can join (two-tier fabrics only)",
-                "use fewer nodes, a larger switch_radix, or split the cluster")
-        # Fewest spines whose ports hold every leaf's uplinks, each leaf–spine bundle the same width.
-        needed = math.ceil(n_leaves * up / switch_radix)
+                name, where,
+                f"{leaves_per_pod} leaves exceed what {what} can join ({spine_down} leaves; "
+                f"{'a pod' if three_tier else 'two-tier fabric'})",
+                "add a pod block (a three-tier fabric), use fewer nodes per pod, or a larger switch_radix"
+                if not three_tier else "use fewer nodes per pod or a larger pod switch_radix")
+        self.pod_of = self.pod_of_leaf[self.leaf_of]
+        n_pods = int(self.pod_of_leaf.max()) + 1
+        # Fewest spines per pod whose down ports hold every leaf's uplinks, each leaf–spine bundle the same width.
+        needed = math.ceil(leaves_per_pod * up / spine_down)
         n_spines = 0 if n_leaves == 1 else min(s for s in range(1, up + 1) if up % s == 0 and s >= needed)
-        self.gpus_per_node, self.n_leaves, self.n_spines = gpn, n_leaves, n_spines
+        self.gpus_per_node, self.n_leaves, self.n_spines, self.n_pods = gpn, n_leaves, n_spines, n_pods
+        spines = n_spines * n_pods
+        # Core: the spines' uplinks, a 1/oversubscription share of their bandwidth down (a full pod's).
+        spine_up_ports = leaves_per_pod * (up // max(n_spines, 1)) / pod_oversubscription
+        n_cores = max(1, math.ceil(spines * spine_up_ports / (spine_radix or switch_radix))) if three_tier else 0
+        self.n_cores = n_cores
         has_nvswitch = gpn > 1
         nvs_base = n_gpus
         leaf_base = nvs_base + (nodes if has_nvswitch else 0)
         spine_base = leaf_base + n_leaves
+        core_base = spine_base + spines
         names = [f"gpu{g}" for g in gpu]
         names += [f"node{n}.nvswitch" for n in range(nodes)] if has_nvswitch else []
-        names += [f"leaf{l}" for l in range(n_leaves)] + [f"spine{s}" for s in range(n_spines)]
+        names += [f"leaf{l}" for l in range(n_leaves)]
+        names += ([f"pod{p}.spine{s}" for p in range(n_pods) for s in range(n_spines)] if three_tier
+                  else [f"spine{s}" for s in range(n_spines)])
+        names += [f"core{c}" for c in range(n_cores)]
 
         src, dst, bw, lat, cls = [], [], [], [], []
 
@@ -82,23 +129,34 @@ class FatTree(Topology):
         self._nic_up = add(gpu, leaf_base + self.leaf_of, nic_bw, "nic")
         self._nic_down = add(leaf_base + self.leaf_of, gpu, nic_bw, "nic")
         if n_spines:
-            leaf, spine = np.meshgrid(np.arange(n_leaves), np.arange(n_spines), indexing="ij")
+            # Leaf l meets spine s of its pod over link l·S + s.
+            spine_of = (self.pod_of_leaf[:, None] * n_spines + np.arange(n_spines)[None, :]).ravel()
             bundle = (fabric[0] * (up // n_spines), fabric[1])
-            self._up = add(leaf_base + leaf.ravel(), spine_base + spine.ravel(), bundle, "fabric")
-            self._down = add(spine_base + spine.ravel(), leaf_base + leaf.ravel(), bundle, "fabric")
-        self._latency = {"nvlink": nvlink[1] if nvlink else 0.0, "nic": nic[1], "fabric": fabric[1]}
+            self._up = add(leaf_base + np.repeat(leaf, n_spines), spine_base + spine_of, bundle, "fabric")
+            self._down = add(spine_base + spine_of, leaf_base + np.repeat(leaf, n_spines), bundle, "fabric")
+        if n_cores:
+            core = core or fabric
+            # Spine s meets core c over link s·C + c; each pair an equal share of the spine's uplinks.
+            spine, to_core = np.repeat(np.arange(spines), n_cores), np.tile(np.arange(n_cores), spines)
+            trunk = (core[0] * spine_up_ports / n_cores, core[1])
+            self._core_up = add(spine_base + spine, core_base + to_core, trunk, "core")
+            self._core_down = add(core_base + to_core, spine_base + spine, trunk, "core")
+        self._latency = {"nvlink": nvlink[1] if nvlink else 0.0, "nic": nic[1], "fabric": fabric[1],
+                         "core": (core or fabric)[1] if n_cores else 0.0}
         super().__init__(name, n_gpus, names, np.concatenate(src), np.concatenate(dst),
                          np.concatenate(bw), np.concatenate(lat), np.concatenate(cls))
 
     def _classes(self, src: np.ndarray, dst: np.ndarray):
+        """Masks of flows that stay in a node, stay under a leaf, cross the spines, and (of those) cross pods."""
         same_node = (self.node_of[src] == self.node_of[dst]) & (self.gpus_per_node > 1)
         same_leaf = ~same_node & (self.leaf_of[src] == self.leaf_of[dst])
-        return same_node, same_leaf, ~same_node & ~same_leaf
+        cross = ~same_node & ~same_leaf
+        return same_node, same_leaf, cross, cross & (self.pod_of[src] != self.pod_of[dst])
 
     def incidence(self, src: np.ndarray, dst: np.ndarray) -> sp.csr_matrix:
         src = np.asarray(src, dtype=np.int64)
         dst = np.asarray(dst, dtype=np.int64)
-        same_node, same_leaf, cross = self._classes(src, dst)
+        same_node, same_leaf, cross, far = self._classes(src, dst)
         flow = np.arange(len(src))
         rows, cols, vals = [], [], []
 
@@ -113,31 +171,47 @@ class FatTree(Topology):
         network = ~same_node
         put(network, self._nic_up + src[network])
         put(network, self._nic_down + dst[network])
+        S, C = self.n_spines, self.n_cores
         if cross.any():
-            S = self.n_spines
             f = np.repeat(flow[cross], S)
             spine = np.tile(np.arange(S), int(cross.sum()))
             rows += [f, f]
             cols += [self._up + self.leaf_of[src[f]] * S + spine, self._down + self.leaf_of[dst[f]] * S + spine]
             vals += [np.full(len(f), 1.0 / S)] * 2
+        if far.any():  # every (spine, core) pair of the source pod up, every (core, spine) pair of the other down
+            f = np.repeat(flow[far], S * C)
+            pair = np.tile(np.arange(S * C), int(far.sum()))
+            spine, core = pair // C, pair % C
+            rows += [f, f]
+            cols += [self._core_up + (self.pod_of[src[f]] * S + spine) * C + core,
+                     self._core_down + (self.pod_of[dst[f]] * S + spine) * C + core]
+            vals += [np.full(len(f), 1.0 / (S * C))] * 2
         return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                              shape=(len(src), self.num_links))
 
-    def path_latency(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        same_node, same_leaf, cross = self._classes(np.asarray(src), np.asarray(dst))
+    def _route_latency(self) -> list[float]:
+        """Latency of a route that stays in a node, under a leaf, in a pod, and across pods."""
         lat = self._latency
-        return np.select([same_node, same_leaf], [2 * lat["nvlink"], 2 * lat["nic"]], 2 * (lat["nic"] + lat["fabric"]))
+        return [2 * lat["nvlink"], 2 * lat["nic"], 2 * (lat["nic"] + lat["fabric"]),
+                2 * (lat["nic"] + lat["fabric"] + lat["core"])]
+
+    def path_latency(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        same_node, same_leaf, cross, far = self._classes(np.asarray(src), np.asarray(dst))
+        node, leaf, pod, pods = self._route_latency()
+        return np.select([same_node, same_leaf, far], [node, leaf, pods], pod)
 
     def max_path_latency(self, traffic: Traffic, link_bytes: np.ndarray | None = None) -> float:
         if not _factored(traffic):
             return super().max_path_latency(traffic)
-        # A route's latency depends only on its class (same node, same leaf, across the spines), so the longest is
-        # that of the classes whose links carry bytes: read off the loads, no N×N scan of flows.
-        loads, lat, n = self.link_loads(traffic) if link_bytes is None else link_bytes, self._latency, self.num_chips
-        present = [2 * lat["nvlink"] if self._nv_up >= 0 and loads[self._nv_up:self._nv_up + n].any() else 0.0,
-                   2 * lat["nic"] if loads[self._nic_up:self._nic_up + n].any() else 0.0,
-                   2 * (lat["nic"] + lat["fabric"]) if self.n_spines and loads[self._up:self._up + self.n_leaves * self.n_spines].any()
-                   else 0.0]
+        # A route's latency depends only on its class (same node, same leaf, across the spines, across pods), so
+        # the longest is that of the classes whose links carry bytes: read off the loads, no N×N scan of flows.
+        loads, n = self.link_loads(traffic) if link_bytes is None else link_bytes, self.num_chips
+        node, leaf, pod, pods = self._route_latency()
+        spines = self.n_pods * self.n_spines
+        present = [node if self._nv_up >= 0 and loads[self._nv_up:self._nv_up + n].any() else 0.0,
+                   leaf if loads[self._nic_up:self._nic_up + n].any() else 0.0,
+                   pod if self.n_spines and loads[self._up:self._up + self.n_leaves * self.n_spines].any() else 0.0,
+                   pods if self.n_cores and loads[self._core_up:self._core_up + spines * self.n_cores].any() else 0.0]
         return float(max(present))
 
     def link_loads(self, traffic: Traffic) -> np.ndarray:
@@ -168,17 +242,35 @@ class FatTree(Topology):
                 li = self.leaf_of.reshape(-1, gpn)
                 np.add.at(leaf_traffic, (np.repeat(li, gpn, axis=1).ravel(), np.tile(li, (1, gpn)).ravel()), -intra.ravel())
             np.fill_diagonal(leaf_traffic, 0.0)
-            S = self.n_spines
-            loads[self._up:self._up + self.n_leaves * S] = np.repeat(leaf_traffic.sum(axis=1) / S, S)
-            loads[self._down:self._down + self.n_leaves * S] = np.repeat(leaf_traffic.sum(axis=0) / S, S)
+            self._spread_over_spines(loads, leaf_traffic)
         return loads
+
+    def _spread_over_spines(self, loads: np.ndarray, leaf_traffic: np.ndarray) -> None:
+        """Loads of the leaf–spine and spine–core links from the bytes between leaves (zero diagonal), by ECMP:
+        a leaf's bytes to other leaves split evenly over its pod's spines, a pod's bytes to other pods evenly
+        over every (spine, core) pair."""
+        S, leaves = self.n_spines, self.n_leaves
+        loads[self._up:self._up + leaves * S] = np.repeat(np.maximum(leaf_traffic.sum(axis=1), 0.0) / S, S)
+        loads[self._down:self._down + leaves * S] = np.repeat(np.maximum(leaf_traffic.sum(axis=0), 0.0) / S, S)
+        if self.n_cores:
+            by_pod = np.zeros((self.n_pods, leaves))
+            by_pod[self.pod_of_leaf, np.arange(leaves)] = 1.0
+            pod_traffic = by_pod @ leaf_traffic @ by_pod.T
+            np.fill_diagonal(pod_traffic, 0.0)
+            self._spread_over_cores(loads, pod_traffic.sum(axis=1), pod_traffic.sum(axis=0))
+
+    def _spread_over_cores(self, loads: np.ndarray, pod_out: np.ndarray, pod_in: np.ndarray) -> None:
+        pairs = self.n_spines * self.n_cores
+        count = self.n_pods * pairs
+        loads[self._core_up:self._core_up + count] = np.repeat(np.maximum(pod_out, 0.0) / pairs, pairs)
+        loads[self._core_down:self._core_down + count] = np.repeat(np.maximum(pod_in, 0.0) / pairs, pairs)
 
     def _flow_loads(self, src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
         """Loads of a list of flows, routed as :meth:`incidence` routes them, by bincount: no sparse matrix."""
         loads = np.zeros(self.num_links)
         if len(src) == 0:
             return loads
-        same_node, _, cross = self._classes(src, dst)
+        same_node, _, cross, far = self._classes(src, dst)
         n, network = self.num_chips, ~same_node
         if same_node.any():
             loads[self._nv_up:self._nv_up + n] = np.bincount(src[same_node], nbytes[same_node], minlength=n)
@@ -191,6 +283,10 @@ class FatTree(Topology):
                 np.bincount(self.leaf_of[src[cross]], nbytes[cross], minlength=leaves) / S, S)
             loads[self._down:self._down + leaves * S] = np.repeat(
                 np.bincount(self.leaf_of[dst[cross]], nbytes[cross], minlength=leaves) / S, S)
+        if far.any():
+            pods = self.n_pods
+            self._spread_over_cores(loads, np.bincount(self.pod_of[src[far]], nbytes[far], minlength=pods),
+                                    np.bincount(self.pod_of[dst[far]], nbytes[far], minlength=pods))
         return loads
 
     def _factored_loads(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -219,9 +315,7 @@ class FatTree(Topology):
             li = self.leaf_of.reshape(-1, gpn)
             np.add.at(leaf_traffic, (np.repeat(li, gpn, axis=1).ravel(), np.tile(li, (1, gpn)).ravel()), -block.ravel())
             np.fill_diagonal(leaf_traffic, 0.0)
-            S = self.n_spines
-            loads[self._up:self._up + self.n_leaves * S] = np.repeat(np.maximum(leaf_traffic.sum(axis=1), 0.0) / S, S)
-            loads[self._down:self._down + self.n_leaves * S] = np.repeat(np.maximum(leaf_traffic.sum(axis=0), 0.0) / S, S)
+            self._spread_over_spines(loads, leaf_traffic)
         # The subtractions leave rounding residue where bytes cancel exactly (intra-node traffic counted across
         # rails, then taken off): clear it, so a link no byte crosses carries none and sets no latency.
         loads[loads < 1e-12 * max(float(left.sum(axis=0) @ right.sum(axis=1)), 0.0)] = 0.0
@@ -229,7 +323,8 @@ class FatTree(Topology):
 
     def by_tier(self, link_values: np.ndarray) -> dict[str, np.ndarray]:
         """Per-link values by tier, each (…, up / down): ``nvlink`` and ``nic`` as (node, GPU of the node, 2),
-        ``fabric`` as (leaf, spine, 2); tiers the fabric lacks are left out."""
+        ``fabric`` as (leaf, spine of its pod, 2), ``core`` as (spine, core switch, 2); tiers the fabric lacks are
+        left out."""
         values = np.asarray(link_values, dtype=np.float64)
         gpus, nodes = self.num_chips, self.num_chips // self.gpus_per_node
 
@@ -243,16 +338,20 @@ class FatTree(Topology):
         tiers["nic"] = pair(self._nic_up, self._nic_down, (nodes, self.gpus_per_node))
         if self.n_spines:
             tiers["fabric"] = pair(self._up, self._down, (self.n_leaves, self.n_spines))
+        if self.n_cores:
+            tiers["core"] = pair(self._core_up, self._core_down, (self.n_pods * self.n_spines, self.n_cores))
         assert sum(t.size for t in tiers.values()) == values.size == self.num_links and gpus == nodes * self.gpus_per_node
         return tiers
 
     @property
     def network_switches(self) -> int:
-        return self.n_leaves + self.n_spines  # NVSwitches sit inside the nodes: host power
+        return self.n_leaves + self.n_pods * self.n_spines + self.n_cores  # NVSwitches sit inside the nodes: host power
 
     def describe(self) -> dict:
         info = super().describe()
-        info.update(gpus_per_node=self.gpus_per_node, leaves=self.n_leaves, spines=self.n_spines)
+        info.update(gpus_per_node=self.gpus_per_node, leaves=self.n_leaves, spines=self.n_pods * self.n_spines)
+        if self.n_cores:
+            info.update(pods=self.n_pods, spines_per_pod=self.n_spines, cores=self.n_cores)
         return info
 
 
