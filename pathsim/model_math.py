@@ -91,9 +91,10 @@ def model_totals(model: ModelSpec) -> ModelTotals:
                        expert_params=routed_total, forward_flops_per_token=forward)
 
 
-def mlp_activation_bytes(d_model: int, d_ff: int, matrices: int) -> float:
-    """Bytes one token leaves stored in one FFN for the backward pass (16-bit)."""
-    return 3.0 * d_model + 2.0 * matrices * d_ff
+def mlp_activation_bytes(d_model: int, d_ff: int, matrices: int, dropout: bool = True) -> float:
+    """Bytes one token leaves stored in one FFN for the backward pass (16-bit): its input, the hidden activations,
+    and the 1-byte mask of the dropout after it (if the model trains with dropout)."""
+    return (2.0 + (1.0 if dropout else 0.0)) * d_model + 2.0 * matrices * d_ff
 
 
 # Of a layer's 34 h bytes per token (Korthikanti et al. 2022, Sec. 4.1), those tensor parallelism alone does not
@@ -107,22 +108,31 @@ def activation_bytes_per_token(model: ModelSpec, layer_is_moe: bool, recompute: 
     """Activation bytes of one layer kept for backward (16-bit activations), per token of a tensor rank's share of
     the sequence (tokens / tensor): multiplied by a chip's tokens, Table 2 of Korthikanti et al. 2022 —
     sbh(34/t + 5as/(ht)) with sequence parallelism, sbh(10 + 24/t + 5as/(ht)) without; selective recompute or
-    fused (flash) attention drops the 5as/h term, full recompute keeps only each layer's input (2 sbh, split over t only with sequence
-    parallelism)."""
+    fused (flash) attention drops the 5as/h term, full recompute keeps only each layer's input (2 sbh, split over t
+    only with sequence parallelism).
+
+    Table 2 is of GPT-3-shaped layers: multi-head attention and dropout. Its attention term, 11h, is the input
+    (2h), Q, K and V (2h each), the output projection's input (2h) and the dropout mask (h): with grouped-query
+    attention K and V are kv_heads/heads of that, and a model trained without dropout keeps no masks (h after
+    attention, h after the MLP, as per score in the 5as) and no dropped-out scores (2as of the 5as)."""
     h = model.d_model
+    masks = 1.0 if model.dropout else 0.0
     whole = 1.0 if sequence_parallel else float(tensor)  # what a tensor rank holds of the parts TP alone leaves whole
     if recompute == "full":
         return 2.0 * h * whole
-    replicated = (whole - 1.0) * REPLICATED_WITHOUT_SEQUENCE_PARALLELISM * h
-    scores_kept = recompute == "none" and not model.flash_attention  # the s×s softmax and dropout: 5as per token
-    attention = 11.0 * h + (5.0 * model.heads * model.seq_len if scores_kept else 0.0)
+    replicated = (whole - 1.0) * (REPLICATED_WITHOUT_SEQUENCE_PARALLELISM - 2.0 * (1.0 - masks)) * h
+    scores_kept = recompute == "none" and not model.flash_attention  # the s×s softmax (and its dropout): 5as per token
+    head_dim = model.head_dim or h // model.heads
+    q, kv = model.heads * head_dim, (model.kv_heads or model.heads) * head_dim
+    attention = 2.0 * h + 4.0 * q + 4.0 * kv + masks * h
+    attention += (2.0 + 3.0 * masks) * model.heads * model.seq_len if scores_kept else 0.0
     norms = 4.0 * h
     m = model.ffn_matrices
     if layer_is_moe:
         moe = model.moe
-        mlp = moe.top_k * mlp_activation_bytes(h, moe.expert_ffn, m)
-        mlp += moe.shared_experts * mlp_activation_bytes(h, moe.shared_ffn or moe.expert_ffn, m)
+        mlp = moe.top_k * mlp_activation_bytes(h, moe.expert_ffn, m, model.dropout)
+        mlp += moe.shared_experts * mlp_activation_bytes(h, moe.shared_ffn or moe.expert_ffn, m, model.dropout)
         mlp += 4.0 * moe.experts  # router logits and probabilities (fp16)
     else:
-        mlp = mlp_activation_bytes(h, model.dense_ffn, m)
+        mlp = mlp_activation_bytes(h, model.dense_ffn, m, model.dropout)
     return attention + norms + mlp + replicated

@@ -29,6 +29,7 @@ from pathsim.units import Bytes
 from pathsim.yaml_config import load_config, resolve_reference, validate_model
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 
 
 class MoESpec(StrictModel):
@@ -69,6 +70,8 @@ class ModelSpec(StrictModel):
     ffn_kind: Literal["gelu", "relu", "swiglu"] = "gelu"
     flash_attention: bool = Field(False, description="fused (flash) attention: the s×s scores and softmax are never "
                                                      "stored, so activations have no 5as/h term (as with selective recompute)")
+    dropout: bool = Field(True, description="trained with dropout after attention and the MLP: its masks are kept for "
+                                            "backward (Korthikanti et al.'s GPT-3 layers); Llama-style pre-training has none")
     parallel_layers: bool = Field(False, description="attention and a dense FFN read the same layer norm and their outputs "
                                                      "are summed (GPT-J, PaLM): one tensor-parallel all-reduce per layer, not two")
     dense_ffn: PositiveInt = Field(description="d_ff of the dense (non-MoE) FFN layers")
@@ -154,8 +157,13 @@ class ParallelismSpec(StrictModel):
         "1f1b", description="the order each stage runs its micro-batches (pathsim/builders/schedules.py); "
                             "training.micro_batches are the pipeline's micro-batches")
     virtual_stages: PositiveInt = Field(1, description="model chunks per stage (interleaved schedule: at least 2)")
-    stage_layers: list[PositiveInt] | None = Field(
-        None, description="layers of each virtual stage, in order (pipeline × virtual_stages entries summing to model.layers); "
+    microbatch_group: PositiveInt | None = Field(
+        None, description="interleaved schedule: micro-batches a stage runs through one chunk before the next (Megatron-LM's "
+                          "microbatch group per virtual stage, the Llama 3 paper's N): from the stages (the default, SC'21's "
+                          "depth-first order) up to training.micro_batches (breadth-first)")
+    stage_layers: list[NonNegativeInt] | None = Field(
+        None, description="layers of each virtual stage, in order (pipeline × virtual_stages entries summing to model.layers; "
+                          "a 0 leaves a chunk only the embedding or the head, as Llama 3 405B's first and last); "
                           "default: contiguous blocks balancing compute, the LM head counted on the last stage")
     axes_order: list[Literal["x", "y", "z"]] | None = Field(
         None, description="torus clusters: the axes ranks walk, fastest first (default: the cluster's last axis fastest). "
@@ -456,23 +464,39 @@ def check_pipeline(workload: WorkloadConfig, chips: int, source: str = "<workloa
         if v < 2:
             raise PathsimConfigError(source, "parallelism.virtual_stages", "the interleaved schedule needs at least 2 "
                                      f"model chunks per stage, got {v}", "set virtual_stages: 2 or more")
-        if training.micro_batches % p:
+        group = par.microbatch_group or p
+        if group < p:
+            # Stage 0's warm-up, 2(P−1) + (v−1)N chunks, needs the last stage's forwards of N chunks further on, which
+            # wait behind a backward that waits for stage 0: a deadlock unless N ≥ P − 1 (Megatron-LM requires N ≥ P).
+            raise PathsimConfigError(source, "parallelism.microbatch_group", f"a group of {group} micro-batches is "
+                                     f"shorter than the {p} stages: the interleaved schedule would deadlock",
+                                     f"use {p} (the default) up to {training.micro_batches}")
+        if training.micro_batches % group:
+            what = f"the {p} stages" if par.microbatch_group is None else f"parallelism.microbatch_group ({group})"
             raise PathsimConfigError(source, "training.micro_batches", f"the interleaved schedule needs micro-batches in "
-                                     f"multiples of the {p} stages, got {training.micro_batches}",
-                                     f"use {p * max(1, round(training.micro_batches / p))}")
+                                     f"multiples of {what}, got {training.micro_batches}",
+                                     f"use {group * max(1, round(training.micro_batches / group))}")
+    elif par.microbatch_group is not None:
+        raise PathsimConfigError(source, "parallelism.microbatch_group", "applies to the interleaved schedule, not "
+                                 f"{par.pipeline_schedule}", "set pipeline_schedule: interleaved or drop it")
     elif v > 1:
         raise PathsimConfigError(source, "parallelism.virtual_stages", f"model chunks per stage apply to the interleaved "
                                  f"schedule, not {par.pipeline_schedule}", "set pipeline_schedule: interleaved or virtual_stages: 1")
     if p == 1 and (v > 1 or par.stage_layers is not None):
         raise PathsimConfigError(source, "parallelism.virtual_stages" if v > 1 else "parallelism.stage_layers",
                                  "applies to a pipeline of 2 or more stages", "set parallelism.pipeline, or drop it")
-    if p * v > model.layers:
+    if p * v > model.layers and par.stage_layers is None:
         raise PathsimConfigError(source, "parallelism.pipeline", f"{p} stages × {v} chunks = {p * v} virtual stages for "
                                  f"{model.layers} layers: some would be empty", f"use at most {model.layers // v} stages")
     if par.stage_layers is not None and (len(par.stage_layers) != p * v or sum(par.stage_layers) != model.layers):
         raise PathsimConfigError(source, "parallelism.stage_layers", f"{len(par.stage_layers)} entries summing to "
                                  f"{sum(par.stage_layers)} layers; the pipeline has {p * v} virtual stages and the model "
-                                 f"{model.layers} layers", f"give {p * v} positive counts summing to {model.layers}, or drop it")
+                                 f"{model.layers} layers", f"give {p * v} counts summing to {model.layers}, or drop it")
+    if par.stage_layers is not None:
+        empty = [s for s in range(p) if not any(par.stage_layers[c * p + s] for c in range(v))]
+        if empty:
+            raise PathsimConfigError(source, "parallelism.stage_layers", f"stage {empty[0]} would hold no layer (chunk c of "
+                                     f"stage s is entry c·{p} + s)", "give every stage at least one layer")
     if p > 1 and par.context > 1:
         raise PathsimConfigError(source, "parallelism.context", "context parallelism is not simulated with pipeline "
                                  "parallelism yet", "use one of the two")

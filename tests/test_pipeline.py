@@ -78,6 +78,31 @@ def test_every_schedule_runs_each_unit_once_and_forward_before_backward():
                         assert units.index(("F", mb, c)) < units.index(("B", mb, c)), name
 
 
+def test_microbatch_groups_run_breadth_first_with_the_same_bubble_and_more_in_flight():
+    """Megatron-LM's microbatch group per virtual stage (Llama 3's N): N = m runs every micro-batch through a chunk
+    before the next. On uniform free-communication stages the bubble is still (P−1)/(v·m) of the ideal, while
+    stage 0 holds its warm-up, 2(P−1) + (v−1)N chunk forwards, and one more before its first backward."""
+    stages, micro_batches, virtual = 4, 16, 2
+    for group in (stages, 8, micro_batches):
+        orders = SCHEDULES["interleaved"](stages, micro_batches, virtual, group)
+        assert sum(peak_in_flight(orders[0], virtual)) == 2 * (stages - 1) + (virtual - 1) * group + 1
+
+    w = uniform_model(stages, micro_batches, "interleaved", virtual, layers=32)
+    w["parallelism"]["microbatch_group"] = micro_batches
+    result = simulate(free_links("dgx-h100-1"), w)
+    pipelined = result.step_time.mean_s - result.breakdown.optimizer_s
+    assert result.breakdown.pipeline_bubble_s / pipelined == pytest.approx(bubble_fraction(stages, micro_batches, virtual), rel=0.01)
+
+
+def test_a_graph_that_deadlocks_is_an_error_not_a_short_step():
+    from pathsim.engine.graph import COMPUTE, Graph, Node, Op, Stream
+    from pathsim.engine.run import run_graph
+    a, b = Node(Op("a", "compute", COMPUTE, 1.0)), Node(Op("b", "compute", COMPUTE, 1.0))
+    a.deps, b.deps = [b], [a]  # each waits for the other
+    with pytest.raises(RuntimeError, match="deadlocked"):
+        run_graph(Graph([Stream("main", [a], 0), Stream("other", [b], 1)]))
+
+
 def test_1f1b_holds_at_most_p_minus_s_micro_batches_on_stage_s():
     stages, micro_batches = 8, 16
     orders = SCHEDULES["1f1b"](stages, micro_batches, 1)
@@ -129,6 +154,9 @@ def test_a_pipelined_moe_step_routes_every_layer_and_sums_to_the_step():
     (dict(pipeline=1, virtual_stages=2, pipeline_schedule="interleaved"), "parallelism.virtual_stages"),
     (dict(pipeline=3, pipeline_schedule="interleaved", virtual_stages=2), "parallelism.pipeline"),
     (dict(pipeline=8, pipeline_schedule="interleaved", virtual_stages=2, micro=6), "training.micro_batches"),
+    (dict(pipeline=4, pipeline_schedule="interleaved", virtual_stages=2, microbatch_group=2), "parallelism.microbatch_group"),
+    (dict(pipeline=4, pipeline_schedule="interleaved", virtual_stages=2, microbatch_group=6), "training.micro_batches"),
+    (dict(pipeline=4, microbatch_group=4), "parallelism.microbatch_group"),
 ])
 def test_bad_pipeline_settings_name_the_field(change, field):
     w = uniform_model(4, 8)
@@ -164,6 +192,32 @@ def test_megatron_39b_runs_its_published_layout_and_fits():
     assert result.pipeline.bubble_fraction > result.pipeline.closed_form_bubble_fraction > 0
 
 
+def test_llama3_405b_runs_table_4_on_its_three_tier_cluster():
+    """Llama 3 paper Table 4 row 2: TP 8 × PP 16 × DP 128 on 16,384 H100; 8 chunks of one layer per rank, the
+    first chunk only embedding and the last only the head, so the first and last stages hold 7 layers."""
+    from pathsim.model_math import model_totals
+    workload = load_workload("llama3-405b")
+    assert model_totals(workload.model).total_params / 1e9 == pytest.approx(405, rel=0.01)
+    result = simulate("llama3-h100-16k", workload)
+    assert (result.chips, result.parallelism["pipeline"], result.parallelism["tensor"], result.parallelism["data"]) == (16384, 16, 8, 128)
+    assert [len(s.layers) for s in result.pipeline.per_stage] == [7] + [8] * 14 + [7]
+    assert result.pipeline.virtual_stages == 8 and result.tokens_per_step == 16 * 2**20
+    assert result.breakdown.total_s() == pytest.approx(result.step_time.mean_s, rel=1e-9)
+    assert result.pipeline.bubble_fraction > result.pipeline.closed_form_bubble_fraction == pytest.approx(bubble_fraction(16, 16, 8))
+
+
+def test_a_chunk_without_layers_relays_and_a_stage_without_any_is_refused():
+    w = uniform_model(4, 8, "interleaved", 2, layers=14)
+    w["parallelism"]["stage_layers"] = [0, 2, 2, 2, 2, 2, 2, 2]  # stage 0's first chunk only embeds
+    result = simulate("dgx-h100-1", w)
+    assert [len(s.layers) for s in result.pipeline.per_stage] == [2, 4, 4, 4]
+    assert result.breakdown.total_s() == pytest.approx(result.step_time.mean_s, rel=1e-9)
+    w["parallelism"]["stage_layers"] = [0, 2, 2, 3, 0, 2, 2, 3]  # stage 0: no layer in either chunk
+    with pytest.raises(PathsimConfigError, match="stage 0 would hold no layer") as err:
+        simulate("dgx-h100-1", w)
+    assert err.value.field == "parallelism.stage_layers"
+
+
 KORTHIKANTI = {  # Korthikanti et al. 2022, Table 3: heads, hidden, layers (sequence 2048, tensor 8)
     "22B": (64, 6144, 48), "175B": (96, 12288, 96), "530B": (128, 20480, 105), "1T": (160, 25600, 128)}
 
@@ -191,6 +245,29 @@ def test_activation_memory_is_korthikanti_table_2(size, recompute, sequence_para
     else:
         per_layer = (34 / t if sequence_parallel else 10 + 24 / t) + attention_scores
     assert memory.activations_bytes == pytest.approx(layers * s * b * h * per_layer, rel=1e-12)
+
+
+def test_grouped_query_attention_and_no_dropout_keep_less_than_table_2():
+    """Table 2's 11h of attention is input 2h + Q, K, V 2h each + the output projection's input 2h + the dropout
+    mask h: with 8 of 64 key/value heads K and V keep 2h/8 each; without dropout the masks after attention and
+    the MLP (h each) go, and so do 3 of the 5as (the score mask and the dropped-out scores)."""
+    from pathsim.model_math import activation_bytes_per_token
+    a, h = 64, 8192
+    w = load_workload("megatron-gpt-1.7b").model_dump(mode="json")
+    w["model"].update(layers=4, d_model=h, heads=a, dense_ffn=4 * h, seq_len=2048)
+    mha = load_workload(w).model
+    base = activation_bytes_per_token(mha, False, "none", 1)
+    assert base == pytest.approx((34 + 5 * a * 2048 / h) * h)
+    w["model"]["kv_heads"] = 8
+    gqa = activation_bytes_per_token(load_workload(w).model, False, "none", 1)
+    assert base - gqa == pytest.approx(4 * h * (1 - 8 / a))
+    w["model"]["dropout"] = False
+    plain = activation_bytes_per_token(load_workload(w).model, False, "none", 1)
+    assert gqa - plain == pytest.approx(2 * h + 3 * a * 2048)
+    # Without sequence parallelism the two masks were among the parts tensor parallelism leaves whole.
+    for model, whole in ((mha, 10), (load_workload(w).model, 8)):
+        off = activation_bytes_per_token(model, False, "selective", 8, sequence_parallel=False)
+        assert off - activation_bytes_per_token(model, False, "selective", 8) == pytest.approx((8 - 1) * whole * h)
 
 
 def test_sequence_parallelism_off_runs_norms_on_whole_sequences():

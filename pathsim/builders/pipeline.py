@@ -83,7 +83,7 @@ class Pipeline:
         self.micro_batches = workload.training.micro_batches
         self.schedule = par.pipeline_schedule
         self.parts = partition_layers(self.model, self.stages * self.virtual, par.stage_layers)
-        self.orders = SCHEDULES[self.schedule](self.stages, self.micro_batches, self.virtual)
+        self.orders = SCHEDULES[self.schedule](self.stages, self.micro_batches, self.virtual, par.microbatch_group)
         self.held = []
         for s, order in enumerate(self.orders):
             live = peak_in_flight(order, self.virtual)
@@ -173,6 +173,8 @@ class Pipeline:
                 vs = unit.chunk * P + s
                 source = vs - 1 if unit.kind == "F" else vs + 1
                 first = len(nodes)
+                if not self.layers_of(s, unit.chunk) and not ops_of(s, unit):
+                    nodes.append(Node(None, groups=(s,)))  # a chunk without layers (Llama 3's embedding-only first) relays
                 for layer, ops in ops_of(s, unit):
                     nodes += [Node(op, groups=(s,)) for op in ops]
                     if k == last_backward[s, unit.chunk] and fixed[s]["grad_sync"].get(layer):

@@ -16,7 +16,12 @@ stage's output, a backward chunk the next one's gradient).
   same bubble as GPipe, but stage s holds at most min(m, P−s) micro-batches.
 - ``interleaved`` (Narayanan et al. SC'21 §2.2): 1F1B over v model chunks per
   stage; the bubble is divided by v, at the cost of v× the point-to-point
-  sends; needs m to be a multiple of P.
+  sends. A stage runs N consecutive micro-batches through a chunk before the
+  next chunk (Megatron-LM's microbatch group per virtual stage; the Llama 3
+  paper's N, §3.3.2), so m must be a multiple of N. N = P is SC'21's schedule
+  (depth-first); N = m runs every micro-batch through a chunk first
+  (breadth-first), with a longer warm-up (2(P−1) + (v−1)N chunks on stage 0) and
+  more micro-batches in flight. N < P − 1 would deadlock.
 
 A new schedule is one function in SCHEDULES.
 """
@@ -36,21 +41,23 @@ class Unit:
     chunk: int = 0
 
 
-def gpipe(stages: int, micro_batches: int, virtual: int = 1) -> list[list[Unit]]:
+def gpipe(stages: int, micro_batches: int, virtual: int = 1, group: int | None = None) -> list[list[Unit]]:
     forward = [Unit("F", mb, c) for c in range(virtual) for mb in range(micro_batches)]
     backward = [Unit("B", mb, c) for c in reversed(range(virtual)) for mb in range(micro_batches)]
     return [forward + backward for _ in range(stages)]
 
 
-def _warm_up_then_alternate(stages: int, micro_batches: int, virtual: int, warmup_of: Callable[[int], int]) -> list[list[Unit]]:
+def _warm_up_then_alternate(stages: int, micro_batches: int, virtual: int, warmup_of: Callable[[int], int],
+                            group: int | None = None) -> list[list[Unit]]:
     """Per stage: `warmup_of(stage)` forwards, then one forward and one backward in turn, then the backwards left.
-    The k-th forward (and k-th backward) of a stage is micro-batch (k // (P·v))·P + k % P of chunk (k // P) % v,
-    backwards walking the chunks in reverse (with v = 1: micro-batch k, chunk 0)."""
+    The k-th forward (and k-th backward) of a stage is micro-batch (k // (N·v))·N + k % N of chunk (k // N) % v for
+    groups of N micro-batches (default P), backwards walking the chunks in reverse (v = 1: micro-batch k, chunk 0)."""
     total = micro_batches * virtual
+    n = group or stages
 
     def unit(kind: str, k: int) -> Unit:
-        chunk = (k // stages) % virtual
-        return Unit(kind, (k // (stages * virtual)) * stages + k % stages, chunk if kind == "F" else virtual - 1 - chunk)
+        chunk = (k // n) % virtual
+        return Unit(kind, (k // (n * virtual)) * n + k % n, chunk if kind == "F" else virtual - 1 - chunk)
 
     orders = []
     for s in range(stages):
@@ -63,16 +70,17 @@ def _warm_up_then_alternate(stages: int, micro_batches: int, virtual: int, warmu
     return orders
 
 
-def one_f_one_b(stages: int, micro_batches: int, virtual: int = 1) -> list[list[Unit]]:
+def one_f_one_b(stages: int, micro_batches: int, virtual: int = 1, group: int | None = None) -> list[list[Unit]]:
     return _warm_up_then_alternate(stages, micro_batches, 1, lambda s: stages - s - 1)
 
 
-def interleaved(stages: int, micro_batches: int, virtual: int = 2) -> list[list[Unit]]:
+def interleaved(stages: int, micro_batches: int, virtual: int = 2, group: int | None = None) -> list[list[Unit]]:
     """Megatron-LM's interleaved 1F1B: a longer warm-up, so every chunk of the first stage is under way."""
-    return _warm_up_then_alternate(stages, micro_batches, virtual, lambda s: (stages - s - 1) * 2 + (virtual - 1) * stages)
+    n = group or stages
+    return _warm_up_then_alternate(stages, micro_batches, virtual, lambda s: (stages - s - 1) * 2 + (virtual - 1) * n, n)
 
 
-SCHEDULES: dict[str, Callable[[int, int, int], list[list[Unit]]]] = {
+SCHEDULES: dict[str, Callable[..., list[list[Unit]]]] = {
     "gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved}
 
 

@@ -130,10 +130,13 @@ def run_graph(graph: Graph) -> StepRun:
             resource.release(request)
         run.spans.append(Span(node.op, stream.name, start, env.now, tuple(waits), node.groups[0], node.resources))
 
+    finished: set[int] = set()
+
     def process(stream: Stream):
         for node in stream.nodes:
             yield from wait_for(node, stream)
             yield from execute(node, stream)
+        finished.add(id(stream))
 
     for stream in graph.streams:
         if stream.after is None:
@@ -141,5 +144,9 @@ def run_graph(graph: Graph) -> StepRun:
     while env.peek() != float("inf"):
         env.step()
         run.events += 1
+    stuck = [stream.name for stream in graph.streams if id(stream) not in finished]
+    if stuck:  # a builder's bug (a cycle of waits), never a user's: a step that silently ends early would be a lie
+        raise RuntimeError(f"the graph deadlocked: {len(stuck)} of {len(graph.streams)} streams never finished "
+                           f"(first: {', '.join(stuck[:3])})")
     run.step_time_s = env.now
     return run
