@@ -1,12 +1,15 @@
 """Wall time of one simulated pipeline-parallel step, and what it grows with.
 
-Issue 20's goal is one step of ``deepseek-v3`` (16 stages, 64-way expert
-parallelism) on 2,048 GPUs in under 2 s. This prints, for DeepSeek-V3's layout
-on ``h800-2048`` with 2, 4 and 8 micro-batches of 4 sequences (the preset
-itself has 120 of one), the wall time of one step, the part of it per micro-batch, and the
+Issue 20's goals are one step of ``llama3-405b`` on its 16,384 H100 and of
+``deepseek-v3`` (16 stages, 64-way expert parallelism, 120 micro-batches) on
+2,048 H800 in under 2 s each. This prints both presets as they are; then, for
+DeepSeek-V3's layout on ``h800-2048`` with 2, 4 and 8 micro-batches of 4
+sequences, the wall time of one step, the part of it per micro-batch, and the
 same per micro-batch cost without pipelining (one stage of the same chips) as
-the reference measured in the same run; plus a dense interleaved pipeline on
-256 H100 (PaLM 8B, 4 stages x 2 chunks, 16 micro-batches) as the cheap case.
+the reference measured in the same run; then the Megatron-LM SC'21 rows on
+Selene (the graph's size grows as micro-batches × chunks × stages); and a dense
+interleaved pipeline on 256 H100 (PaLM 8B, 4 stages x 2 chunks, 16
+micro-batches) as the cheap case.
 
     python benchmarks/bench_pipeline.py
 """
@@ -26,12 +29,23 @@ def deepseek(micro_batches: int, pipeline: int) -> dict:
 
 
 def main() -> None:
+    for cluster, workload, kwargs in (("llama3-h100-16k", "llama3-405b", {}),
+                                      ("h800-2048", "deepseek-v3", {"sampling": "mean_field"})):
+        wall = best_of(lambda: pathsim.simulate(cluster, workload, **kwargs), 1)
+        print(f"{workload} on {cluster} (as the preset is): {wall:.2f} s a step (goal < 2 s)")
     print("deepseek-v3 layout on h800-2048 (58 MoE layers routed per micro-batch)")
     print(f"{'micro-batches':>13}  {'pipeline 16: step':>17}  {'per micro-batch':>15}  {'no pipeline: per mb':>19}  ratio")
     for m in (2, 4, 8):
         piped = best_of(lambda: pathsim.simulate("h800-2048", deepseek(m, 16)), 1)
         flat = best_of(lambda: pathsim.simulate("h800-2048", deepseek(m, 1)), 1)
         print(f"{m:>13}  {piped:>16.2f}s  {piped / m:>14.2f}s  {flat / m:>18.2f}s  {piped / flat:5.2f}")
+    for nodes, name in ((128, "76.1b"), (192, "145.6b"), (240, "310.1b"), (315, "529.6b"), (384, "1t")):
+        workload = load_workload(f"megatron-gpt-{name}")
+        par = workload.parallelism
+        units = workload.training.micro_batches * par.virtual_stages * par.pipeline * 2
+        wall = best_of(lambda: pathsim.simulate(f"selene-{nodes}", workload), 1)
+        print(f"megatron-gpt-{name} on selene-{nodes}: {wall:6.2f} s a step, {units:>7} forward/backward chunks, "
+              f"{1e6 * wall / units:5.1f} us per chunk")
     w = load_workload("palm-8b").model_dump(mode="json")
     w["training"].update(micro_batches=16, shard_parameters=False)
     w["parallelism"].update(tensor=8, pipeline=4, pipeline_schedule="interleaved", virtual_stages=2)

@@ -206,11 +206,16 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
         # Pipelined buckets overlap each other on the slice's network and the DCN: count wall time, not op time.
         grad_total += _union_s([(s.start_s, s.end_s) for s in run.spans if s.op.category == "grad_sync"])
         gather_total += _union_s([(s.start_s, s.end_s) for s in run.spans if s.stream == "prefetch"])
+        # Ops priced once and run many times (a pipeline's sends, a layer's collectives) share their link bytes:
+        # add each array once, times its count, rather than once per span.
+        counted: dict[int, list] = {}
         for span in run.spans:
             if span.op.link_bytes is not None:
-                link_bytes += span.op.link_bytes
+                counted.setdefault(id(span.op.link_bytes), [span.op.link_bytes, 0])[1] += 1
             if span.op.resource == COMPUTE:
                 hardware_flops += span.op.flops / run.groups  # each group (pipeline stage) is 1/groups of the chips
+        for array, count in counted.values():
+            link_bytes += array * count if count > 1 else array
         by_stream: dict[str, list[Span]] = {}
         groups: list[list[Span]] = [[] for _ in range(run.groups)]
         for span in run.spans:

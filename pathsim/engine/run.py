@@ -71,8 +71,15 @@ class StepRun:
 def run_graph(graph: Graph) -> StepRun:
     """Run every stream of `graph` to completion; the step ends when the last op does."""
     env = simpy.Environment()
-    keys = {key for stream in graph.streams for node in stream.nodes for key in node.resources}
-    resources = {key: simpy.PriorityResource(env, capacity=1) for key in sorted(keys)}
+    held_by = {id(node): node.resources for stream in graph.streams for node in stream.nodes}
+    users: dict[str, set[int]] = {}
+    for stream in graph.streams:
+        for node in stream.nodes:
+            for key in held_by[id(node)]:
+                users.setdefault(key, set()).add(id(stream))
+    # A resource only one stream uses is never contended (a stream runs its nodes one at a time): it needs no
+    # SimPy resource, whose requests are most of a large graph's events.
+    resources = {key: simpy.PriorityResource(env, capacity=1) for key in sorted(users) if len(users[key]) > 1}
     run = StepRun(groups=graph.groups, critical=graph.critical)
     depended = {id(dep) for stream in graph.streams for node in stream.nodes for dep in node.deps}
     done: dict[int, simpy.Event] = {}
@@ -85,10 +92,7 @@ def run_graph(graph: Graph) -> StepRun:
         if stream.after is not None:
             launches.setdefault(id(stream.after), []).append(stream)
 
-    def wait_for(node: Node, stream: Stream):
-        pending = [dep for dep in node.deps if not done[id(dep)].triggered]
-        if not pending:
-            return
+    def wait_for(node: Node, stream: Stream, pending: list[Node]):
         since = env.now
         if len(pending) == 1:
             yield done[id(pending[0])]
@@ -106,18 +110,11 @@ def run_graph(graph: Graph) -> StepRun:
             exposed = replace(last.op, name=last.op.name + " (exposed)", link_bytes=None)
             run.spans.append(Span(exposed, stream.name, under_way, env.now, group=stream.group))
 
-    def execute(node: Node, stream: Stream):
-        asked_at[id(node)] = env.now
-        if node.op is not None:
-            yield from hold(node, stream)
-        if id(node) in done:
-            done[id(node)].succeed()
-        for later in launches.get(id(node), ()):
-            env.process(process(later))
-
-    def hold(node: Node, stream: Stream):
+    def hold(node: Node, stream: Stream, keys: tuple[str, ...]):
         held, waits = [], []
-        for key in node.resources:
+        for key in keys:
+            if key not in resources:
+                continue
             request = resources[key].request(priority=stream.priority)
             held.append((resources[key], request))
             since = env.now
@@ -128,14 +125,31 @@ def run_graph(graph: Graph) -> StepRun:
         yield env.timeout(node.op.duration_s)
         for resource, request in held:
             resource.release(request)
-        run.spans.append(Span(node.op, stream.name, start, env.now, tuple(waits), node.groups[0], node.resources))
+        run.spans.append(Span(node.op, stream.name, start, env.now, tuple(waits), node.groups[0], keys))
 
     finished: set[int] = set()
 
     def process(stream: Stream):
+        # One generator per stream, the common cases inline (a large graph runs millions of nodes): waiting only for
+        # dependencies not yet done, asking only for contended resources.
         for node in stream.nodes:
-            yield from wait_for(node, stream)
-            yield from execute(node, stream)
+            if node.deps:
+                pending = [dep for dep in node.deps if not done[id(dep)].triggered]
+                if pending:
+                    yield from wait_for(node, stream, pending)
+            asked_at[id(node)] = env.now
+            if node.op is not None:
+                keys = held_by[id(node)]
+                if any(key in resources for key in keys):
+                    yield from hold(node, stream, keys)
+                else:
+                    start = env.now
+                    yield env.timeout(node.op.duration_s)
+                    run.spans.append(Span(node.op, stream.name, start, env.now, (), node.groups[0], keys))
+            if id(node) in done:
+                done[id(node)].succeed()
+            for later in launches.get(id(node), ()):
+                env.process(process(later))
         finished.add(id(stream))
 
     for stream in graph.streams:

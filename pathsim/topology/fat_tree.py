@@ -290,30 +290,39 @@ class FatTree(Topology):
         return loads
 
     def _factored_loads(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """The loads of traffic ``left @ right`` (N×r, r×N) without forming it: O(N·r·(GPUs per node + leaves))."""
+        """The loads of traffic ``left @ right`` (N×r, r×N) without forming it: O(N·r) to find the nodes whose GPUs
+        send or receive, then O(n·r·(GPUs per node + leaves)) on those n (a pipeline stage's, a job's)."""
         n, gpn, r = self.num_chips, self.gpus_per_node, left.shape[1]
         nodes = n // gpn
+        busy = (left.any(axis=1) | right.any(axis=0)).reshape(nodes, gpn).any(axis=1)
+        active = np.flatnonzero(busy)
+        k = len(active)
+        gpus = (active[:, None] * gpn + np.arange(gpn)[None, :]).ravel()  # the active nodes' GPUs, in id order
+        left, right = left[gpus], right[:, gpus]  # the other rows and columns are zero
         loads = np.zeros(self.num_links)
         # Each node's own block of the matrix, local copies (the diagonal) included, then without them.
-        block = np.einsum("kir,krj->kij", left.reshape(nodes, gpn, r), right.reshape(r, nodes, gpn).transpose(1, 0, 2))
+        block = np.einsum("kir,krj->kij", left.reshape(k, gpn, r), right.reshape(r, k, gpn).transpose(1, 0, 2))
         diagonal = np.einsum("sr,rs->s", left, right)
         intra = block.copy()
-        intra.reshape(nodes, gpn * gpn)[:, ::gpn + 1] = 0.0
+        intra.reshape(k, gpn * gpn)[:, ::gpn + 1] = 0.0
         intra_out, intra_in = intra.sum(axis=2).ravel(), intra.sum(axis=1).ravel()
         if gpn > 1:
-            loads[self._nv_up:self._nv_up + n] = intra_out
-            loads[self._nv_down:self._nv_down + n] = intra_in
-        loads[self._nic_up:self._nic_up + n] = left @ right.sum(axis=1) - diagonal - intra_out
-        loads[self._nic_down:self._nic_down + n] = left.sum(axis=0) @ right - diagonal - intra_in
+            loads[self._nv_up + gpus] = intra_out
+            loads[self._nv_down + gpus] = intra_in
+        loads[self._nic_up + gpus] = left @ right.sum(axis=1) - diagonal - intra_out
+        loads[self._nic_down + gpus] = left.sum(axis=0) @ right - diagonal - intra_in
         if self.n_spines:
-            by_leaf = np.zeros((self.n_leaves, r))
-            np.add.at(by_leaf, self.leaf_of, left)
-            to_leaf = np.zeros((r, self.n_leaves))
-            np.add.at(to_leaf.T, self.leaf_of, right.T)
+            L = self.n_leaves
+            leaf = self.leaf_of[gpus]
+            by_leaf = np.zeros((L, r))
+            np.add.at(by_leaf, leaf, left)
+            to_leaf = np.zeros((r, L))
+            np.add.at(to_leaf.T, leaf, right.T)
             leaf_traffic = by_leaf @ to_leaf
             # NVLink carries intra-node bytes (and a GPU's copies to itself stay put) even across leaves.
-            li = self.leaf_of.reshape(-1, gpn)
-            np.add.at(leaf_traffic, (np.repeat(li, gpn, axis=1).ravel(), np.tile(li, (1, gpn)).ravel()), -block.ravel())
+            li = leaf.reshape(k, gpn)
+            pair = (np.repeat(li, gpn, axis=1) * L + np.tile(li, (1, gpn))).ravel()
+            leaf_traffic -= np.bincount(pair, weights=block.ravel(), minlength=L * L).reshape(L, L)
             np.fill_diagonal(leaf_traffic, 0.0)
             self._spread_over_spines(loads, leaf_traffic)
         # The subtractions leave rounding residue where bytes cancel exactly (intra-node traffic counted across
