@@ -164,6 +164,9 @@ class FatTreeSpec(StrictModel):
     switch_radix: int = Field(gt=1, le=4096, description="ports per leaf and spine switch")
     oversubscription: float = Field(1.0, ge=1.0, allow_inf_nan=False, description="leaf down-ports : up-ports")
     pod: PodSpec | None = Field(None, description="pods and a core tier above the spines (three-tier fabrics)")
+    pxn: bool = Field(True, description="rail_optimized: traffic to another node's GPU on another rail crosses NVLink to "
+                                        "the GPU on that rail first and stays on its rail (NCCL's PXN, on by default "
+                                        "since NCCL 2.12); false sends it up through the spines")
 
     @model_validator(mode="after")
     def _sized(self) -> "FatTreeSpec":

@@ -83,6 +83,28 @@ def test_fat_tree_routing_matches_generic_ecmp(nodes, gpn, rail, seed, pods):
         assert loads[on_nvlink].sum() == pytest.approx(2 * nvlink_only.sum() - 2 * np.trace(nvlink_only))
 
 
+@pytest.mark.parametrize("pxn", [True, False])
+def test_pxn_keeps_a_scalable_unit_s_all_to_all_on_its_rails(pxn):
+    """One H100 SU (32 nodes, every rail's leaf holding all 32): with PXN a cross-rail byte crosses NVLink to the
+    GPU on its destination's rail and stays under that rail's leaf, so no byte climbs to a spine; each GPU's
+    first hops carry 7 other rails × 31 other nodes of its S/256 shares. Without PXN the cross-rail bytes
+    (7 of every 8 between nodes) go through the spines."""
+    cluster = load_cluster("dgx-h100-32").model_dump(mode="json")
+    cluster["topology"]["pxn"] = pxn
+    topo = build_topology(load_cluster(cluster))
+    n = topo.num_chips
+    loads = topo.link_loads(Traffic.from_matrix(uniform_all_to_all(n, S)))
+    fabric, nvlink = loads[topo.link_class == "fabric"], loads[topo.link_class == "nvlink"]
+    between_nodes = n * S * (n - 8) / n
+    if pxn:
+        assert fabric.sum() == 0.0
+        assert nvlink.sum() / 2 == pytest.approx(n * S * 7 / n + n * S * 7 * 31 / n)  # intra-node + first hops
+    else:
+        assert fabric.sum() / 2 == pytest.approx(between_nodes * 7 / 8)
+        assert nvlink.sum() / 2 == pytest.approx(n * S * 7 / n)
+    assert loads[topo.link_class == "nic"].sum() / 2 == pytest.approx(between_nodes)
+
+
 def test_superpod_sizing_matches_reference_architecture():
     # NVIDIA DGX SuperPOD H100 RA: 1 SU = 8 leaves + 4 spines; 4 SUs = 32 leaves + 16 spines.
     one_su = build_topology(load_cluster("dgx-h100-32"))

@@ -69,7 +69,7 @@ def _build_spec(name: str, spec: "TorusSpec | FatTreeSpec | GraphSpec", links) -
                        pod_nodes=spec.pod.nodes if spec.pod else None,
                        pod_oversubscription=spec.pod.oversubscription if spec.pod else 1.0,
                        spine_radix=spec.pod.switch_radix if spec.pod else None,
-                       core=pair(spec.pod.core) if spec.pod and spec.pod.core else None)
+                       core=pair(spec.pod.core) if spec.pod and spec.pod.core else None, pxn=spec.pxn)
     return _build_graph(name, spec, links)
 
 

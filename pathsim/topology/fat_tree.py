@@ -13,7 +13,10 @@ Routing:
 Rail-optimized fabrics (NVIDIA DGX SuperPOD reference architecture, RA-11333-001:
 "traffic per rail is always one hop away from the other 31 nodes in a SU;
 traffic between rails traverses the spine layer") wire GPU r of each node to
-rail r's leaf; cross-rail traffic goes through a spine (no PXN forwarding).
+rail r's leaf. Cross-rail traffic between nodes first crosses NVLink to the
+GPU of its own node on the destination's rail, then stays on that rail (NCCL's
+PXN, "PCI × NVLink", the default since NCCL 2.12 for point-to-point and
+all-to-all traffic); with ``pxn`` off it goes up through a spine instead.
 
 Sizing: a leaf of radix R with oversubscription o has R·o/(1+o) down ports and
 R/(1+o) up ports. In a two-tier fabric a spine spends all its ports on leaves;
@@ -46,8 +49,9 @@ class FatTree(Topology):
                  oversubscription: float, nics_per_gpu: int, nvlink: tuple[float, float] | None,
                  nic: tuple[float, float], fabric: tuple[float, float], pod_nodes: int | None = None,
                  pod_oversubscription: float = 1.0, spine_radix: int | None = None,
-                 core: tuple[float, float] | None = None):
+                 core: tuple[float, float] | None = None, pxn: bool = False):
         gpn = gpus_per_node
+        self.pxn = bool(pxn and rail_optimized and gpn > 1)
         n_gpus = nodes * gpn
         down = int(switch_radix * oversubscription / (1 + oversubscription))
         up = switch_radix - down
@@ -153,10 +157,17 @@ class FatTree(Topology):
         cross = ~same_node & ~same_leaf
         return same_node, same_leaf, cross, cross & (self.pod_of[src] != self.pod_of[dst])
 
+    def _entry(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """The GPU where each flow enters the network: its source, or with PXN, for a flow to another node's GPU
+        on another rail, the GPU of the source's node on the destination's rail (reached over NVLink)."""
+        if not self.pxn:
+            return src
+        gpn = self.gpus_per_node
+        return np.where(self.node_of[src] != self.node_of[dst], self.node_of[src] * gpn + dst % gpn, src)
+
     def incidence(self, src: np.ndarray, dst: np.ndarray) -> sp.csr_matrix:
         src = np.asarray(src, dtype=np.int64)
         dst = np.asarray(dst, dtype=np.int64)
-        same_node, same_leaf, cross, far = self._classes(src, dst)
         flow = np.arange(len(src))
         rows, cols, vals = [], [], []
 
@@ -165,6 +176,13 @@ class FatTree(Topology):
             cols.append(links)
             vals.append(np.full(int(sel.sum()), share))
 
+        entry = self._entry(src, dst)
+        hop = entry != src
+        if hop.any():  # PXN: over NVLink to the GPU on the destination's rail first
+            put(hop, self._nv_up + src[hop])
+            put(hop, self._nv_down + entry[hop])
+        src = entry
+        same_node, same_leaf, cross, far = self._classes(src, dst)
         if same_node.any():
             put(same_node, self._nv_up + src[same_node])
             put(same_node, self._nv_down + dst[same_node])
@@ -196,9 +214,11 @@ class FatTree(Topology):
                 2 * (lat["nic"] + lat["fabric"] + lat["core"])]
 
     def path_latency(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        same_node, same_leaf, cross, far = self._classes(np.asarray(src), np.asarray(dst))
+        src, dst = np.asarray(src), np.asarray(dst)
+        entry = self._entry(src, dst)
+        same_node, same_leaf, cross, far = self._classes(entry, dst)
         node, leaf, pod, pods = self._route_latency()
-        return np.select([same_node, same_leaf, far], [node, leaf, pods], pod)
+        return np.select([same_node, same_leaf, far], [node, leaf, pods], pod) + np.where(entry != src, node, 0.0)
 
     def max_path_latency(self, traffic: Traffic, link_bytes: np.ndarray | None = None) -> float:
         if not _factored(traffic):
@@ -208,11 +228,15 @@ class FatTree(Topology):
         loads, n = self.link_loads(traffic) if link_bytes is None else link_bytes, self.num_chips
         node, leaf, pod, pods = self._route_latency()
         spines = self.n_pods * self.n_spines
-        present = [node if self._nv_up >= 0 and loads[self._nv_up:self._nv_up + n].any() else 0.0,
-                   leaf if loads[self._nic_up:self._nic_up + n].any() else 0.0,
+        on_nvlink = self._nv_up >= 0 and loads[self._nv_up:self._nv_up + n].any()
+        network = [leaf if loads[self._nic_up:self._nic_up + n].any() else 0.0,
                    pod if self.n_spines and loads[self._up:self._up + self.n_leaves * self.n_spines].any() else 0.0,
                    pods if self.n_cores and loads[self._core_up:self._core_up + spines * self.n_cores].any() else 0.0]
-        return float(max(present))
+        if self.pxn and on_nvlink and max(network) > 0:
+            # NVLink bytes may be PXN's first hop of a network route (the loads do not say which): the longest
+            # route is then taken as that hop plus the network's longest, an upper bound by one NVLink crossing.
+            return float(node + max(network))
+        return float(max([node if on_nvlink else 0.0, *network]))
 
     def link_loads(self, traffic: Traffic) -> np.ndarray:
         if not traffic.is_dense:
@@ -224,14 +248,16 @@ class FatTree(Topology):
         n = self.num_chips
         gpn = self.gpus_per_node
         loads = np.zeros(self.num_links)
+        if self.pxn:
+            T, hop = self._pxn_matrix(T)
         blocks = T.reshape(n // gpn, gpn, n // gpn, gpn)
         nodes = np.arange(n // gpn)
         intra = blocks[nodes, :, nodes, :] if gpn > 1 else np.zeros((n, 1, 1))  # [node, i, j]
         intra_out = intra.sum(axis=2).ravel()
         intra_in = intra.sum(axis=1).ravel()
         if gpn > 1:
-            loads[self._nv_up:self._nv_up + n] = intra_out
-            loads[self._nv_down:self._nv_down + n] = intra_in
+            loads[self._nv_up:self._nv_up + n] = intra_out + (hop.sum(axis=2).ravel() if self.pxn else 0.0)
+            loads[self._nv_down:self._nv_down + n] = intra_in + (hop.sum(axis=1).ravel() if self.pxn else 0.0)
         loads[self._nic_up:self._nic_up + n] = T.sum(axis=1) - intra_out
         loads[self._nic_down:self._nic_down + n] = T.sum(axis=0) - intra_in
         if self.n_spines:
@@ -244,6 +270,21 @@ class FatTree(Topology):
             np.fill_diagonal(leaf_traffic, 0.0)
             self._spread_over_spines(loads, leaf_traffic)
         return loads
+
+    def _pxn_matrix(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """PXN on a dense matrix: the network's matrix (each node's bytes to another node's GPU sent from the
+        node's GPU on that rail) and the first hops over NVLink, [node, from GPU, to GPU] (zero diagonal)."""
+        n, gpn = self.num_chips, self.gpus_per_node
+        nodes = n // gpn
+        T4 = T.reshape(nodes, gpn, nodes, gpn)
+        other = ~np.eye(nodes, dtype=bool)[:, None, :, None]
+        between = np.where(other, T4, 0.0)
+        hop = between.sum(axis=2)  # [a, i, j]: GPU i of node a to rail j of the other nodes
+        hop[:, np.arange(gpn), np.arange(gpn)] = 0.0  # already on the destination's rail
+        network = np.where(other, 0.0, T4)  # the intra-node blocks stay
+        a, b, j = np.meshgrid(np.arange(nodes), np.arange(nodes), np.arange(gpn), indexing="ij")
+        network[a, j, b, j] += between.sum(axis=1)[a, b, j]  # node a to GPU (b, j), from GPU (a, j)
+        return network.reshape(n, n), hop
 
     def _spread_over_spines(self, loads: np.ndarray, leaf_traffic: np.ndarray) -> None:
         """Loads of the leaf–spine and spine–core links from the bytes between leaves (zero diagonal), by ECMP:
@@ -270,8 +311,14 @@ class FatTree(Topology):
         loads = np.zeros(self.num_links)
         if len(src) == 0:
             return loads
+        n = self.num_chips
+        entry = self._entry(src, dst)
+        hop = entry != src
+        if hop.any():  # PXN's first hop over NVLink, then the flow leaves from the destination's rail
+            src, dst, nbytes = (np.concatenate([src[hop], entry]), np.concatenate([entry[hop], dst]),
+                                np.concatenate([nbytes[hop], nbytes]))
         same_node, _, cross, far = self._classes(src, dst)
-        n, network = self.num_chips, ~same_node
+        network = ~same_node
         if same_node.any():
             loads[self._nv_up:self._nv_up + n] = np.bincount(src[same_node], nbytes[same_node], minlength=n)
             loads[self._nv_down:self._nv_down + n] = np.bincount(dst[same_node], nbytes[same_node], minlength=n)
@@ -299,6 +346,8 @@ class FatTree(Topology):
         k = len(active)
         gpus = (active[:, None] * gpn + np.arange(gpn)[None, :]).ravel()  # the active nodes' GPUs, in id order
         left, right = left[gpus], right[:, gpus]  # the other rows and columns are zero
+        if self.pxn:
+            return self._pxn_factored_loads(left, right, active, gpus)
         loads = np.zeros(self.num_links)
         # Each node's own block of the matrix, local copies (the diagonal) included, then without them.
         block = np.einsum("kir,krj->kij", left.reshape(k, gpn, r), right.reshape(r, k, gpn).transpose(1, 0, 2))
@@ -328,6 +377,50 @@ class FatTree(Topology):
         # The subtractions leave rounding residue where bytes cancel exactly (intra-node traffic counted across
         # rails, then taken off): clear it, so a link no byte crosses carries none and sets no latency.
         loads[loads < 1e-12 * max(float(left.sum(axis=0) @ right.sum(axis=1)), 0.0)] = 0.0
+        return loads
+
+    def _pxn_factored_loads(self, left: np.ndarray, right: np.ndarray, active: np.ndarray, gpus: np.ndarray) -> np.ndarray:
+        """:meth:`_factored_loads` with PXN, on the active nodes' rows and columns: O(n·r·GPUs per node²).
+
+        Node a's bytes to GPU (b, j) leave from GPU (a, j), so what leaves a rail-j NIC, a rail-j leaf or a pod
+        is what its node, group of nodes or pod sends to rail j elsewhere; what arrives is as without PXN."""
+        gpn, r, k = self.gpus_per_node, left.shape[1], len(active)
+        loads = np.zeros(self.num_links)
+        L3, R3 = left.reshape(k, gpn, r), right.reshape(r, k, gpn)  # [node, GPU, ρ], [ρ, node, rail]
+        block = np.einsum("kir,rkj->kij", L3, R3)
+        total_left, R_rail = left.sum(axis=0), R3.sum(axis=1)  # ρ; ρ × rail
+        intra = block.copy()
+        intra[:, np.arange(gpn), np.arange(gpn)] = 0.0
+        hop = L3 @ R_rail - block  # GPU (a, i) to rail j of the other nodes
+        hop[:, np.arange(gpn), np.arange(gpn)] = 0.0
+        loads[self._nv_up + gpus] = (intra.sum(axis=2) + hop.sum(axis=2)).ravel()
+        loads[self._nv_down + gpus] = (intra.sum(axis=1) + hop.sum(axis=1)).ravel()
+        by_node = L3.sum(axis=1)  # node × ρ
+        own = np.einsum("kr,rkj->kj", by_node, R3)  # node a to its own GPUs, by rail
+        loads[self._nic_up + gpus] = (by_node @ R_rail - own).ravel()
+        loads[self._nic_down + gpus] = (total_left @ right - own.ravel())
+        if self.n_spines:
+            group = self.leaf_of[gpus[::gpn]] // gpn  # the group of nodes sharing a set of rail leaves
+            G = self.n_leaves // gpn
+            by_group = np.zeros((G, r))
+            np.add.at(by_group, group, by_node)
+            to_group = np.zeros((G, r, gpn))
+            np.add.at(to_group, group, R3.transpose(1, 0, 2))
+            within = np.einsum("gr,grj->gj", by_group, to_group)
+            leaf_up = (by_group @ R_rail - within).ravel()  # leaf (g, j): group g's bytes to rail j elsewhere
+            leaf_down = (np.einsum("r,grj->gj", total_left, to_group) - within).ravel()
+            S = self.n_spines
+            loads[self._up:self._up + self.n_leaves * S] = np.repeat(np.maximum(leaf_up, 0.0) / S, S)
+            loads[self._down:self._down + self.n_leaves * S] = np.repeat(np.maximum(leaf_down, 0.0) / S, S)
+            if self.n_cores:
+                pod = self.pod_of[gpus[::gpn]]
+                by_pod = np.zeros((self.n_pods, r))
+                np.add.at(by_pod, pod, by_node)
+                to_pod = np.zeros((self.n_pods, r))
+                np.add.at(to_pod, pod, R3.sum(axis=2).T)
+                inside = np.einsum("pr,pr->p", by_pod, to_pod)
+                self._spread_over_cores(loads, by_pod @ to_pod.sum(axis=0) - inside, to_pod @ total_left - inside)
+        loads[loads < 1e-12 * max(float(total_left @ right.sum(axis=1)), 0.0)] = 0.0
         return loads
 
     def by_tier(self, link_values: np.ndarray) -> dict[str, np.ndarray]:
