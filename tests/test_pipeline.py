@@ -195,14 +195,18 @@ def test_megatron_39b_runs_its_published_layout_and_fits():
     assert result.pipeline.bubble_fraction > result.pipeline.closed_form_bubble_fraction > 0
 
 
-def test_llama3_405b_runs_table_4_on_its_three_tier_cluster():
-    """Llama 3 paper Table 4 row 2: TP 8 × PP 16 × DP 128 on 16,384 H100; 8 chunks of one layer per rank, the
-    first chunk only embedding and the last only the head, so the first and last stages hold 7 layers."""
+@pytest.mark.parametrize("name, data, context", [("llama3-405b", 128, 1), ("llama3-405b-128k", 8, 16)])
+def test_llama3_405b_runs_table_4_on_its_three_tier_cluster(name, data, context):
+    """Llama 3 paper Table 4 rows 2 and 3: TP 8 × PP 16 × DP 128 (8K) and TP 8 × CP 16 × PP 16 × DP 8 (128K) on
+    16,384 H100; 8 chunks of one layer per rank, the first chunk only embedding and the last only the head, so the
+    first and last stages hold 7 layers."""
     from pathsim.model_math import model_totals
-    workload = load_workload("llama3-405b")
+    workload = load_workload(name)
     assert model_totals(workload.model).total_params / 1e9 == pytest.approx(405, rel=0.01)
     result = simulate("llama3-h100-16k", workload)
-    assert (result.chips, result.parallelism["pipeline"], result.parallelism["tensor"], result.parallelism["data"]) == (16384, 16, 8, 128)
+    assert (result.chips, result.parallelism["pipeline"], result.parallelism["tensor"]) == (16384, 16, 8)
+    assert (result.parallelism["data"], result.parallelism.get("context", 1)) == (data, context)
+    assert (result.breakdown.context_parallel_s > 0) == (context > 1)
     assert [len(s.layers) for s in result.pipeline.per_stage] == [7] + [8] * 14 + [7]
     assert result.pipeline.virtual_stages == 8 and result.tokens_per_step == 16 * 2**20
     assert result.breakdown.total_s() == pytest.approx(result.step_time.mean_s, rel=1e-9)
@@ -322,10 +326,28 @@ def test_context_parallelism_adds_only_its_kv_exchange_to_the_data_parallel_step
     assert plain.step_time.mean_s <= ring.step_time.mean_s < gathered.step_time.mean_s
 
 
+@pytest.mark.parametrize("algorithm", ["ring", "all_gather"])
+def test_context_parallelism_inside_pipeline_stages(algorithm):
+    """Each stage's context groups exchange K/V as without pipelining: the same exchange per layer, on the stage's
+    own chips; the ring's pass runs beside the attention core in the stage's stream."""
+    w = long_context(2, algorithm)
+    w["training"].update(micro_batches=4, tokens_per_step=4 * 32768 * 2)
+    w["parallelism"].update(tensor=4, pipeline=2)
+    result = simulate("dgx-h100-4", w, detail=True)
+    assert (result.parallelism["pipeline"], result.parallelism["context"], result.parallelism["tensor"]) == (2, 2, 4)
+    assert result.breakdown.total_s() == pytest.approx(result.step_time.mean_s, rel=1e-9)
+    exchanges = [s for s in result.detail.timeline if s.category == "context_parallel" and "(exposed)" not in s.name]
+    # Every layer of each of the 4 micro-batches: the forward's exchange, its recompute's (selective) and the backward's.
+    assert w["training"]["recompute"] == "selective"
+    assert len(exchanges) == 4 * w["model"]["layers"] * 3
+    assert {s.group for s in exchanges} == {0, 1}
+    if algorithm == "all_gather":
+        assert result.breakdown.context_parallel_s > 0
+
+
 @pytest.mark.parametrize("change, field", [
     (dict(context=3), "parallelism.context"),  # 32768 % 3
     (dict(context=8, tensor=8), "parallelism.context"),  # 8 × 8 > 32 GPUs
-    (dict(context=2, pipeline=2), "parallelism.context"),
     (dict(context=2, data=4), "parallelism.data"),
 ])
 def test_bad_context_settings_name_the_field(change, field):

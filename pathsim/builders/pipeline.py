@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from pathsim.builders.schedules import SCHEDULES, Unit, peak_in_flight
-from pathsim.builders.training import CRITICAL, fixed_ops, grad_streams
+from pathsim.builders.training import ItemStream, CRITICAL, fixed_ops, grad_streams
 from pathsim.engine import NETWORK, Graph, Node, Op, Stream
 from pathsim.memory import Held
 from pathsim.model_math import layer_shapes
@@ -167,27 +167,28 @@ class Pipeline:
         last_backward = {(s, c): max(k for k, u in enumerate(order) if u.kind == "B" and u.chunk == c)
                          for s, order in enumerate(self.orders) for c in range(self.virtual)}
         for s, order in enumerate(self.orders):
-            nodes: list[Node] = []
+            stage = ItemStream(s)  # ops in turn; a context-parallel ring's K/V pass runs beside the attention core
+            nodes = stage.nodes
             grad_ends: list[Node] = []
             for k, unit in enumerate(order):
                 vs = unit.chunk * P + s
                 source = vs - 1 if unit.kind == "F" else vs + 1
-                first = len(nodes)
-                if not self.layers_of(s, unit.chunk) and not ops_of(s, unit):
+                if 0 <= source < len(self.parts):  # the unit waits for its input from the neighbouring stage
+                    nodes.append(Node(None, [send(unit.kind, unit.mb, source, vs)], (s,), wait_category="pipeline_bubble"))
+                elif not self.layers_of(s, unit.chunk) and not ops_of(s, unit):
                     nodes.append(Node(None, groups=(s,)))  # a chunk without layers (Llama 3's embedding-only first) relays
                 for layer, ops in ops_of(s, unit):
-                    nodes += [Node(op, groups=(s,)) for op in ops]
+                    for item in ops:
+                        stage.add(item)
                     if k == last_backward[s, unit.chunk] and fixed[s]["grad_sync"].get(layer):
                         streams_here = grad_streams(fixed[s]["grad_sync"][layer], nodes[-1], s)
                         background += streams_here
                         grad_ends += [g.nodes[-1] for g in streams_here]
-                if 0 <= source < len(self.parts):
-                    nodes[first].deps.append(send(unit.kind, unit.mb, source, vs))
-                    nodes[first].wait_category = "pipeline_bubble"
                 target = vs + 1 if unit.kind == "F" else vs - 1
                 if 0 <= target < len(self.parts):
                     background.append(Stream("p2p", [send(unit.kind, unit.mb, vs, target)], CRITICAL, nodes[-1], s))
             nodes.append(Node(fixed[s]["optimizer"], grad_ends, (s,)))
+            background += stage.background
             streams.append(Stream(f"stage {s}", nodes, CRITICAL, None, s))
         return Graph(streams + background, groups=P, critical=tuple(st.name for st in streams)), routings
 

@@ -110,25 +110,35 @@ def grad_streams(chains: list[list[Op]], after: Node | None, group: int = 0) -> 
     return [Stream("grad_sync", group_nodes, GRAD, after, group) for group_nodes in members.values()]
 
 
+class ItemStream:
+    """A critical stream built from items: ops run in turn, a :class:`Prefetch` starts its op in a background stream
+    launched after the stream's latest node, an :class:`Await` waits for that op (the wait recorded as its cause)."""
+
+    def __init__(self, group: int = 0):
+        self.group = group
+        self.nodes: list[Node] = []
+        self.background: list[Stream] = []
+        self._prefetched: dict[int, Node] = {}
+
+    def last(self) -> Node | None:
+        return self.nodes[-1] if self.nodes else None
+
+    def add(self, item: Item) -> None:
+        if isinstance(item, Prefetch):
+            node = Node(item.op, groups=(self.group,))
+            self._prefetched[id(item.op)] = node
+            self.background.append(Stream("prefetch", [node], CRITICAL, self.last(), self.group))
+        elif isinstance(item, Await):
+            self.nodes.append(Node(None, [self._prefetched.pop(id(item.op))], (self.group,), wait_category=item.op.category))
+        else:
+            self.nodes.append(Node(item, groups=(self.group,)))
+
+
 def critical_stream(schedule: StepSchedule, name: str = "main", group: int = 0) -> tuple[Stream, list[Stream]]:
     """The critical stream of `schedule` on one group of chips, and the background streams it launches."""
-    main: list[Node] = []
-    background: list[Stream] = []
-    prefetched: dict[int, Node] = {}
+    stream = ItemStream(group)
+    main, background, add, last = stream.nodes, stream.background, stream.add, stream.last
     pending: list[Stream] = []  # gradient chains started after the backward pass (no overlap)
-
-    def last() -> Node | None:
-        return main[-1] if main else None
-
-    def add(item: Item) -> None:
-        if isinstance(item, Prefetch):
-            node = Node(item.op, groups=(group,))
-            prefetched[id(item.op)] = node
-            background.append(Stream("prefetch", [node], CRITICAL, last(), group))
-        elif isinstance(item, Await):
-            main.append(Node(None, [prefetched.pop(id(item.op))], (group,), wait_category=item.op.category))
-        else:
-            main.append(Node(item, groups=(group,)))
 
     final = len(schedule.micro_batches) - 1
     for mb, (forward, backward) in enumerate(schedule.micro_batches):
