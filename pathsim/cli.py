@@ -400,7 +400,7 @@ def _cmd_drift(args, options: PlanOptions) -> int:
         except ValueError:
             raise PathsimConfigError("<command line>", "--drift", f"{args.drift!r} gives no random-walk sigma",
                                      "write e.g. --drift random-walk:0.3") from None
-        setup = prepare_run(args.cluster, args.workload, seed=args.seed, sampling=args.sampling, profile=args.profile)
+        setup = prepare_run(args.cluster, args.workload, seed=args.seed, sampling=args.sampling, profile=args.profile, place=False)
         drift = random_walk_drift(setup, args.windows, sigma_value, args.seed)
     report = routing_drift(args.cluster, args.workload, drift, policy=args.policy, replan_every=args.replan_every,
                            steps_per_window=args.window_steps, options=options, seed=args.seed, steps=args.steps,

@@ -66,7 +66,7 @@ def evaluate_placement(setup: RunSetup, placement: Placement, steps: int = 1, pl
         combine = setup.network.phase(routing.combine_traffic(per_token)).link_bytes
         hop_bytes += float(dispatch.sum() + combine.sum())
         max_link = max(max_link, float(dispatch.max(initial=0.0)))
-    result = run_steps(setup, placement, steps)
+    result = run_steps(setup.with_placement(placement), steps)
     replicas = placement.replicas.sum(axis=1) - placement.experts
     note = placement.planned_for.get("note", "")
     search = placement.planned_for.get("search")
@@ -91,7 +91,7 @@ def _timed_plan(policy: str, setup: RunSetup, options: PlanOptions, demand) -> t
 def plan(cluster, workload, policy: str = "balanced", options: PlanOptions | None = None, *, seed: int = 0, steps: int = 1,
          sampling: str = "auto", profile=None) -> tuple[Placement, PlacementReport]:
     """One placement by `policy`, with its report."""
-    setup = prepare_run(cluster, workload, seed=seed, sampling=sampling, profile=profile)
+    setup = prepare_run(cluster, workload, seed=seed, sampling=sampling, profile=profile, place=False)
     placement, seconds = _timed_plan(policy, setup, options or PlanOptions(), None)
     return placement, evaluate_placement(setup, placement, steps, seconds)
 
@@ -100,7 +100,7 @@ def compare_placements(cluster, workload, policies: "tuple[str, ...] | list[str]
                        options: PlanOptions | None = None, *, seed: int = 0, steps: int = 1, sampling: str = "auto",
                        profile=None) -> tuple[PlanComparison, dict[str, Placement]]:
     """Every policy on the same run, reported side by side (step time relative to round_robin)."""
-    setup = prepare_run(cluster, workload, seed=seed, sampling=sampling, profile=profile)
+    setup = prepare_run(cluster, workload, seed=seed, sampling=sampling, profile=profile, place=False)
     options = options or PlanOptions()
     demand = expected_demand(setup) if setup.plan is not None else None
     placements, reports = {}, []

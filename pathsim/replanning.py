@@ -103,7 +103,7 @@ def add_task(cluster, workload, placement: "str | Path | Placement", task: "str 
              seed: int = 0, steps: int = 1, sampling: str = "auto", profile=None
              ) -> tuple[TaskAdditionReport, dict[str, Placement], "RunSetup"]:
     """Options for adding `task` to a model placed as `placement`: keep, move within budgets, re-plan."""
-    before = prepare_run(cluster, workload, seed=seed, sampling=sampling, profile=profile)
+    before = prepare_run(cluster, workload, seed=seed, sampling=sampling, profile=profile, place=False)
     moe = before.workload.model.moe
     if moe is None:
         raise PathsimConfigError(before.source, "model.moe", f"{before.workload.name} has no experts", "add tasks to an MoE workload")
@@ -112,7 +112,7 @@ def add_task(cluster, workload, placement: "str | Path | Placement", task: "str 
     old = check_shape(old, moe.experts, before.layout.expert, before.moe_layers, source)
     task_source = str(task) if not isinstance(task, AddedTask) else "<python task>"
     added = task if isinstance(task, AddedTask) else read_added_task(task)
-    after = prepare_run(cluster, expand_workload(before.workload, added, task_source), seed=seed, sampling=sampling, profile=profile)
+    after = prepare_run(cluster, expand_workload(before.workload, added, task_source), seed=seed, sampling=sampling, profile=profile, place=False)
     if after.layout.expert != before.layout.expert:
         raise PathsimConfigError(task_source, "new_experts", f"{added.new_experts} more experts change the expert-parallel group "
                                  f"from {before.layout.expert} to {after.layout.expert} ranks, so no copy could stay where it is",
@@ -259,7 +259,7 @@ def routing_drift(cluster, workload, drift: "str | Path | np.ndarray", *, policy
                   options: PlanOptions | None = None, seed: int = 0, steps: int = 1, sampling: str = "auto",
                   profile=None) -> DriftReport:
     """A placement kept from window 0 against re-planning every K windows, over the drifting histograms."""
-    setup = prepare_run(cluster, workload, seed=seed, sampling=sampling, profile=profile)
+    setup = prepare_run(cluster, workload, seed=seed, sampling=sampling, profile=profile, place=False)
     moe = setup.workload.model.moe
     if moe is None:
         raise PathsimConfigError(setup.source, "model.moe", f"{setup.workload.name} has no experts", "study drift on an MoE workload")

@@ -1,12 +1,15 @@
-"""What a run needs before any placement or step: configs → topology, layout, device model, routing plan.
+"""What a run needs before any step: configs → topology, layout, device model, routing plan, expert placement.
 
 ``pathsim.simulate`` and the placement planner build the same things from a
-cluster and a workload; this is the one place that does it.
+cluster and a workload; this is the one place that does it. The placement is
+resolved here too (a policy planned by :mod:`pathsim.planner`, a file, or a
+Placement), so the simulation runs a setup whose placement is fixed: a sweep
+can hold one placement while it varies everything else (``with_placement``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +20,8 @@ from pathsim.device import DeviceModel, DeviceProfile, load_profile
 from pathsim.errors import PathsimConfigError
 from pathsim.network import MODELS, get_model
 from pathsim.network.timing import NetworkModel
+from pathsim.placement import Placement
+from pathsim.planner import resolve_placement
 from pathsim.routing import RoutingPlan, build_plan
 from pathsim.topology import MultiSlice, Torus, build_topology
 from pathsim.topology.base import Topology
@@ -38,10 +43,15 @@ class RunSetup:
     device: DeviceModel
     plan: RoutingPlan | None  # None for a dense model
     seed: int
+    placement: Placement | None = None  # experts → chips (None for a dense model, or not yet resolved)
 
     @property
     def moe_layers(self) -> int:
         return len(self.workload.model.moe_layers)
+
+    def with_placement(self, placement: Placement | None) -> "RunSetup":
+        """The same run with another (already resolved) placement."""
+        return replace(self, placement=placement)
 
 
 def layout_on(workload: WorkloadConfig, topology: Topology, source: str, chips: np.ndarray | None = None) -> Layout:
@@ -99,8 +109,11 @@ def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | P
                 seed: int = 0, network: str = "fast", sampling: str = "auto",
                 profile: "str | Path | DeviceProfile | None" = None,
                 dense: Literal["active_flops", "total_params"] | None = None,
-                chips: np.ndarray | None = None) -> RunSetup:
-    """Everything a run needs before placement; `chips` runs the workload on those chips of the cluster only."""
+                chips: np.ndarray | None = None,
+                placement: "str | Path | Placement | None" = None, place: bool = True) -> RunSetup:
+    """Everything a run needs; `chips` runs the workload on those chips of the cluster only. An MoE run's
+    `placement` (a policy, default round_robin; a placement JSON; a Placement) is resolved unless `place` is
+    false (a planner about to place the experts itself)."""
     seed = check_seed(seed)
     if network not in STEP_MODELS:
         why = ("the fluid model re-solves rates at every flow completion, which takes minutes per all-to-all of a "
@@ -117,6 +130,11 @@ def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | P
     device_profile = load_profile(profile if profile is not None else cluster_config.profile)
     device = DeviceModel(cluster_config.chip, workload_config.model.dtype, device_profile, source)
     plan = build_plan(workload_config, layout, seed, sampling, source) if workload_config.model.moe else None
-    return RunSetup(cluster=cluster_config, workload=workload_config, source=source, topology=topology, layout=layout,
-                    network=get_model(network, topology), network_name=network, device_profile=device_profile,
-                    device=device, plan=plan, seed=seed)
+    if placement is not None and plan is None:
+        raise PathsimConfigError("<arguments>", "placement", f"{workload_config.name} has no experts to place", "drop --placement")
+    setup = RunSetup(cluster=cluster_config, workload=workload_config, source=source, topology=topology, layout=layout,
+                     network=get_model(network, topology), network_name=network, device_profile=device_profile,
+                     device=device, plan=plan, seed=seed)
+    if plan is None or not place:
+        return setup
+    return setup.with_placement(resolve_placement(placement, setup))

@@ -37,7 +37,6 @@ from pydantic import BaseModel, Field, model_validator
 from pathsim.cluster import load_cluster
 from pathsim.errors import PathsimConfigError
 from pathsim.network import get_model
-from pathsim.planner import resolve_placement
 from pathsim.result import SimulationResult
 from pathsim.run_setup import RunSetup, prepare_run
 from pathsim.simulation import MAX_STEPS, run_steps
@@ -174,26 +173,24 @@ def simulate_shared(spec: "str | Path | dict | SharedPodConfig", *, steps: int =
     source = str(spec) if isinstance(spec, (str, Path)) else f"<shared pod {config.name}>"
     cluster = load_cluster(_reference(config, config.cluster, "topologies"))
     topology = build_topology(cluster)
-    setups, placements = [], []
+    setups = []
     for i, (job, chips) in enumerate(zip(config.jobs, jobs_chips(config, topology, source))):
         try:
-            setup = prepare_run(cluster, _reference(config, job.workload, "workloads"), seed=seed, chips=chips)
+            setups.append(prepare_run(cluster, _reference(config, job.workload, "workloads"), seed=seed, chips=chips,
+                                      placement=job.placement))
         except PathsimConfigError as exc:  # say which job of the file the workload's mistake is in
             raise PathsimConfigError(exc.source, exc.field, f"{exc.problem} (job {job.name!r}, jobs[{i}] of {source})",
                                      exc.fix) from None
-        setups.append(setup)
-        placements.append(resolve_placement(job.placement, setup) if setup.plan is not None else None)
 
     bandwidth = topology.link_bandwidth
-    alone = [run_steps(s, p, steps, detail=True) for s, p in zip(setups, placements)]
+    alone = [run_steps(s, steps, detail=True) for s in setups]
     busy = np.array([_busy_share(r, 1.0) for r in alone])  # jobs × links, at full bandwidth
     shared, converged, rounds = alone, True, 0
     if (np.count_nonzero(busy, axis=0) > 1).any():
         converged = False
         for rounds in range(1, max_rounds + 1):
             free = np.maximum(1.0 - (busy.sum(axis=0)[None, :] - busy), min_free_share)  # what the others leave
-            latest = [run_steps(_with_bandwidth(s, bandwidth * free[j]), p, steps, detail=True)
-                      for j, (s, p) in enumerate(zip(setups, placements))]
+            latest = [run_steps(_with_bandwidth(s, bandwidth * free[j]), steps, detail=True) for j, s in enumerate(setups)]
             moved = max(abs(a.step_time.mean_s / b.step_time.mean_s - 1) for a, b in zip(latest, shared))
             # Damped: a job that slows down keeps its links busy for less of its step, which frees them for the
             # others, which speeds it up again; averaging with the last round stops that see-saw.

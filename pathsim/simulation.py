@@ -26,7 +26,6 @@ from pathsim.errors import PathsimConfigError
 from pathsim.memory import expert_slots_on_busiest_chip, memory_per_chip
 from pathsim.model_math import model_totals
 from pathsim.placement import Placement
-from pathsim.planner import resolve_placement
 from pathsim.result import (Breakdown, CommunicationTotals, LayerLoad, ModalityLoad, PipelineSummary, SimulationDetail,
                             SimulationResult, StageSummary, StepTimeStats, TaskLoad, TimelineSpan)
 from pathsim.routing import LoadSample, step_rng
@@ -55,17 +54,16 @@ def simulate(cluster: "str | Path | dict | ClusterConfig", workload: "str | Path
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
         raise PathsimConfigError("<arguments>", "steps", f"must be an integer from 1 to {MAX_STEPS}, got {steps!r}", "e.g. --steps 5")
-    setup = prepare_run(cluster, workload, seed=seed, network=network, sampling=sampling, profile=profile, dense=dense)
-    if placement is not None and setup.plan is None:
-        raise PathsimConfigError("<arguments>", "placement", f"{setup.workload.name} has no experts to place", "drop --placement")
-    chosen = resolve_placement(placement, setup) if setup.plan is not None else None
-    return run_steps(setup, chosen, int(steps), trace, detail)
+    setup = prepare_run(cluster, workload, seed=seed, network=network, sampling=sampling, profile=profile, dense=dense,
+                        placement=placement)
+    return run_steps(setup, int(steps), trace, detail)
 
 
-def run_steps(setup: RunSetup, placement: Placement | None, steps: int, trace: "str | Path | None" = None,
-              detail: bool = False) -> SimulationResult:
-    """Simulate `steps` steps of a prepared run with a resolved placement."""
-    workload, layout = setup.workload, setup.layout
+def run_steps(setup: RunSetup, steps: int, trace: "str | Path | None" = None, detail: bool = False) -> SimulationResult:
+    """Simulate `steps` steps of a prepared run, with the placement it holds."""
+    workload, layout, placement = setup.workload, setup.layout, setup.placement
+    if setup.plan is not None and placement is None:
+        raise ValueError("an MoE run needs its placement resolved first (prepare_run places, or setup.with_placement)")
 
     def coster(stage: int = 0, held=None) -> StepCoster:
         return StepCoster(workload, layout.for_stage(stage), setup.topology, setup.network, setup.device, placement, held)

@@ -12,7 +12,6 @@ from pathsim.cli import main
 from pathsim.cluster import load_cluster
 from pathsim.errors import PathsimConfigError
 from pathsim.network import FastModel
-from pathsim.planner import resolve_placement
 from pathsim.run_setup import prepare_run
 from pathsim.presets import preset_names
 from pathsim.shared_pod import jobs_chips, load_shared_pod, simulate_shared
@@ -40,7 +39,7 @@ def test_a_job_on_one_slice_runs_as_that_slice_alone():
     # The same workload on slice 1 of a 2-slice cluster and on a 1-slice cluster of the same slice: bit for bit.
     alone = pathsim.simulate(tpu_slices(1), moe_workload())
     setup = prepare_run(tpu_slices(2), moe_workload(), chips=np.arange(64, 128))
-    part = run_steps(setup, resolve_placement(None, setup), 1)
+    part = run_steps(setup, 1)
     assert part.step_time.mean_s == alone.step_time.mean_s
     assert part.breakdown == alone.breakdown
     assert part.energy.inputs.chips == 64 and part.energy.inputs.hosts == 16  # its own chips, not the cluster's
@@ -83,7 +82,7 @@ def test_jobs_across_the_trunk_slow_each_other_to_a_consistent_fixed_point():
         narrowed[link.link_id] *= 1.0 - link.utilisation_by_job["b"]
     setup = prepare_run("example-dumbbell-8", grad_bound_workload(), chips=np.array([0, 1, 4, 5]))
     slim = topology.with_link_bandwidth(narrowed)
-    rerun = run_steps(replace(setup, topology=slim, network=FastModel(slim)), None, 1)
+    rerun = run_steps(replace(setup, topology=slim, network=FastModel(slim)), 1)
     assert rerun.step_time.mean_s == pytest.approx(a.step_time_shared_s, rel=2e-3)
 
 

@@ -251,3 +251,21 @@ def test_gradient_buckets_move_the_same_bytes_and_pay_latency_per_bucket():
     assert many.communication.grad_sync_s > one.communication.grad_sync_s  # each bucket pays the ring latency
     total = lambda r: sum(link.bytes for link in r.hottest_links)
     assert total(many) == pytest.approx(total(one), rel=1e-9)
+
+
+def test_a_setup_holds_its_placement_fixed_while_the_run_varies():
+    """The placement is resolved while the run is set up: the same Placement held fixed under another seed runs as
+    a run planned with it, and a setup without one (a planner's) cannot be stepped by mistake."""
+    from pathsim.run_setup import prepare_run
+    from pathsim.simulation import run_steps
+    from pathsim.errors import PathsimConfigError
+    setup = prepare_run("tpu-v4-4x4x4", "switch-base-128", placement="eplb")
+    assert setup.placement is not None and setup.placement.policy == "eplb"
+    reseeded = prepare_run("tpu-v4-4x4x4", "switch-base-128", seed=3, place=False).with_placement(setup.placement)
+    direct = simulate("tpu-v4-4x4x4", "switch-base-128", seed=3, placement=setup.placement)
+    assert run_steps(reseeded, 1).step_time.mean_s == direct.step_time.mean_s
+    assert run_steps(reseeded, 1).placement == "eplb"
+    with pytest.raises(ValueError, match="placement resolved"):
+        run_steps(prepare_run("tpu-v4-4x4x4", "switch-base-128", place=False), 1)
+    with pytest.raises(PathsimConfigError, match="no experts to place"):
+        prepare_run("tpu-v4-4x4x4", "palm-8b", placement="eplb")

@@ -6,6 +6,8 @@ constraint and what would fit, never a placement that silently overflows.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 from dataclasses import dataclass
 
@@ -15,8 +17,10 @@ from pydantic import Field, StrictInt, model_validator
 from pathsim.cluster import StrictModel
 from pathsim.errors import PathsimConfigError
 from pathsim.memory import memory_per_chip
-from pathsim.run_setup import RunSetup
 from pathsim.units import format_bytes
+
+if TYPE_CHECKING:  # the run setup composes the planner, not the other way round
+    from pathsim.run_setup import RunSetup
 
 
 class PlanOptions(StrictModel):

@@ -10,12 +10,16 @@ positions × experts matrix.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
 
 from pathsim.routing import expected_sources
-from pathsim.run_setup import RunSetup
+
+if TYPE_CHECKING:  # the run setup composes the planner, not the other way round
+    from pathsim.run_setup import RunSetup
 
 
 @dataclass(frozen=True)

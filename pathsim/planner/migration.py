@@ -15,6 +15,8 @@ the same congestion an all-to-all would.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +26,10 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from pathsim.memory import OPTIMIZER_STATE_BYTES
 from pathsim.model_math import layer_shapes
-from pathsim.run_setup import RunSetup
 from pathsim.traffic import Traffic
+
+if TYPE_CHECKING:  # the run setup composes the planner, not the other way round
+    from pathsim.run_setup import RunSetup
 
 DENSE_MATCH_RANKS = 1024  # a dense 1024² assignment solves in well under a second
 

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 from pathlib import Path
 
@@ -26,8 +28,10 @@ from pathsim.planner.demand import ExpertDemand, expected_demand
 from pathsim.planner.eplb import rebalance_experts
 from pathsim.planner.moves import LayerMoves, rebalance_moves
 from pathsim.planner.packing import PackingError, affinity_pack, lpt_pack, replicate, separate_copies
-from pathsim.run_setup import RunSetup
 from pathsim.topology import FatTree
+
+if TYPE_CHECKING:  # the run setup composes the planner, not the other way round
+    from pathsim.run_setup import RunSetup
 
 POLICIES = SHAPE_ONLY_POLICIES + ("balanced", "eplb", "topology", "search")
 TOPOLOGY_BLOCK_RANKS = 8  # neighbouring ranks in chip order the topology policy balances among: a DGX server, a torus row segment

@@ -16,6 +16,8 @@ and seed give the same placement.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 import time
 
@@ -25,8 +27,10 @@ from pathsim.placement import Placement
 from pathsim.planner.constraints import PlanOptions, SlotBudget
 from pathsim.planner.demand import ExpertDemand
 from pathsim.routing import route_layer
-from pathsim.run_setup import RunSetup
 from pathsim.step_ops import StepCoster
+
+if TYPE_CHECKING:  # the run setup composes the planner, not the other way round
+    from pathsim.run_setup import RunSetup
 
 START_TEMPERATURE = 0.02  # of the layer's starting time: accepts early moves up to ~2 % worse
 

@@ -176,7 +176,7 @@ def build_report(cluster: "str | Path", workload: "str | Path", *, compare_clust
         raise PathsimConfigError("<arguments>", "dense", f"unknown choice {dense!r}", f"use one of {', '.join(DENSE_CHOICES)}")
     if deadline_s is not None and not deadline_s > 0:
         raise PathsimConfigError("<arguments>", "deadline", f"must be a positive duration, got {deadline_s!r}", "e.g. --deadline 30d")
-    setup = prepare_run(cluster, workload, seed=seed)  # fail fast on bad configs, and learn the chip
+    setup = prepare_run(cluster, workload, seed=seed, place=False)  # fail fast on bad configs, and learn the chip
     chip = setup.cluster.chip.name
     site_options = dict(provider=provider, region=region, grid_intensity=grid_intensity, pue=pue)
     site = resolve_site(chip, price=price, **site_options)
