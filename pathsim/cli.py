@@ -235,7 +235,7 @@ def format_simulation(result: SimulationResult) -> str:
         pp = result.pipeline
         lines.append(f"  pipeline: {pp.stages} stages, {pp.schedule}" + (f" x {pp.virtual_stages} chunks" if pp.virtual_stages > 1 else "")
                      + f", {pp.micro_batches} micro-batches; bubble {100 * pp.bubble_fraction:.1f} % of the step "
-                     f"(closed form for uniform stages {100 * pp.closed_form_bubble_fraction:.1f} %)")
+                     f"(closed form for uniform stages, F = B = W: {100 * pp.closed_form_bubble_fraction:.1f} %)")
         stage_rows = [(str(st.stage), f"{st.layers[0]}-{st.layers[-1]} ({len(st.layers)})", format_seconds(st.bubble_s),
                        format_bytes(st.memory.total_bytes) + ("" if st.memory.fits else " DOES NOT FIT")
                        + (" (tightest)" if st.stage == pp.tightest_stage else "")) for st in pp.per_stage]

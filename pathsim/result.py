@@ -117,7 +117,7 @@ class PipelineSummary(BaseModel):
     virtual_stages: int
     micro_batches: int
     bubble_fraction: float  # of the step, mean over stages (simulated)
-    closed_form_bubble_fraction: float  # ((P-1)/v) / (m + (P-1)/v): uniform stages, free communication
+    closed_form_bubble_fraction: float  # the schedule's idle share for uniform stages, free communication, F = B = W (bubble_fraction)
     tightest_stage: int  # the stage with the least HBM headroom (result.memory is its)
     per_stage: list[StageSummary]
 

@@ -95,7 +95,8 @@ def _pipeline_summary(pipeline: Pipeline, paths: dict[str, dict[str, float]], st
     return PipelineSummary(stages=pipeline.stages, schedule=pipeline.schedule, virtual_stages=pipeline.virtual,
                            micro_batches=pipeline.micro_batches,
                            bubble_fraction=float(np.mean([st.bubble_s for st in stages]) / mean_time),
-                           closed_form_bubble_fraction=bubble_fraction(pipeline.stages, pipeline.micro_batches, pipeline.virtual),
+                           closed_form_bubble_fraction=bubble_fraction(pipeline.stages, pipeline.micro_batches, pipeline.virtual,
+                                                                       pipeline.schedule),
                            tightest_stage=tightest, per_stage=stages)
 
 

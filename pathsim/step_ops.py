@@ -47,6 +47,10 @@ from pathsim.topology.multi_slice import MultiSlice
 from pathsim.traffic import Traffic
 from pathsim.workload import Layout, WorkloadConfig
 
+# Kernel families whose backward is half input gradients, half weight gradients (X·W: dX = dY·Wᵀ, dW = Xᵀ·dY).
+WEIGHTED_FAMILIES = ("matmul", "ffn", "router")
+
+
 class StepCoster:
     """Durations of every op, for one workload on one cluster."""
 
@@ -73,10 +77,12 @@ class StepCoster:
 
     # ---- helpers ----------------------------------------------------------------------
     def _compute(self, name, family, cost: kc.KernelCost, layer, backward=False, category="compute") -> Op:
-        """An op on every chip from its per-chip cost (backward: data and weight gradients, twice the forward)."""
+        """An op on every chip from its per-chip cost (backward: data and weight gradients, twice the forward; of a
+        layer with weights, half of it is the weight gradients, which zero-bubble schedules run apart)."""
         scale = 2.0 if backward else 1.0
         duration = self.device.time_s(family, scale * cost.flops, scale * cost.nbytes)
-        return Op(name, category, COMPUTE, float(duration), layer, flops=scale * cost.flops)
+        return Op(name, category, COMPUTE, float(duration), layer, flops=scale * cost.flops,
+                  weight_share=0.5 if backward and family in WEIGHTED_FAMILIES else 0.0)
 
     def collective_segments(self, op: str, nbytes: float, groups: np.ndarray) -> list[tuple[str, float, np.ndarray]]:
         """A collective over concurrent groups as runs of phases on one tier each — (tier, time, link bytes):
@@ -226,7 +232,7 @@ class StepCoster:
         per_chip = self.device.time_s("expert_ffn", scale * cost.flops, scale * cost.nbytes)
         slowest, mean = float(per_chip.max()), float(per_chip.mean())
         experts = Op(f"L{layer} expert FFN {tag}", "compute", COMPUTE, slowest, layer, straggler_s=slowest - mean,
-                     flops=float(scale * np.mean(cost.flops)))
+                     flops=float(scale * np.mean(cost.flops)), weight_share=0.5 if backward else 0.0)
         ops = [router, permute, first, experts, second, unpermute]
         if s.shared_params:
             shared_ffn = (moe.shared_ffn or moe.expert_ffn) * moe.shared_experts / self.layout.tensor

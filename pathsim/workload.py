@@ -153,7 +153,7 @@ class ParallelismSpec(StrictModel):
                           "reduce-scatter + all-gather, the same bytes); off, each tensor rank keeps and computes them whole")
     pipeline: PositiveInt = Field(1, description="pipeline stages: chips = pipeline × data × tensor; stage s takes the s-th "
                                                  "block of consecutive chips (neighbouring slabs of a torus, nodes of a fat tree)")
-    pipeline_schedule: Literal["gpipe", "1f1b", "interleaved"] = Field(
+    pipeline_schedule: Literal["gpipe", "1f1b", "interleaved", "zb1p", "dualpipe"] = Field(
         "1f1b", description="the order each stage runs its micro-batches (pathsim/builders/schedules.py); "
                             "training.micro_batches are the pipeline's micro-batches")
     virtual_stages: PositiveInt = Field(1, description="model chunks per stage (interleaved schedule: at least 2)")
@@ -476,6 +476,11 @@ def check_pipeline(workload: WorkloadConfig, chips: int, source: str = "<workloa
             raise PathsimConfigError(source, "training.micro_batches", f"the interleaved schedule needs micro-batches in "
                                      f"multiples of {what}, got {training.micro_batches}",
                                      f"use {group * max(1, round(training.micro_batches / group))}")
+    elif par.pipeline_schedule == "dualpipe" and (p % 2 or training.micro_batches % 2 or training.micro_batches < 2 * p):
+        what, fix = (("parallelism.pipeline", f"use an even number of stages ({p - 1} or {p + 1})") if p % 2 else
+                     ("training.micro_batches", f"use an even number of at least {2 * p}"))
+        raise PathsimConfigError(source, what, f"DualPipe runs half the micro-batches each way on an even number of "
+                                 f"stages, at least two per stage: {p} stages, {training.micro_batches} micro-batches", fix)
     elif par.microbatch_group is not None:
         raise PathsimConfigError(source, "parallelism.microbatch_group", "applies to the interleaved schedule, not "
                                  f"{par.pipeline_schedule}", "set pipeline_schedule: interleaved or drop it")

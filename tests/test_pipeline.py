@@ -64,18 +64,83 @@ def test_interleaving_divides_the_bubble_by_the_virtual_stages(virtual):
 
 def test_every_schedule_runs_each_unit_once_and_forward_before_backward():
     for name, schedule in SCHEDULES.items():
-        for stages, micro_batches, virtual in [(2, 4, 2), (4, 8, 2), (4, 4, 3), (8, 16, 2), (3, 7, 1)]:
-            if name == "interleaved" and micro_batches % stages or name != "interleaved" and virtual > 1:
+        for stages, micro_batches, virtual in [(2, 4, 2), (4, 8, 2), (4, 4, 3), (8, 16, 2), (3, 7, 1), (4, 8, 1), (8, 16, 1),
+                                               (6, 14, 1)]:
+            if (name == "interleaved") != (virtual > 1) or name == "interleaved" and micro_batches % stages:
+                continue
+            if name == "dualpipe" and (stages % 2 or micro_batches % 2 or micro_batches < 2 * stages):
                 continue
             orders = schedule(stages, micro_batches, virtual)
             assert len(orders) == stages
+            kinds = "FBW" if name in ("zb1p", "dualpipe") else "FB"
+            if name == "dualpipe":  # half the micro-batches go each way, each along its own chunk
+                expected = {(k, mb, mb // (micro_batches // 2)) for k in kinds for mb in range(micro_batches)}
+            else:
+                expected = {(k, mb, c) for k in kinds for mb in range(micro_batches) for c in range(virtual)}
             for order in orders:
                 units = [(u.kind, u.mb, u.chunk) for u in order]
-                assert sorted(units) == sorted({(k, mb, c) for k in "FB" for mb in range(micro_batches)
-                                                for c in range(virtual)}), name
-                for mb in range(micro_batches):
-                    for c in range(virtual):
+                assert sorted(units) == sorted(expected), (name, stages, micro_batches)
+                for kind, mb, c in expected:
+                    if kind == "F":
                         assert units.index(("F", mb, c)) < units.index(("B", mb, c)), name
+                    if kind == "W":
+                        assert units.index(("B", mb, c)) < units.index(("W", mb, c)), name
+                assert all(order[k + 1].kind == "B" and order[k + 1].chunk != u.chunk
+                           for k, u in enumerate(order) if u.paired), name  # a pair: F of one way, B of the other
+
+
+def unit_times(result, stage: int, micro_batches: int) -> tuple[float, float, float]:
+    """F, B (input gradients) and W (weight gradients) of one micro-batch through one block of layers, from the
+    stage's timeline."""
+    spans = [s for s in result.detail.timeline if s.group == stage and s.resource == "compute"]
+    return tuple(sum(s.end_s - s.start_s for s in spans if tag in s.name) / micro_batches for tag in (" fwd", " bwd", " wgrad"))
+
+
+@pytest.mark.parametrize("P", [4, 8])
+def test_zero_bubble_and_dualpipe_bubbles_against_their_closed_forms(P):
+    """Uniform stages, free communication: 1F1B idles (P−1)(F+B+W), ZB-H1 (P−1)(F+B−W) (Qi et al. 2023), each within
+    3 %. DualPipe (DeepSeek-V3 Table 2: (P/2−1)(F&B + B' − 3W), B' = B + W the whole backward, F&B = F + B' with
+    nothing to overlap) idles less than ZB-H1, as much at any micro-batch count, and at most Table 2's figure:
+    pathsim's sends are asynchronous, the reference code's are batched at fixed points (about half the figure
+    here, measured). DualPipe holds two copies of its blocks' parameters and P+1 micro-batches' activations."""
+    m = 2 * P
+    runs = {s: simulate(free_links("dgx-h100-1"), uniform_model(P, m, s), detail=True) for s in ("1f1b", "zb1p", "dualpipe")}
+    F, B, W = unit_times(runs["zb1p"], 1, m)
+    assert unit_times(runs["dualpipe"], 1, m) == pytest.approx((F, B, W), rel=1e-9)
+    for schedule, result in runs.items():
+        assert result.breakdown.total_s() == pytest.approx(result.step_time.mean_s, rel=1e-9)
+    bubble = {s: r.breakdown.pipeline_bubble_s for s, r in runs.items()}
+    assert bubble["1f1b"] == pytest.approx((P - 1) * (F + B + W), rel=0.03)
+    assert bubble["zb1p"] == pytest.approx((P - 1) * (F + B - W), rel=0.03)
+    assert 0 < bubble["dualpipe"] < bubble["zb1p"]
+    assert bubble["dualpipe"] <= (P / 2 - 1) * ((F + B + W) + (B + W) - 3 * W)
+    longer = simulate(free_links("dgx-h100-1"), uniform_model(P, 3 * m, "dualpipe"))
+    assert longer.breakdown.pipeline_bubble_s == pytest.approx(bubble["dualpipe"], rel=0.03)
+    one, dual = runs["1f1b"].pipeline.per_stage[3].memory, runs["dualpipe"].pipeline.per_stage[3].memory
+    assert dual.parameters_bytes == pytest.approx(2 * one.parameters_bytes)
+    first = [r.pipeline.per_stage[0].memory.activations_bytes for r in (runs["1f1b"], runs["zb1p"], runs["dualpipe"])]
+    assert first[1] == first[0] and first[2] == pytest.approx(first[0] * (P + 1) / P)
+
+
+def test_dualpipe_hides_the_all_to_alls_under_the_other_direction_s_compute():
+    """DeepSeek-V3's layers on 4 stages of 64 H100: its forward-and-backward pairs overlap each one's dispatch and
+    combine with the other's compute, so fewer all-to-all seconds are exposed than with 1F1B."""
+    w = load_workload("deepseek-v3").model_dump(mode="json")
+    w["model"]["layers"], w["model"]["moe"]["first_dense"] = 9, 1
+    w["training"].update(micro_batches=24, tokens_per_step=4096 * 24 * 64)
+    w["parallelism"].update(pipeline=4, expert=64)
+    runs = {}
+    for schedule in ("1f1b", "dualpipe"):
+        w["parallelism"]["pipeline_schedule"] = schedule
+        runs[schedule] = simulate("dgx-h100-32", w, sampling="mean_field")
+        assert runs[schedule].breakdown.total_s() == pytest.approx(runs[schedule].step_time.mean_s, rel=1e-9)
+    assert runs["dualpipe"].breakdown.all_to_all_s < 0.7 * runs["1f1b"].breakdown.all_to_all_s
+    assert runs["dualpipe"].step_time.mean_s < runs["1f1b"].step_time.mean_s
+    from pathsim.workload import check_pipeline
+    w["parallelism"]["pipeline"] = 3
+    with pytest.raises(PathsimConfigError, match="even number of stages") as err:
+        check_pipeline(load_workload(w), 24)
+    assert err.value.field == "parallelism.pipeline"
 
 
 def test_microbatch_groups_run_breadth_first_with_the_same_bubble_and_more_in_flight():
@@ -157,6 +222,7 @@ def test_a_pipelined_moe_step_routes_every_layer_and_sums_to_the_step():
     (dict(pipeline=4, pipeline_schedule="interleaved", virtual_stages=2, microbatch_group=2), "parallelism.microbatch_group"),
     (dict(pipeline=4, pipeline_schedule="interleaved", virtual_stages=2, microbatch_group=6), "training.micro_batches"),
     (dict(pipeline=4, microbatch_group=4), "parallelism.microbatch_group"),
+    (dict(pipeline=4, pipeline_schedule="dualpipe", micro=6), "training.micro_batches"),  # fewer than 2P
 ])
 def test_bad_pipeline_settings_name_the_field(change, field):
     w = uniform_model(4, 8)

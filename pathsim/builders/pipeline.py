@@ -25,6 +25,8 @@ overlap is on.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from typing import Callable
 
 import numpy as np
@@ -32,6 +34,7 @@ import numpy as np
 from pathsim.builders.schedules import SCHEDULES, Unit, peak_in_flight
 from pathsim.builders.training import ItemStream, CRITICAL, fixed_ops, grad_streams
 from pathsim.engine import NETWORK, Graph, Node, Op, Stream
+from pathsim.engine.graph import COMPUTE, Await, Prefetch
 from pathsim.memory import Held
 from pathsim.model_math import layer_shapes
 from pathsim.routing import LoadSample, route_layer
@@ -73,22 +76,34 @@ def partition_layers(model: ModelSpec, parts: int, explicit: list[int] | None = 
 
 
 class Pipeline:
-    """The stages of one pipeline-parallel run: their layers, schedule, costers and what each holds in HBM."""
+    """The stages of one pipeline-parallel run: their layers, schedule, costers and what each holds in HBM.
+
+    A micro-batch walks a path of positions, each a (stage, chunk) holding a block of layers: one path through
+    all P × v virtual stages (chunk c of stage s at position c·P + s), or with ``dualpipe`` two, one per direction
+    (chunk 0 from stage 0 up, chunk 1 from stage P−1 down), over the same P blocks of layers."""
 
     def __init__(self, workload: WorkloadConfig, make_coster: Callable[[int, Held], StepCoster]):
         """`make_coster(stage, held)`: the coster of a stage's chips, given what they hold."""
         par = workload.parallelism
         self.workload, self.model = workload, workload.model
-        self.stages, self.virtual = par.pipeline, par.virtual_stages
+        self.stages, self.virtual = P, v = par.pipeline, par.virtual_stages
         self.micro_batches = workload.training.micro_batches
         self.schedule = par.pipeline_schedule
-        self.parts = partition_layers(self.model, self.stages * self.virtual, par.stage_layers)
-        self.orders = SCHEDULES[self.schedule](self.stages, self.micro_batches, self.virtual, par.microbatch_group)
+        if self.schedule == "dualpipe":
+            self.chunks = 2
+            self.paths = [[(pos, 0) for pos in range(P)], [(P - 1 - pos, 1) for pos in range(P)]]
+        else:
+            self.chunks = v
+            self.paths = [[(pos % P, pos // P) for pos in range(P * v)]]
+        self.parts = partition_layers(self.model, len(self.paths[0]), par.stage_layers)
+        self.position = {at: pos for path in self.paths for pos, at in enumerate(path)}
+        self.orders = SCHEDULES[self.schedule](P, self.micro_batches, v, par.microbatch_group)
         self.held = []
         for s, order in enumerate(self.orders):
-            live = peak_in_flight(order, self.virtual)
-            layers = [(i, live[c]) for c in range(self.virtual) for i in self.parts[c * self.stages + s]]
-            self.held.append(Held(tuple(i for i, _ in layers), embedding=s == 0, head=s == self.stages - 1,
+            live = peak_in_flight(order, self.chunks)
+            layers = [(i, live[c]) for c in range(self.chunks) for i in self.layers_of(s, c)]
+            ends = {self.position[s, c] for c in range(self.chunks)}
+            self.held.append(Held(tuple(i for i, _ in layers), embedding=0 in ends, head=len(self.parts) - 1 in ends,
                                   in_flight=tuple(n for _, n in layers)))
         self.costers = [make_coster(s, held) for s, held in enumerate(self.held)]
         self.coster = self.costers[0]
@@ -96,7 +111,15 @@ class Pipeline:
         self._p2p: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
 
     def layers_of(self, stage: int, chunk: int) -> range:
-        return self.parts[chunk * self.stages + stage]
+        return self.parts[self.position[stage, chunk]]
+
+    def path_of(self, chunk: int) -> list[tuple[int, int]]:
+        return self.paths[chunk if len(self.paths) > 1 else 0]
+
+    def neighbour(self, stage: int, chunk: int, step: int) -> tuple[int, int] | None:
+        """The (stage, chunk) `step` positions along the path from this one, or None past its ends."""
+        path, pos = self.path_of(chunk), self.position[stage, chunk] + step
+        return path[pos] if 0 <= pos < len(path) else None
 
     def send(self, source: int, target: int) -> tuple[float, np.ndarray]:
         """Time and link bytes of one micro-batch's activations (or their gradients) from every chip of stage
@@ -116,11 +139,12 @@ class Pipeline:
         """One step's graph, with every micro-batch's routing sampled (micro-batch after micro-batch, layers in
         order, so the same seed gives the same samples whatever the schedule)."""
         model, P, fixed = self.model, self.stages, self.fixed
-        stage_of = {i: k % P for k, part in enumerate(self.parts) for i in part}
+        chunk_of_mb = _chunk_of_micro_batches(self.orders, self.micro_batches)
         moe_ops: dict[tuple[int, int], tuple[list[Op], list[Op]]] = {}
         routings: list[list[LoadSample]] = []
         for mb in range(self.micro_batches):
             samples = []
+            stage_of = {i: at[0] for at in self.path_of(chunk_of_mb[mb]) for i in self.layers_of(*at)}
             for i in model.moe_layers:
                 coster = self.costers[stage_of[i]]
                 routing = route_layer(plan, coster.layout, placement, coster.moe_index[i], rng)
@@ -130,11 +154,25 @@ class Pipeline:
                 moe_ops[mb, i] = (forward, backward)
             routings.append(samples)
 
-        def ops_of(stage: int, unit: Unit) -> list[tuple[int, list[Op]]]:
-            """(layer, its ops) of one unit, in execution order (model.layers stands for the LM head)."""
+        split = any(u.kind == "W" for order in self.orders for u in order)
+        halves: dict[int, tuple] = {}
+
+        def halved(item):
+            """(input-gradient part, weight-gradient part) of a backward item; None where a part is empty."""
+            if not isinstance(item, Op) or item.weight_share == 0.0:
+                return item, None
+            if id(item) not in halves:
+                w = item.weight_share
+                halves[id(item)] = (replace(item, duration_s=item.duration_s * (1 - w), flops=item.flops * (1 - w),
+                                            straggler_s=item.straggler_s * (1 - w), weight_share=0.0),
+                                    replace(item, name=item.name.replace(" bwd", " wgrad"), duration_s=item.duration_s * w,
+                                            flops=item.flops * w, straggler_s=item.straggler_s * w, weight_share=0.0))
+            return halves[id(item)]
+
+        def ops_of(stage: int, unit: Unit) -> list[tuple[int, list]]:
+            """(layer, its items) of one unit, in execution order (model.layers stands for the LM head)."""
             f = fixed[stage]
-            vs = unit.chunk * P + stage
-            last = vs == len(self.parts) - 1
+            last = self.neighbour(stage, unit.chunk, 1) is None
             out = []
             if unit.kind == "F":
                 for i in self.layers_of(stage, unit.chunk):
@@ -142,20 +180,23 @@ class Pipeline:
                     out.append((i, f["attention"][False][i] + ffn))
                 if last:
                     out.append((model.layers, [f["head"][False]]))
-            else:
-                if last:
-                    out.append((model.layers, [f["head"][True]]))
-                for i in reversed(self.layers_of(stage, unit.chunk)):
-                    ffn = moe_ops[unit.mb, i][1] if model.is_moe(i) else f["dense_ffn"][True][i]
-                    out.append((i, ffn + f["attention"][True][i]))
+                return out
+            if last:
+                out.append((model.layers, [f["head"][True]]))
+            for i in reversed(self.layers_of(stage, unit.chunk)):
+                ffn = moe_ops[unit.mb, i][1] if model.is_moe(i) else f["dense_ffn"][True][i]
+                out.append((i, ffn + f["attention"][True][i]))
+            if split:  # B: the input gradients only; W: the weight gradients it left, as their own ops
+                part = 0 if unit.kind == "B" else 1
+                out = [(i, [h for h in (halved(item)[part] for item in items) if h is not None]) for i, items in out]
             return out
 
-        sends: dict[tuple[str, int, int], Node] = {}  # (kind, micro-batch, receiving virtual stage) -> its send
+        sends: dict[tuple[str, int, tuple[int, int]], Node] = {}  # (kind, micro-batch, receiver) -> its send
 
-        def send(kind: str, mb: int, source_vs: int, target_vs: int) -> Node:
-            key = (kind, mb, target_vs)
+        def send(kind: str, mb: int, source: tuple[int, int], target: tuple[int, int]) -> Node:
+            key = (kind, mb, target)
             if key not in sends:
-                a, b = source_vs % P, target_vs % P
+                a, b = source[0], target[0]
                 time_s, link_bytes = self.send(a, b)
                 what = "activations" if kind == "F" else "gradients"
                 op = Op(f"mb{mb} {what} stage {a} -> {b}", "pipeline_p2p", NETWORK, time_s, link_bytes=link_bytes)
@@ -164,38 +205,121 @@ class Pipeline:
 
         streams: list[Stream] = []
         background: list[Stream] = []
-        last_backward = {(s, c): max(k for k, u in enumerate(order) if u.kind == "B" and u.chunk == c)
-                         for s, order in enumerate(self.orders) for c in range(self.virtual)}
+        done_kind = "W" if split else "B"  # a layer's gradients are complete after its last weight-gradient unit
+        last_backward = {(s, c): max(k for k, u in enumerate(order) if u.kind == done_kind and u.chunk == c)
+                         for s, order in enumerate(self.orders) for c in range(self.chunks)}
         for s, order in enumerate(self.orders):
             stage = ItemStream(s)  # ops in turn; a context-parallel ring's K/V pass runs beside the attention core
-            nodes = stage.nodes
             grad_ends: list[Node] = []
-            for k, unit in enumerate(order):
-                vs = unit.chunk * P + s
-                source = vs - 1 if unit.kind == "F" else vs + 1
-                if 0 <= source < len(self.parts):  # the unit waits for its input from the neighbouring stage
-                    nodes.append(Node(None, [send(unit.kind, unit.mb, source, vs)], (s,), wait_category="pipeline_bubble"))
-                elif not self.layers_of(s, unit.chunk) and not ops_of(s, unit):
-                    nodes.append(Node(None, groups=(s,)))  # a chunk without layers (Llama 3's embedding-only first) relays
-                for layer, ops in ops_of(s, unit):
-                    for item in ops:
-                        stage.add(item)
+
+            def chain(k: int, unit: Unit) -> list:
+                """A unit's items: its input's arrival (from the neighbouring stage), then its layers' ops."""
+                items: list = []
+                if unit.kind != "W":  # a W needs only its own stage's input gradients, which ran before it
+                    source = self.neighbour(s, unit.chunk, -1 if unit.kind == "F" else 1)
+                    if source is not None:
+                        items.append(_Input(send(unit.kind, unit.mb, source, (s, unit.chunk))))
+                for layer, layer_items in ops_of(s, unit):
+                    items += layer_items
                     if k == last_backward[s, unit.chunk] and fixed[s]["grad_sync"].get(layer):
-                        streams_here = grad_streams(fixed[s]["grad_sync"][layer], nodes[-1], s)
-                        background += streams_here
-                        grad_ends += [g.nodes[-1] for g in streams_here]
-                target = vs + 1 if unit.kind == "F" else vs - 1
-                if 0 <= target < len(self.parts):
-                    background.append(Stream("p2p", [send(unit.kind, unit.mb, vs, target)], CRITICAL, nodes[-1], s))
-            nodes.append(Node(fixed[s]["optimizer"], grad_ends, (s,)))
+                        items.append(_GradSync(fixed[s]["grad_sync"][layer]))
+                return items
+
+            k = 0
+            while k < len(order):
+                group = [(k, order[k])] + ([(k + 1, order[k + 1])] if order[k].paired else [])
+                ends = _run_overlapped(stage, [chain(j, u) for j, u in group], background, grad_ends, s)
+                for (j, unit), end in zip(group, ends):
+                    target = self.neighbour(s, unit.chunk, 1 if unit.kind == "F" else -1)
+                    if target is not None and unit.kind != "W":
+                        background.append(Stream("p2p", [send(unit.kind, unit.mb, (s, unit.chunk), target)], CRITICAL,
+                                                 end, s))
+                k += len(group)
+            stage.nodes.append(Node(fixed[s]["optimizer"], grad_ends, (s,)))
             background += stage.background
-            streams.append(Stream(f"stage {s}", nodes, CRITICAL, None, s))
+            streams.append(Stream(f"stage {s}", stage.nodes, CRITICAL, None, s))
         return Graph(streams + background, groups=P, critical=tuple(st.name for st in streams)), routings
 
 
-def bubble_fraction(stages: int, micro_batches: int, virtual: int = 1) -> float:
-    """The closed form: idle share of a stage's step with uniform stages and free communication,
-    ((P−1)/v) / (m + (P−1)/v) (Narayanan et al. SC'21 §2.2)."""
-    idle = (stages - 1) / virtual
-    return idle / (micro_batches + idle)
+class _Input:
+    """In a unit's items: wait here for the send that brings the unit its input (a pipeline bubble while it is
+    not yet under way)."""
+
+    def __init__(self, node: Node):
+        self.node = node
+
+
+class _GradSync:
+    """In a unit's items: launch these gradient chains here (the layer's last weight gradients have run)."""
+
+    def __init__(self, chains: list[list[Op]]):
+        self.chains = chains
+
+
+def _chunk_of_micro_batches(orders: list[list[Unit]], micro_batches: int) -> list[int]:
+    """The chunk (the path, for a two-directional schedule) each micro-batch's forward starts on."""
+    first = {u.mb: u.chunk for u in reversed(orders[0]) if u.kind == "F"}
+    first.update({u.mb: u.chunk for u in reversed(orders[-1]) if u.kind == "F" and u.mb not in first})
+    return [first.get(mb, 0) for mb in range(micro_batches)]
+
+
+def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stream], grad_ends: list[Node],
+                    group: int) -> list[Node]:
+    """Add one unit's items to the stage's stream, or two units' overlapped (DualPipe's forward-and-backward
+    chunk): their compute runs in turn on the stream while each one's communication runs in the background
+    under the other's compute (started after its compute before it, awaited before its compute after it).
+    Returns the node each unit ends at (its last compute, or its last communication)."""
+    ends: list[Node | None] = [None] * len(chains)
+    pending: list[list[Op]] = [[] for _ in chains]
+    cursor = [0] * len(chains)
+    turn = 0
+
+    def take(c: int) -> None:
+        """Chain c's next run: its pending communication awaited, its compute ops, its next communication started."""
+        items = chains[c]
+        for op in pending[c]:
+            stage.add(Await(op))
+        pending[c] = []
+        while cursor[c] < len(items):
+            item = items[cursor[c]]
+            if isinstance(item, _Input):
+                stage.nodes.append(Node(None, [item.node], (group,), wait_category="pipeline_bubble"))
+            elif isinstance(item, _GradSync):
+                if stage.last() is not None:
+                    here = grad_streams(item.chains, stage.last(), group)
+                    background.extend(here)
+                    grad_ends.extend(g.nodes[-1] for g in here)
+            elif len(chains) > 1 and isinstance(item, Op) and item.resource != COMPUTE:
+                stage.add(Prefetch(item))  # overlapped: runs under the other unit's compute
+                pending[c].append(item)
+                ends[c] = stage.prefetched(item)
+                cursor[c] += 1
+                if cursor[c] < len(items) and not (isinstance(items[cursor[c]], Op) and items[cursor[c]].resource != COMPUTE):
+                    return  # hand over to the other unit until this one's next compute
+                continue
+            else:
+                stage.add(item)
+                ends[c] = stage.last()
+            cursor[c] += 1
+        return
+
+    while any(cursor[c] < len(chains[c]) for c in range(len(chains))):
+        if cursor[turn] < len(chains[turn]):
+            take(turn)
+        turn = (turn + 1) % len(chains)
+    for c in range(len(chains)):  # what is still in flight when both units' compute is done
+        for op in pending[c]:
+            stage.add(Await(op))
+    return [end if end is not None else stage.last() for end in ends]
+
+
+def bubble_fraction(stages: int, micro_batches: int, virtual: int = 1, schedule: str = "1f1b") -> float:
+    """The closed form: idle share of a stage's step with uniform stages and free communication, in units of a
+    forward F, with a backward of input gradients B = F and weight gradients W = F (a stage works 3m):
+    ((P−1)/v)·3 for GPipe, 1F1B and interleaved 1F1B (Narayanan et al. SC'21 §2.2: (P−1)/v of m), (P−1)(F+B−W)
+    for ZB-H1 (Qi et al. 2023), (P/2−1)(F&B + B' − 3W) with F&B = F + B' and B' = B + W for DualPipe
+    (DeepSeek-V3 Table 2)."""
+    P = stages
+    idle = {"zb1p": P - 1.0, "dualpipe": 2.0 * (P / 2 - 1)}.get(schedule, 3.0 * (P - 1) / virtual)
+    return idle / (3.0 * micro_batches + idle)
 

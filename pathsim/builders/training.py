@@ -123,6 +123,10 @@ class ItemStream:
     def last(self) -> Node | None:
         return self.nodes[-1] if self.nodes else None
 
+    def prefetched(self, op: Op) -> Node:
+        """The background node of a prefetched op not yet awaited."""
+        return self._prefetched[id(op)]
+
     def add(self, item: Item) -> None:
         if isinstance(item, Prefetch):
             node = Node(item.op, groups=(self.group,))

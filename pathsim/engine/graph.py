@@ -38,6 +38,7 @@ class Op:
     flops: float = 0.0  # per chip (mean), for utilisation
     link_bytes: np.ndarray | None = field(default=None, repr=False)
     also: tuple[str, ...] = ()  # further resources held for the whole op (an all-to-all whose bytes cross the DCN)
+    weight_share: float = 0.0  # of its duration, the part a builder may run later as its own op (weight gradients)
 
     @property
     def resources(self) -> tuple[str, ...]:
