@@ -314,10 +314,10 @@ def route_layer(plan: RoutingPlan, layout: Layout, placement: Placement, layer: 
     chip = layout.chip(rank_ids)
     own = np.sort(chip)  # the chips the ranks run on, in id order (all of the cluster's but for a job sharing it)
     position = layout.expert_position(rank_ids)
-    group = layout.expert_copy(rank_ids)  # expert group × tensor rank
+    group = layout.expert_copy(rank_ids)  # which copy of the expert set the rank dispatches to
     chip_slots = np.bincount(shares.indices, minlength=layout.expert)[position][np.argsort(chip, kind="stable")]
     classes = per_rank.shape[0]
-    rank = layout.expert_groups * layout.tensor * classes
+    rank = layout.expert_replication * classes
     if rank * 4 <= chips:
         # Every source of one class in one group sends the same row: dispatch = left @ right with
         # left[s, (group, class)] = 1 and right[(group, class), c] = per_rank[class, position of c].

@@ -141,6 +141,11 @@ class ParallelismSpec(StrictModel):
 
     tensor: PositiveInt = 1
     expert: PositiveInt | Literal["auto"] = Field("auto", description="chips per expert-parallel group (auto: all data-parallel ranks, at most one group per expert set)")
+    expert_spans_tensor: bool = Field(
+        False, description="expert groups of `expert` consecutive chips, across the tensor ranks: attention is tensor-"
+                           "parallel, experts are not (Megatron-Core's expert-tensor size 1 with expert parallelism folded "
+                           "over the tensor ranks, as DeepSeek-style runs lay out MoE on TP-sharded attention); false: "
+                           "`expert` data ranks, each of their tensor ranks a copy of the group for its share of tokens")
     data: PositiveInt | Literal["auto"] = Field("auto", description="data-parallel degree (auto: chips / tensor)")
     context: PositiveInt = Field(1, description="context parallelism: each sequence split over this many ranks (after the "
                                                 "tensor ranks, before the data ranks); chips = pipeline × data × context × tensor")
@@ -362,6 +367,7 @@ class Layout(StrictModel):
     cluster_chips: int | None = Field(None, description="chips of the whole cluster when the ranks run on a part of it "
                                                          "(a job sharing a pod); None: the ranks fill the cluster")
     axes: dict[str, str] = Field(default_factory=dict, description="which topology axes each degree spans")
+    expert_spans_tensor: bool = Field(False, description="expert groups are `expert` consecutive ranks (chips), not data ranks")
 
     def chip(self, ranks: np.ndarray) -> np.ndarray:
         """Physical chip ids of the given ranks (of this stage)."""
@@ -380,15 +386,22 @@ class Layout(StrictModel):
 
     def expert_position(self, ranks: np.ndarray) -> np.ndarray:
         """Position in its expert group (which slice of the expert set the rank hosts)."""
+        if self.expert_spans_tensor:
+            return np.asarray(ranks) % self.expert
         return self.data_rank(ranks) % self.expert
 
     def expert_copy(self, ranks: np.ndarray) -> np.ndarray:
-        """Which copy of the expert set the rank belongs to: expert group × tensor rank."""
+        """Which copy of the expert set the rank belongs to: expert group × tensor rank (or, with groups across the
+        tensor ranks, its group)."""
+        if self.expert_spans_tensor:
+            return np.asarray(ranks) // self.expert
         return (self.data_rank(ranks) // self.expert) * self.tensor + self.tensor_rank(ranks)
 
     def rank_at(self, copy: np.ndarray, position: np.ndarray) -> np.ndarray:
         """The rank at `position` of expert-set copy `copy` (the inverse of expert_copy and expert_position)."""
         copy, position = np.asarray(copy), np.asarray(position)
+        if self.expert_spans_tensor:
+            return copy * self.expert + position
         return ((copy // self.tensor) * self.expert + position) * self.tensor + copy % self.tensor
 
     def groups(self, kind: str) -> np.ndarray:
@@ -410,7 +423,10 @@ class Layout(StrictModel):
             c = self.context
             grid = ranks.reshape(self.data // c, c, self.tensor).transpose(0, 2, 1).reshape(-1, c)
         elif kind == "expert_copies":
-            grid = ranks.reshape(self.expert_groups, self.expert, self.tensor).transpose(1, 0, 2).reshape(self.expert, -1)
+            if self.expert_spans_tensor:
+                grid = ranks.reshape(self.expert_replication, self.expert).T
+            else:
+                grid = ranks.reshape(self.expert_groups, self.expert, self.tensor).transpose(1, 0, 2).reshape(self.expert, -1)
         else:
             raise ValueError(f"unknown group kind {kind!r}")
         return self.chip(grid)
@@ -435,12 +451,13 @@ class Layout(StrictModel):
 
     @property
     def expert_groups(self) -> int:
-        return self.data // self.expert
+        """Expert groups: of data ranks, each with a copy per tensor rank; or, across tensor ranks, of chips."""
+        return self.chips // self.expert if self.expert_spans_tensor else self.data // self.expert
 
     @property
     def expert_spans_slices(self) -> bool:
         """True when an expert group's all-to-alls cross the DCN."""
-        return self.expert * self.slices > self.data
+        return self.expert * self.slices > (self.chips if self.expert_spans_tensor else self.data)
 
     def tokens_per_chip(self, workload: "WorkloadConfig") -> float:
         """Tokens per micro-batch on one chip: a data rank's tokens split over its tensor ranks (sequence parallelism)."""
@@ -448,8 +465,8 @@ class Layout(StrictModel):
 
     @property
     def expert_replication(self) -> int:
-        """Copies of each expert set (one per expert group and tensor rank)."""
-        return self.expert_groups * self.tensor
+        """Copies of each expert set (one per expert group and tensor rank, or one per group across the tensor ranks)."""
+        return self.expert_groups * (1 if self.expert_spans_tensor else self.tensor)
 
 
 def check_pipeline(workload: WorkloadConfig, chips: int, source: str = "<workload>") -> int:
@@ -542,19 +559,25 @@ def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<wo
                                  f"equal the {chips} chips", f"set data: {data // par.context} or data: auto")
     moe = workload.model.moe
     slice_data = data // slices
+    # Expert groups are of data ranks, or with expert_spans_tensor of chips (ranks): `members` of them per slice.
+    members, what = (chips // slices, "chips") if par.expert_spans_tensor else (slice_data, "data-parallel ranks")
     if par.expert == "auto":
         # One expert group spans every data-parallel rank of a slice (never the DCN), unless
         # there are fewer experts than ranks: then groups of (at most) one rank per expert.
-        limit = slice_data if moe is None else min(slice_data, moe.experts)
-        expert = max(d for d in range(1, limit + 1) if slice_data % d == 0)
+        limit = members if moe is None else min(members, moe.experts)
+        expert = max(d for d in range(1, limit + 1) if members % d == 0)
     else:
         expert = par.expert
-    if data % expert:
-        raise PathsimConfigError(source, "parallelism.expert", f"expert degree {expert} does not divide the {data} data-parallel ranks",
-                                 f"use a divisor of {data}")
-    if expert > slice_data and expert % slice_data or expert < slice_data and slice_data % expert:
-        raise PathsimConfigError(source, "parallelism.expert", f"expert groups of {expert} ranks straddle the slices' "
-                                 f"{slice_data} data-parallel ranks each", f"use a divisor or a multiple of {slice_data}")
+    if (members * slices) % expert:
+        raise PathsimConfigError(source, "parallelism.expert", f"expert degree {expert} does not divide the "
+                                 f"{members * slices} {what}", f"use a divisor of {members * slices}")
+    if expert > members and expert % members or expert < members and members % expert:
+        raise PathsimConfigError(source, "parallelism.expert", f"expert groups of {expert} straddle the slices' "
+                                 f"{members} {what} each", f"use a divisor or a multiple of {members}")
+    if par.expert_spans_tensor and expert % par.tensor and par.tensor % expert:
+        raise PathsimConfigError(source, "parallelism.expert", f"expert groups of {expert} chips across tensor groups of "
+                                 f"{par.tensor} would split a tensor group between groups unevenly",
+                                 f"use a multiple or a divisor of {par.tensor}")
     tokens = workload.training.tokens_per_step // workload.training.micro_batches
     if tokens < data:
         raise PathsimConfigError(source, "training.tokens_per_step", f"{tokens} tokens per micro-batch leave some of the {data} data-parallel ranks empty",
@@ -578,14 +601,18 @@ def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<wo
     if walk is not None and slices > 1:
         walk.append(("slices", slices))
     layout = Layout(chips=chips, tensor=par.tensor, data=data, expert=expert, context=par.context, slices=slices,
-                    chip_of_rank=chip_of_rank,
+                    chip_of_rank=chip_of_rank, expert_spans_tensor=par.expert_spans_tensor,
                     parameter_shards=slice_data if workload.training.shard_parameters else 1)
     if walk is not None:
         if par.context > 1:  # expert groups (over data × context ranks) are left out of the picture
             degrees = [("tensor", par.tensor), ("context", par.context), ("data", data // par.context)]
         else:
-            degrees = ([("tensor", par.tensor), ("expert", expert), ("data replicas", data // expert)] if moe is not None
-                       else [("tensor", par.tensor), ("data", data)])  # a dense model has no expert groups to show
+            if moe is None:  # a dense model has no expert groups to show
+                degrees = [("tensor", par.tensor), ("data", data)]
+            elif par.expert_spans_tensor:
+                degrees = [("expert (over tensor)", expert), ("data replicas", chips // expert)]
+            else:
+                degrees = [("tensor", par.tensor), ("expert", expert), ("data replicas", data // expert)]
         layout = layout.model_copy(update={"axes": _axes_spanned(walk, degrees)})
     return layout
 

@@ -185,3 +185,26 @@ def test_einsum_dispatch_pads_every_buffer_to_capacity(sampling):
     assert np.allclose(padded.chip_tokens, capacity.sum() * experts / chips)  # every chip's slots, used or not
     assert gather.chip_tokens.max() > 1.2 * gather.chip_tokens.min()  # the routing itself is skewed
     assert np.array_equal(padded.dropped, gather.dropped) and padded.dropped.sum() > 0
+
+
+@pytest.mark.parametrize("sampling", ["exact", "mean_field"])
+def test_expert_groups_across_tensor_ranks_conserve_tokens_and_stay_in_their_group(sampling):
+    """With expert_spans_tensor, an expert group is `expert` consecutive chips, tensor ranks included (attention
+    tensor-parallel over 4, experts over groups of 16 chips): every kept assignment lands once, inside its group,
+    and each chip holds experts / 16 of every layer, where groups of 4 data ranks per tensor rank would hold / 4."""
+    wl = workload(experts=32)
+    par = wl.parallelism.model_copy(update={"tensor": 4, "expert": 16, "expert_spans_tensor": True})
+    wl = wl.model_copy(update={"parallelism": par})
+    layout = resolve_parallelism(wl, 64)
+    assert (layout.expert_groups, layout.expert_replication, layout.data) == (4, 4, 16)
+    ranks = np.arange(64)
+    assert (layout.rank_at(layout.expert_copy(ranks), layout.expert_position(ranks)) == ranks).all()
+    plan = build_plan(wl, layout, 0, sampling)
+    r = route_layer(plan, layout, round_robin(32, 16), 0, step_rng(0, 0))
+    assert r.chip_tokens.sum() + r.dropped.sum() == pytest.approx(r.routed.sum(), rel=1e-12)
+    assert r.dispatch_tokens.sum(axis=0) == pytest.approx(r.chip_tokens)
+    group = ranks // 16
+    assert r.dispatch_tokens[group[:, None] != group[None, :]].sum() == 0
+    assert (r.chip_slots == 2).all()  # 32 experts over 16 positions
+    # The same position of every group all-reduces its experts' gradients: 16 groups of 4 chips, 16 apart.
+    np.testing.assert_array_equal(layout.groups("expert_copies"), ranks.reshape(4, 16).T)

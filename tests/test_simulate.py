@@ -269,3 +269,26 @@ def test_a_setup_holds_its_placement_fixed_while_the_run_varies():
         run_steps(prepare_run("tpu-v4-4x4x4", "switch-base-128", place=False), 1)
     with pytest.raises(PathsimConfigError, match="no experts to place"):
         prepare_run("tpu-v4-4x4x4", "palm-8b", placement="eplb")
+
+
+def test_expert_parallelism_across_the_tensor_ranks_of_attention():
+    """DeepSeek-V3's layers with attention tensor-parallel over 8 GPUs: expert groups of 64 chips (8 nodes) across
+    the tensor ranks hold 4 of 256 experts a chip, where groups of 8 data ranks per tensor rank hold 32; the
+    step's parts still add up, and a group that cuts tensor groups unevenly is refused."""
+    from pathsim.errors import PathsimConfigError
+    w = load_workload("deepseek-v3").model_dump(mode="json")
+    w["model"]["layers"], w["model"]["moe"]["first_dense"] = 4, 1
+    w["training"].update(micro_batches=1, tokens_per_step=4096 * 32)
+    w["parallelism"].update(pipeline=1, pipeline_schedule="1f1b", tensor=8, expert=8)
+    per_tensor_rank = simulate("dgx-h100-32", w, sampling="mean_field")
+    w["parallelism"].update(expert=64, expert_spans_tensor=True)
+    across = simulate("dgx-h100-32", w, sampling="mean_field")
+    assert "3 MoE layers" in across.memory.note and "12 expert slot(s)" in across.memory.note
+    assert "96 expert slot(s)" in per_tensor_rank.memory.note
+    assert across.memory.total_bytes < per_tensor_rank.memory.total_bytes
+    for r in (across, per_tensor_rank):
+        assert r.breakdown.total_s() == pytest.approx(r.step_time.mean_s, rel=1e-9)
+    w["parallelism"]["expert"] = 12
+    with pytest.raises(PathsimConfigError) as err:
+        simulate("dgx-h100-32", w)
+    assert err.value.field == "parallelism.expert"
