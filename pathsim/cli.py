@@ -33,7 +33,7 @@ from pathsim.shared_pod import SharedPodResult, simulate_shared
 from pathsim.simulation import simulate
 from pathsim.workload import load_workload, parse_id_ranges
 from pathsim.topology import build_topology
-from pathsim.units import format_bandwidth, format_bytes, format_flops, format_seconds, parse_bytes, parse_count, parse_seconds
+from pathsim.units import format_bandwidth, format_bytes, format_flops, format_id_ranges, format_seconds, parse_bytes, parse_count, parse_seconds
 from pathsim.yaml_config import read_yaml_mapping, validate_model
 
 EXIT_USER_ERROR = 2
@@ -236,7 +236,7 @@ def format_simulation(result: SimulationResult) -> str:
         lines.append(f"  pipeline: {pp.stages} stages, {pp.schedule}" + (f" x {pp.virtual_stages} chunks" if pp.virtual_stages > 1 else "")
                      + f", {pp.micro_batches} micro-batches; bubble {100 * pp.bubble_fraction:.1f} % of the step "
                      f"(closed form for uniform stages, F = B = W: {100 * pp.closed_form_bubble_fraction:.1f} %)")
-        stage_rows = [(str(st.stage), f"{st.layers[0]}-{st.layers[-1]} ({len(st.layers)})", format_seconds(st.bubble_s),
+        stage_rows = [(str(st.stage), f"{format_id_ranges(st.layers)} ({len(st.layers)})", format_seconds(st.bubble_s),
                        format_bytes(st.memory.total_bytes) + ("" if st.memory.fits else " DOES NOT FIT")
                        + (" (tightest)" if st.stage == pp.tightest_stage else "")) for st in pp.per_stage]
         lines.append(_table(stage_rows, ("stage", "layers", "bubble", "memory per chip")))

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from pathsim.model_math import activation_bytes_per_token, layer_shapes
 from pathsim.placement import Placement
+from pathsim.units import format_id_ranges
 from pathsim.workload import Layout, ModelSpec, WorkloadConfig
 
 OPTIMIZER_STATE_BYTES = {"adam": 12.0, "adafactor": 4.0, "sgd": 4.0}
@@ -128,7 +129,7 @@ def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int,
         parameters_bytes=(params + gathered) * dtype, gradients_bytes=params * dtype, optimizer_bytes=optimizer,
         activations_bytes=activations, total_bytes=total, hbm_bytes=hbm_bytes, headroom_bytes=hbm_bytes - total,
         fits=total <= hbm_bytes,
-        note=((f"pipeline stage with layers {held.layers[0]}-{held.layers[-1]}, up to {max(held.in_flight)} micro-batch(es) "
+        note=((f"pipeline stage with layers {format_id_ranges(held.layers)}, up to {max(held.in_flight)} micro-batch(es) "
                f"of activations per layer; " if held is not None and held.layers else "") +
               f"chip with {expert_slots} expert slot(s) over "
               f"{len(model.moe_layers) if held is None else sum(model.is_moe(i) for i in held.layers)} MoE layers; "

@@ -156,3 +156,16 @@ BytesPerSecond = Annotated[float, BeforeValidator(parse_bandwidth)]
 Seconds = Annotated[float, BeforeValidator(parse_seconds)]
 FlopPerSecond = Annotated[float, BeforeValidator(parse_flop_rate)]
 Watts = Annotated[float, BeforeValidator(parse_watts)]
+
+
+def format_id_ranges(ids) -> str:
+    """[0, 1, 2, 7, 8] -> '0-2, 7-8' (the inverse of workload.parse_id_ranges, for people)."""
+    values = sorted(int(i) for i in ids)
+    if not values:
+        return "none"
+    runs, start = [], values[0]
+    for previous, value in zip(values, values[1:] + [None]):
+        if value is None or value != previous + 1:  # the run from start ends at previous
+            runs.append(f"{start}" if start == previous else f"{start}-{previous}")
+            start = value
+    return ", ".join(runs)

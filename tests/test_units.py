@@ -38,3 +38,10 @@ def test_rates_and_power():
 def test_rejects_bad_units(parser, text):
     with pytest.raises(ValueError, match="expected|unknown unit|finite"):
         parser(text)
+
+
+def test_layer_lists_print_as_ranges():
+    from pathsim.units import format_id_ranges
+    assert format_id_ranges([0, 1, 2, 7, 8]) == "0-2, 7-8"
+    assert format_id_ranges([8, 0, 1]) == "0-1, 8"  # a DualPipe stage's two blocks, in any order
+    assert format_id_ranges([5]) == "5" and format_id_ranges([]) == "none"
