@@ -73,12 +73,12 @@ def parameters_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: 
         table = model.vocab * model.d_model
         dense = (sum(dense_params_of_layer(model, i) for i in held.layers)
                  + table * (int(held.embedding) + int(held.head))) / layout.tensor
-        return dense, expert_slots * s.expert_params
+        return dense, expert_slots * s.expert_params / layout.expert_shard
     n_moe = len(model.moe_layers)
     n_dense = model.layers - n_moe
     dense = (model.layers * s.attention_params + n_dense * s.dense_ffn_params
              + n_moe * (s.router_params + s.shared_params) + s.embedding_params) / layout.tensor
-    return dense, expert_slots * s.expert_params
+    return dense, expert_slots * s.expert_params / layout.expert_shard
 
 
 def optimizer_params_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int, held: Held | None = None) -> float:
@@ -86,7 +86,7 @@ def optimizer_params_per_chip(workload: WorkloadConfig, layout: Layout, expert_s
     ZeRO-3 without ZeRO-1: its shard of the dense weights)."""
     dense, experts = parameters_per_chip(workload, layout, expert_slots, held)
     if workload.training.shard_optimizer:
-        return dense / layout.data + experts / layout.expert_replication
+        return dense / layout.data + experts / layout.expert_weight_copies
     return dense / layout.parameter_shards + experts
 
 

@@ -228,18 +228,42 @@ class StepCoster:
         permute = self._compute(f"L{layer} permute {tag}", *to_experts, layer, backward)
         unpermute = self._compute(f"L{layer} un-permute {tag}", *from_experts, layer, backward)
 
-        cost = kc.ffn(routing.chip_tokens, d, moe.expert_ffn, self.model.ffn_matrices, self.dtype, weight_sets=routing.chip_slots)
+        tokens, width, around = routing.chip_tokens, moe.expert_ffn, ([], [])
+        if self.layout.expert_shard > 1:
+            tokens, around = self._expert_tensor_exchange(layer, routing, tag)
+            width = moe.expert_ffn / self.layout.expert_shard
+        cost = kc.ffn(tokens, d, width, self.model.ffn_matrices, self.dtype, weight_sets=routing.chip_slots)
         per_chip = self.device.time_s("expert_ffn", scale * cost.flops, scale * cost.nbytes)
         slowest, mean = float(per_chip.max()), float(per_chip.mean())
         experts = Op(f"L{layer} expert FFN {tag}", "compute", COMPUTE, slowest, layer, straggler_s=slowest - mean,
                      flops=float(scale * np.mean(cost.flops)), weight_share=0.5 if backward else 0.0)
-        ops = [router, permute, first, experts, second, unpermute]
+        ops = [router, permute, first, *around[0], experts, *around[1], second, unpermute]
         if s.shared_params:
             shared_ffn = (moe.shared_ffn or moe.expert_ffn) * moe.shared_experts / self.layout.tensor
             ops.append(self._compute(f"L{layer} shared experts {tag}", "ffn",
                                      kc.ffn(self.tokens_per_data_rank, d, shared_ffn, self.model.ffn_matrices, self.dtype),
                                      layer, backward))
         return ops
+
+    def _expert_tensor_exchange(self, layer: int, routing: LayerRouting, tag: str) -> tuple[np.ndarray, tuple[list[Op], list[Op]]]:
+        """Expert-tensor parallelism: every chip of a data rank holds 1/tensor of its experts, so the tokens its
+        tensor ranks received are all-gathered among them before the experts, and the partial outputs
+        reduce-scattered back after (the busiest tensor group's bytes). Returns each chip's tokens, now its whole
+        data rank's, and the two collectives."""
+        layout, d = self.layout, self.model.d_model
+        ranks = np.arange(layout.chips)
+        own = np.sort(layout.chip(ranks))  # chip_tokens are in chip-id order
+        received = routing.chip_tokens[np.searchsorted(own, layout.chip(ranks))].reshape(layout.data, layout.tensor)
+        per_rank = received.sum(axis=1)  # each data rank's tokens, which all its tensor ranks now run
+        tokens = np.empty(layout.chips)
+        tokens[np.searchsorted(own, layout.chip(ranks))] = np.repeat(per_rank, layout.tensor)
+        nbytes = float(per_rank.max()) * d * self.dtype
+        gather_s, gather_bytes = self.collective("all_gather", nbytes, self.tensor_groups)
+        scatter_s, scatter_bytes = self.collective("reduce_scatter", nbytes, self.tensor_groups)
+        gather = self._network_op(f"L{layer} expert-tensor all-gather {tag}", "tensor_parallel", gather_s, layer, gather_bytes)
+        scatter = self._network_op(f"L{layer} expert-tensor reduce-scatter {tag}", "tensor_parallel", scatter_s, layer,
+                                   scatter_bytes)
+        return tokens, ([gather], [scatter])
 
     def head(self, backward: bool) -> Op:
         return self._compute(f"LM head {'bwd' if backward else 'fwd'}", "matmul",
@@ -284,14 +308,15 @@ class StepCoster:
         tensor ranks holding the same rank position (reduce-scatter + all-gather of the busiest rank's
         experts), and for experts replicated inside a group, in between, an all-reduce of the
         1/(groups × tensor) shard among the replicas' positions."""
-        layout, expert_bytes = self.layout, self.shapes.expert_params * self.dtype
+        layout = self.layout
+        expert_bytes = self.shapes.expert_params * self.dtype / layout.expert_shard  # what a chip holds of an expert
         shares = self.placement.token_shares(self.moe_index[layer])  # experts × positions; row e: e's copies
         ops = []
-        if layout.expert_replication > 1:
+        if layout.expert_weight_copies > 1:
             nbytes = int(np.bincount(shares.indices, minlength=layout.expert).max()) * expert_bytes
             ops += self._bucketed(f"L{layer} grad all-reduce (experts)", layer, [("all_reduce", nbytes, self.expert_groups)])
         copies_of = np.diff(shares.indptr)
-        shard = expert_bytes / layout.expert_replication
+        shard = expert_bytes / layout.expert_weight_copies
         copies = np.arange(layout.expert_replication)
         for count in np.unique(copies_of[copies_of > 1]).tolist():
             replicated = np.flatnonzero(copies_of == count)

@@ -146,6 +146,11 @@ class ParallelismSpec(StrictModel):
                            "parallel, experts are not (Megatron-Core's expert-tensor size 1 with expert parallelism folded "
                            "over the tensor ranks, as DeepSeek-style runs lay out MoE on TP-sharded attention); false: "
                            "`expert` data ranks, each of their tensor ranks a copy of the group for its share of tokens")
+    expert_tensor: bool = Field(
+        False, description="expert-tensor parallelism: each expert's FFN split over the tensor ranks of its data rank, "
+                           "which gather the tokens dispatched to them before the experts and reduce-scatter the "
+                           "outputs after (Megatron-Core's expert-tensor size = tensor); a chip holds 1/tensor of its "
+                           "experts' weights. False: each tensor rank holds its experts whole, for its share of tokens")
     data: PositiveInt | Literal["auto"] = Field("auto", description="data-parallel degree (auto: chips / tensor)")
     context: PositiveInt = Field(1, description="context parallelism: each sequence split over this many ranks (after the "
                                                 "tensor ranks, before the data ranks); chips = pipeline × data × context × tensor")
@@ -368,6 +373,7 @@ class Layout(StrictModel):
                                                          "(a job sharing a pod); None: the ranks fill the cluster")
     axes: dict[str, str] = Field(default_factory=dict, description="which topology axes each degree spans")
     expert_spans_tensor: bool = Field(False, description="expert groups are `expert` consecutive ranks (chips), not data ranks")
+    expert_tensor: bool = Field(False, description="each expert's weights split over the tensor ranks of its data rank")
 
     def chip(self, ranks: np.ndarray) -> np.ndarray:
         """Physical chip ids of the given ranks (of this stage)."""
@@ -425,6 +431,8 @@ class Layout(StrictModel):
         elif kind == "expert_copies":
             if self.expert_spans_tensor:
                 grid = ranks.reshape(self.expert_replication, self.expert).T
+            elif self.expert_tensor:  # a shard's copies: the same position and tensor rank of every expert group
+                grid = ranks.reshape(self.expert_groups, self.expert, self.tensor).transpose(1, 2, 0).reshape(-1, self.expert_groups)
             else:
                 grid = ranks.reshape(self.expert_groups, self.expert, self.tensor).transpose(1, 0, 2).reshape(self.expert, -1)
         else:
@@ -465,8 +473,19 @@ class Layout(StrictModel):
 
     @property
     def expert_replication(self) -> int:
-        """Copies of each expert set (one per expert group and tensor rank, or one per group across the tensor ranks)."""
+        """Copies of each expert set that tokens are dispatched to (one per expert group and tensor rank, or one per
+        group across the tensor ranks)."""
         return self.expert_groups * (1 if self.expert_spans_tensor else self.tensor)
+
+    @property
+    def expert_shard(self) -> int:
+        """Chips each expert's weights are split over at one position: the tensor ranks, with expert_tensor."""
+        return self.tensor if self.expert_tensor else 1
+
+    @property
+    def expert_weight_copies(self) -> int:
+        """Copies of each expert's weights (their gradients are summed over them; ZeRO-1 shards their state)."""
+        return self.expert_replication // self.expert_shard
 
 
 def check_pipeline(workload: WorkloadConfig, chips: int, source: str = "<workload>") -> int:
@@ -574,6 +593,9 @@ def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<wo
     if expert > members and expert % members or expert < members and members % expert:
         raise PathsimConfigError(source, "parallelism.expert", f"expert groups of {expert} straddle the slices' "
                                  f"{members} {what} each", f"use a divisor or a multiple of {members}")
+    if par.expert_spans_tensor and par.expert_tensor:
+        raise PathsimConfigError(source, "parallelism.expert_tensor", "experts split over the tensor ranks cannot also have "
+                                 "their groups span those ranks (expert_spans_tensor)", "set one of the two")
     if par.expert_spans_tensor and expert % par.tensor and par.tensor % expert:
         raise PathsimConfigError(source, "parallelism.expert", f"expert groups of {expert} chips across tensor groups of "
                                  f"{par.tensor} would split a tensor group between groups unevenly",
@@ -601,7 +623,7 @@ def resolve_parallelism(workload: WorkloadConfig, chips: int, source: str = "<wo
     if walk is not None and slices > 1:
         walk.append(("slices", slices))
     layout = Layout(chips=chips, tensor=par.tensor, data=data, expert=expert, context=par.context, slices=slices,
-                    chip_of_rank=chip_of_rank, expert_spans_tensor=par.expert_spans_tensor,
+                    chip_of_rank=chip_of_rank, expert_spans_tensor=par.expert_spans_tensor, expert_tensor=par.expert_tensor,
                     parameter_shards=slice_data if workload.training.shard_parameters else 1)
     if walk is not None:
         if par.context > 1:  # expert groups (over data × context ranks) are left out of the picture

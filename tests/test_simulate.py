@@ -292,3 +292,28 @@ def test_expert_parallelism_across_the_tensor_ranks_of_attention():
     with pytest.raises(PathsimConfigError) as err:
         simulate("dgx-h100-32", w)
     assert err.value.field == "parallelism.expert"
+
+
+def test_expert_tensor_parallelism_splits_expert_weights_over_the_tensor_ranks():
+    """Experts split over the 8 tensor ranks of their data rank: a chip holds 1/8 of its experts' weights (and sums
+    their gradients over 8× fewer copies); the chips do the same expert FLOPs, on their data rank's gathered tokens
+    at 1/8 the width, and pay an all-gather before the experts and a reduce-scatter after, as tensor-parallel time."""
+    from pathsim.errors import PathsimConfigError
+    from pathsim.model_math import layer_shapes
+    w = load_workload("deepseek-v3").model_dump(mode="json")
+    w["model"]["layers"], w["model"]["moe"]["first_dense"] = 4, 1
+    w["training"].update(micro_batches=1, tokens_per_step=4096 * 32)
+    w["parallelism"].update(pipeline=1, pipeline_schedule="1f1b", tensor=8, expert=8)
+    whole = simulate("dgx-h100-32", w, sampling="mean_field")
+    w["parallelism"]["expert_tensor"] = True
+    split = simulate("dgx-h100-32", w, sampling="mean_field")
+    expert_bytes = 96 * layer_shapes(load_workload(w).model).expert_params * 1  # 96 slots of fp8 weights
+    assert whole.memory.parameters_bytes - split.memory.parameters_bytes == pytest.approx(expert_bytes * 7 / 8)
+    assert split.hfu * split.step_time.mean_s == pytest.approx(whole.hfu * whole.step_time.mean_s, rel=1e-9)
+    assert split.breakdown.tensor_parallel_s > whole.breakdown.tensor_parallel_s
+    assert split.communication.grad_sync_s < whole.communication.grad_sync_s
+    assert split.breakdown.total_s() == pytest.approx(split.step_time.mean_s, rel=1e-9)
+    w["parallelism"]["expert_spans_tensor"] = True
+    with pytest.raises(PathsimConfigError) as err:
+        simulate("dgx-h100-32", w)
+    assert err.value.field == "parallelism.expert_tensor"

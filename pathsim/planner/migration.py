@@ -37,10 +37,10 @@ DENSE_MATCH_RANKS = 1024  # a dense 1024² assignment solves in well under a sec
 def expert_copy_bytes(setup: RunSetup) -> float:
     """Bytes one chip receives when an expert copy moves onto it: weights and its optimizer state."""
     workload, layout = setup.workload, setup.layout
-    params = layer_shapes(workload.model).expert_params
+    params = layer_shapes(workload.model).expert_params / layout.expert_shard
     state = OPTIMIZER_STATE_BYTES[workload.training.optimizer]
     if workload.training.shard_optimizer:
-        state /= layout.expert_replication
+        state /= layout.expert_weight_copies
     return params * (workload.model.dtype_bytes + state)
 
 
