@@ -538,9 +538,6 @@ def check_pipeline(workload: WorkloadConfig, chips: int, source: str = "<workloa
         if empty:
             raise PathsimConfigError(source, "parallelism.stage_layers", f"stage {empty[0]} would hold no layer (chunk c of "
                                      f"stage s is entry c·{p} + s)", "give every stage at least one layer")
-    if p > 1 and training.shard_parameters:
-        raise PathsimConfigError(source, "training.shard_parameters", "sharded parameters (ZeRO-3) are not simulated with "
-                                 "pipeline parallelism yet", "set shard_parameters: false (shard_optimizer, ZeRO-1, works)")
     return chips // p
 
 

@@ -159,6 +159,23 @@ def test_microbatch_groups_run_breadth_first_with_the_same_bubble_and_more_in_fl
     assert result.breakdown.pipeline_bubble_s / pipelined == pytest.approx(bubble_fraction(stages, micro_batches, virtual), rel=0.01)
 
 
+def test_zero3_inside_pipeline_stages_gathers_weights_for_every_unit():
+    """ZeRO-3 over a stage's 8 data ranks: each unit gathers its layers' weights, forward and backward (the head's
+    only before its forward), the next layer's while one computes: 4 stages × 8 micro-batches × (4 + 4) gathers and
+    the last stage's 8 of the head; a stage then holds 1/8 of its dense weights and two layers gathered."""
+    runs = {}
+    for shard in (False, True):
+        w = uniform_model(4, 8, "1f1b")
+        w["training"].update(shard_parameters=shard, tokens_per_step=4096 * 8 * 8)
+        runs[shard] = simulate("dgx-h100-4", w, detail=True)
+    sharded = runs[True]
+    gathers = [s for s in sharded.detail.timeline if s.category == "weight_gather" and "(exposed)" not in s.name]
+    assert len(gathers) == 4 * 8 * (4 + 4) + 8
+    assert sharded.breakdown.total_s() == pytest.approx(sharded.step_time.mean_s, rel=1e-9)
+    assert sharded.memory.parameters_bytes < runs[False].memory.parameters_bytes
+    assert sharded.step_time.mean_s > runs[False].step_time.mean_s  # gathers share the stages' networks
+
+
 def test_a_graph_that_deadlocks_is_an_error_not_a_short_step():
     from pathsim.engine.graph import COMPUTE, Graph, Node, Op, Stream
     from pathsim.engine.run import run_graph

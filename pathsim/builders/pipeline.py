@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from pathsim.builders.schedules import SCHEDULES, Unit, peak_in_flight
-from pathsim.builders.training import ItemStream, CRITICAL, fixed_ops, grad_streams
+from pathsim.builders.training import ItemStream, CRITICAL, fixed_gathers, fixed_ops, grad_streams
 from pathsim.engine import NETWORK, Graph, Node, Op, Stream
 from pathsim.engine.graph import COMPUTE, Await, Prefetch
 from pathsim.memory import Held
@@ -180,7 +180,7 @@ class Pipeline:
                     out.append((i, f["attention"][False][i] + ffn))
                 if last:
                     out.append((model.layers, [f["head"][False]]))
-                return out
+                return with_gathers(out, gathers[stage][False])
             if last:
                 out.append((model.layers, [f["head"][True]]))
             for i in reversed(self.layers_of(stage, unit.chunk)):
@@ -189,7 +189,27 @@ class Pipeline:
             if split:  # B: the input gradients only; W: the weight gradients it left, as their own ops
                 part = 0 if unit.kind == "B" else 1
                 out = [(i, [h for h in (halved(item)[part] for item in items) if h is not None]) for i, items in out]
-            return out
+            return out if unit.kind == "W" else with_gathers(out, gathers[stage][True])  # dW = Xᵀ·dY needs no weights
+
+        # ZeRO-3: a stage gathers each layer's weights for every unit that runs it (forward, and the backward's
+        # input gradients), the next layer's while one computes; the head's stay gathered for the backward.
+        gathers = []
+        for c, held in zip(self.costers, self.held):
+            layers = list(held.layers)
+            forward, backward = fixed_gathers(c, layers, held.head)
+            gathers.append({False: dict(zip([*layers, model.layers], forward)), True: dict(zip(layers, backward))})
+
+        def with_gathers(out: list[tuple[int, list]], weights: dict[int, Op | None]) -> list[tuple[int, list]]:
+            if not any(weights.values()):
+                return out
+            order = [layer for layer, _ in out]
+            fetched = []
+            for k, (layer, items) in enumerate(out):
+                ahead = [Prefetch(weights[layer])] if k == 0 and weights.get(layer) else []
+                here = [Await(weights[layer])] if weights.get(layer) else []
+                nxt = weights.get(order[k + 1]) if k + 1 < len(order) else None
+                fetched.append((layer, ahead + here + ([Prefetch(nxt)] if nxt else []) + items))
+            return fetched
 
         sends: dict[tuple[str, int, tuple[int, int]], Node] = {}  # (kind, micro-batch, receiver) -> its send
 
