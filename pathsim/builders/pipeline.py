@@ -6,14 +6,20 @@ parallelism are as in :mod:`pathsim.builders.training`, priced by a
 :class:`StepCoster` of the stage's layout. Each stage's stream takes its
 schedule's units (:mod:`pathsim.builders.schedules`) in order; a unit is the
 forward or backward of one micro-batch through one model chunk, i.e. the ops of
-that chunk's layers. A forward unit needs the activations of the previous
-virtual stage, a backward unit the gradient from the next one: each is a
-point-to-point send (category ``pipeline_p2p``) launched when its producer
-finishes, priced by the network model on the real links between the two
-blocks and holding both stages' networks, so it contends with their
-all-to-alls and gradient buckets. A stage waiting for an input that is not yet
-under way records a ``pipeline_bubble``; waiting for one in flight, exposed
-``pipeline_p2p``.
+that chunk's layers (with a zero-bubble schedule the backward is two units: its
+input gradients, B, and its weight gradients, W, the part of each weighted op
+its ``weight_share`` says). A micro-batch's path visits the virtual stages in
+order (or, for DualPipe, one of two paths in opposite directions). A forward
+unit needs the activations of the previous position on its path, a backward
+unit the gradient from the next one: each is a point-to-point send (category
+``pipeline_p2p``) launched when its producer finishes, priced by the network
+model on the real links between the two blocks and holding both stages'
+networks, so it contends with their all-to-alls and gradient buckets. A stage
+waiting for an input that is not yet under way records a ``pipeline_bubble``;
+waiting for one in flight, exposed ``pipeline_p2p``. Two units a schedule pairs
+(DualPipe's forward and backward of opposite directions) run their compute in
+turn on the stage's stream and each one's communication in the background under
+the other's compute.
 
 Each stage all-reduces its own layers' gradients once their last backward is
 done (overlapped with its remaining backwards, as in the training builder) and
