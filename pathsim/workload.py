@@ -390,25 +390,29 @@ class Layout(StrictModel):
     def data_rank(self, ranks: np.ndarray) -> np.ndarray:
         return np.asarray(ranks) // self.tensor
 
+    @property
+    def expert_member(self) -> int:
+        """Ranks that make one member of an expert group: a data rank's tensor ranks (each the member of its own
+        copy of the group), or with groups across the tensor ranks a single chip."""
+        return 1 if self.expert_spans_tensor else self.tensor
+
+    # Rank c is member m = c // u of the expert layout (u = expert_member) and copy index t = c % u inside it;
+    # member m sits at position m % expert of group m // expert, and its t-th rank belongs to copy group·u + t.
+
     def expert_position(self, ranks: np.ndarray) -> np.ndarray:
         """Position in its expert group (which slice of the expert set the rank hosts)."""
-        if self.expert_spans_tensor:
-            return np.asarray(ranks) % self.expert
-        return self.data_rank(ranks) % self.expert
+        return (np.asarray(ranks) // self.expert_member) % self.expert
 
     def expert_copy(self, ranks: np.ndarray) -> np.ndarray:
-        """Which copy of the expert set the rank belongs to: expert group × tensor rank (or, with groups across the
-        tensor ranks, its group)."""
-        if self.expert_spans_tensor:
-            return np.asarray(ranks) // self.expert
-        return (self.data_rank(ranks) // self.expert) * self.tensor + self.tensor_rank(ranks)
+        """Which copy of the expert set the rank dispatches to: expert group × tensor rank (or, with groups across
+        the tensor ranks, its group)."""
+        u, ranks = self.expert_member, np.asarray(ranks)
+        return (ranks // u // self.expert) * u + ranks % u
 
     def rank_at(self, copy: np.ndarray, position: np.ndarray) -> np.ndarray:
         """The rank at `position` of expert-set copy `copy` (the inverse of expert_copy and expert_position)."""
-        copy, position = np.asarray(copy), np.asarray(position)
-        if self.expert_spans_tensor:
-            return copy * self.expert + position
-        return ((copy // self.tensor) * self.expert + position) * self.tensor + copy % self.tensor
+        u, copy, position = self.expert_member, np.asarray(copy), np.asarray(position)
+        return ((copy // u) * self.expert + position) * u + copy % u
 
     def groups(self, kind: str) -> np.ndarray:
         """Physical chips of the concurrent groups a collective of this kind runs over, one group a row:
@@ -429,12 +433,11 @@ class Layout(StrictModel):
             c = self.context
             grid = ranks.reshape(self.data // c, c, self.tensor).transpose(0, 2, 1).reshape(-1, c)
         elif kind == "expert_copies":
-            if self.expert_spans_tensor:
-                grid = ranks.reshape(self.expert_replication, self.expert).T
-            elif self.expert_tensor:  # a shard's copies: the same position and tensor rank of every expert group
-                grid = ranks.reshape(self.expert_groups, self.expert, self.tensor).transpose(1, 2, 0).reshape(-1, self.expert_groups)
+            by_member = ranks.reshape(self.expert_groups, self.expert, self.expert_member)  # [group, position, copy index]
+            if self.expert_tensor:  # a shard's copies: the same position and tensor rank of every expert group
+                grid = by_member.transpose(1, 2, 0).reshape(-1, self.expert_groups)
             else:
-                grid = ranks.reshape(self.expert_groups, self.expert, self.tensor).transpose(1, 0, 2).reshape(self.expert, -1)
+                grid = by_member.transpose(1, 0, 2).reshape(self.expert, -1)
         else:
             raise ValueError(f"unknown group kind {kind!r}")
         return self.chip(grid)
@@ -460,12 +463,12 @@ class Layout(StrictModel):
     @property
     def expert_groups(self) -> int:
         """Expert groups: of data ranks, each with a copy per tensor rank; or, across tensor ranks, of chips."""
-        return self.chips // self.expert if self.expert_spans_tensor else self.data // self.expert
+        return self.chips // (self.expert_member * self.expert)
 
     @property
     def expert_spans_slices(self) -> bool:
         """True when an expert group's all-to-alls cross the DCN."""
-        return self.expert * self.slices > (self.chips if self.expert_spans_tensor else self.data)
+        return self.expert * self.expert_member * self.slices > self.chips
 
     def tokens_per_chip(self, workload: "WorkloadConfig") -> float:
         """Tokens per micro-batch on one chip: a data rank's tokens split over its tensor ranks (sequence parallelism)."""
@@ -475,7 +478,7 @@ class Layout(StrictModel):
     def expert_replication(self) -> int:
         """Copies of each expert set that tokens are dispatched to (one per expert group and tensor rank, or one per
         group across the tensor ranks)."""
-        return self.expert_groups * (1 if self.expert_spans_tensor else self.tensor)
+        return self.expert_groups * self.expert_member
 
     @property
     def expert_shard(self) -> int:
