@@ -265,8 +265,7 @@ class FatTree(Topology):
             onehot[np.arange(n), self.leaf_of] = 1.0
             leaf_traffic = onehot.T @ T @ onehot
             if gpn > 1:  # NVLink carries intra-node bytes even when the GPUs sit under different leaves
-                li = self.leaf_of.reshape(-1, gpn)
-                np.add.at(leaf_traffic, (np.repeat(li, gpn, axis=1).ravel(), np.tile(li, (1, gpn)).ravel()), -intra.ravel())
+                self._less_intra_node(leaf_traffic, self.leaf_of.reshape(-1, gpn), intra)
             np.fill_diagonal(leaf_traffic, 0.0)
             self._spread_over_spines(loads, leaf_traffic)
         return loads
@@ -290,15 +289,28 @@ class FatTree(Topology):
         """Loads of the leaf–spine and spine–core links from the bytes between leaves (zero diagonal), by ECMP:
         a leaf's bytes to other leaves split evenly over its pod's spines, a pod's bytes to other pods evenly
         over every (spine, core) pair."""
-        S, leaves = self.n_spines, self.n_leaves
-        loads[self._up:self._up + leaves * S] = np.repeat(np.maximum(leaf_traffic.sum(axis=1), 0.0) / S, S)
-        loads[self._down:self._down + leaves * S] = np.repeat(np.maximum(leaf_traffic.sum(axis=0), 0.0) / S, S)
+        leaves = self.n_leaves
+        self._spread_leaf_uplinks(loads, leaf_traffic.sum(axis=1), leaf_traffic.sum(axis=0))
         if self.n_cores:
             by_pod = np.zeros((self.n_pods, leaves))
             by_pod[self.pod_of_leaf, np.arange(leaves)] = 1.0
             pod_traffic = by_pod @ leaf_traffic @ by_pod.T
             np.fill_diagonal(pod_traffic, 0.0)
             self._spread_over_cores(loads, pod_traffic.sum(axis=1), pod_traffic.sum(axis=0))
+
+    def _spread_leaf_uplinks(self, loads: np.ndarray, leaf_out: np.ndarray, leaf_in: np.ndarray) -> None:
+        """Each leaf's bytes to and from other leaves, split evenly over its pod's spines (ECMP)."""
+        S, count = self.n_spines, self.n_leaves * self.n_spines
+        loads[self._up:self._up + count] = np.repeat(np.maximum(leaf_out, 0.0) / S, S)
+        loads[self._down:self._down + count] = np.repeat(np.maximum(leaf_in, 0.0) / S, S)
+
+    def _less_intra_node(self, leaf_traffic: np.ndarray, node_leaves: np.ndarray, blocks: np.ndarray) -> None:
+        """Take each node's own block (bytes between its GPUs, which NVLink carries) off the bytes between the leaves
+        its GPUs sit under, in place: `node_leaves` (nodes × GPUs per node) are the GPUs' leaves, `blocks` (nodes ×
+        GPUs × GPUs) the blocks."""
+        L, gpn = self.n_leaves, self.gpus_per_node
+        pair = (np.repeat(node_leaves, gpn, axis=1) * L + np.tile(node_leaves, (1, gpn))).ravel()
+        leaf_traffic -= np.bincount(pair, weights=blocks.ravel(), minlength=L * L).reshape(L, L)
 
     def _spread_over_cores(self, loads: np.ndarray, pod_out: np.ndarray, pod_in: np.ndarray) -> None:
         pairs = self.n_spines * self.n_cores
@@ -324,12 +336,10 @@ class FatTree(Topology):
             loads[self._nv_down:self._nv_down + n] = np.bincount(dst[same_node], nbytes[same_node], minlength=n)
         loads[self._nic_up:self._nic_up + n] = np.bincount(src[network], nbytes[network], minlength=n)
         loads[self._nic_down:self._nic_down + n] = np.bincount(dst[network], nbytes[network], minlength=n)
-        if cross.any():  # ECMP: an equal share over every spine
-            S, leaves = self.n_spines, self.n_leaves
-            loads[self._up:self._up + leaves * S] = np.repeat(
-                np.bincount(self.leaf_of[src[cross]], nbytes[cross], minlength=leaves) / S, S)
-            loads[self._down:self._down + leaves * S] = np.repeat(
-                np.bincount(self.leaf_of[dst[cross]], nbytes[cross], minlength=leaves) / S, S)
+        if cross.any():
+            leaves = self.n_leaves
+            self._spread_leaf_uplinks(loads, np.bincount(self.leaf_of[src[cross]], nbytes[cross], minlength=leaves),
+                                      np.bincount(self.leaf_of[dst[cross]], nbytes[cross], minlength=leaves))
         if far.any():
             pods = self.n_pods
             self._spread_over_cores(loads, np.bincount(self.pod_of[src[far]], nbytes[far], minlength=pods),
@@ -369,9 +379,7 @@ class FatTree(Topology):
             np.add.at(to_leaf.T, leaf, right.T)
             leaf_traffic = by_leaf @ to_leaf
             # NVLink carries intra-node bytes (and a GPU's copies to itself stay put) even across leaves.
-            li = leaf.reshape(k, gpn)
-            pair = (np.repeat(li, gpn, axis=1) * L + np.tile(li, (1, gpn))).ravel()
-            leaf_traffic -= np.bincount(pair, weights=block.ravel(), minlength=L * L).reshape(L, L)
+            self._less_intra_node(leaf_traffic, leaf.reshape(k, gpn), block)
             np.fill_diagonal(leaf_traffic, 0.0)
             self._spread_over_spines(loads, leaf_traffic)
         # The subtractions leave rounding residue where bytes cancel exactly (intra-node traffic counted across
@@ -409,9 +417,7 @@ class FatTree(Topology):
             within = np.einsum("gr,grj->gj", by_group, to_group)
             leaf_up = (by_group @ R_rail - within).ravel()  # leaf (g, j): group g's bytes to rail j elsewhere
             leaf_down = (np.einsum("r,grj->gj", total_left, to_group) - within).ravel()
-            S = self.n_spines
-            loads[self._up:self._up + self.n_leaves * S] = np.repeat(np.maximum(leaf_up, 0.0) / S, S)
-            loads[self._down:self._down + self.n_leaves * S] = np.repeat(np.maximum(leaf_down, 0.0) / S, S)
+            self._spread_leaf_uplinks(loads, leaf_up, leaf_down)
             if self.n_cores:
                 pod = self.pod_of[gpus[::gpn]]
                 by_pod = np.zeros((self.n_pods, r))
