@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from pathsim.builders.schedules import SCHEDULES, Unit, peak_in_flight
-from pathsim.builders.training import ItemStream, CRITICAL, fixed_gathers, fixed_ops, grad_streams
+from pathsim.builders.training import ItemStream, CRITICAL, fixed_ops, grad_streams
 from pathsim.engine import NETWORK, Graph, Node, Op, Stream
 from pathsim.engine.graph import COMPUTE, Await, Prefetch
 from pathsim.memory import Held
@@ -115,6 +115,17 @@ class Pipeline:
         self.coster = self.costers[0]
         self.fixed = [fixed_ops(c, list(held.layers), held.head) for c, held in zip(self.costers, self.held)]
         self._p2p: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
+        # Fixed for the run: the stage that runs each layer on each path, and each micro-batch's path; whether
+        # backwards split into B and W, and the unit after which each chunk's gradients are complete; ZeRO-3's
+        # weight gathers of each stage, by layer (the head's forward one keyed model.layers).
+        self.stage_of_layer = [{i: s for s, c in path for i in self.layers_of(s, c)} for path in self.paths]
+        self.path_of_mb = {u.mb: u.chunk if len(self.paths) > 1 else 0 for order in self.orders for u in order}
+        self.split = any(u.kind == "W" for order in self.orders for u in order)
+        done = "W" if self.split else "B"
+        self.last_backward = {(s, c): max(k for k, u in enumerate(order) if u.kind == done and u.chunk == c)
+                              for s, order in enumerate(self.orders) for c in range(self.chunks)}
+        self.gathers = [{False: dict(zip([*held.layers, self.model.layers], f["gathers"][False])),
+                         True: dict(zip(held.layers, f["gathers"][True]))} for held, f in zip(self.held, self.fixed)]
 
     def layers_of(self, stage: int, chunk: int) -> range:
         return self.parts[self.position[stage, chunk]]
@@ -145,12 +156,11 @@ class Pipeline:
         """One step's graph, with every micro-batch's routing sampled (micro-batch after micro-batch, layers in
         order, so the same seed gives the same samples whatever the schedule)."""
         model, P, fixed = self.model, self.stages, self.fixed
-        chunk_of_mb = _chunk_of_micro_batches(self.orders, self.micro_batches)
         moe_ops: dict[tuple[int, int], tuple[list[Op], list[Op]]] = {}
         routings: list[list[LoadSample]] = []
         for mb in range(self.micro_batches):
             samples = []
-            stage_of = {i: at[0] for at in self.path_of(chunk_of_mb[mb]) for i in self.layers_of(*at)}
+            stage_of = self.stage_of_layer[self.path_of_mb[mb]]
             for i in model.moe_layers:
                 coster = self.costers[stage_of[i]]
                 routing = route_layer(plan, coster.layout, placement, coster.moe_index[i], rng)
@@ -160,7 +170,6 @@ class Pipeline:
                 moe_ops[mb, i] = (forward, backward)
             routings.append(samples)
 
-        split = any(u.kind == "W" for order in self.orders for u in order)
         halves: dict[int, tuple] = {}
 
         def halved(item):
@@ -186,25 +195,19 @@ class Pipeline:
                     out.append((i, f["attention"][False][i] + ffn))
                 if last:
                     out.append((model.layers, [f["head"][False]]))
-                return with_gathers(out, gathers[stage][False])
+                return with_gathers(out, self.gathers[stage][False])
             if last:
                 out.append((model.layers, [f["head"][True]]))
             for i in reversed(self.layers_of(stage, unit.chunk)):
                 ffn = moe_ops[unit.mb, i][1] if model.is_moe(i) else f["dense_ffn"][True][i]
                 out.append((i, ffn + f["attention"][True][i]))
-            if split:  # B: the input gradients only; W: the weight gradients it left, as their own ops
+            if self.split:  # B: the input gradients only; W: the weight gradients it left, as their own ops
                 part = 0 if unit.kind == "B" else 1
                 out = [(i, [h for h in (halved(item)[part] for item in items) if h is not None]) for i, items in out]
-            return out if unit.kind == "W" else with_gathers(out, gathers[stage][True])  # dW = Xᵀ·dY needs no weights
+            return out if unit.kind == "W" else with_gathers(out, self.gathers[stage][True])  # dW = Xᵀ·dY needs no weights
 
         # ZeRO-3: a stage gathers each layer's weights for every unit that runs it (forward, and the backward's
         # input gradients), the next layer's while one computes; the head's stay gathered for the backward.
-        gathers = []
-        for c, held in zip(self.costers, self.held):
-            layers = list(held.layers)
-            forward, backward = fixed_gathers(c, layers, held.head)
-            gathers.append({False: dict(zip([*layers, model.layers], forward)), True: dict(zip(layers, backward))})
-
         def with_gathers(out: list[tuple[int, list]], weights: dict[int, Op | None]) -> list[tuple[int, list]]:
             if not any(weights.values()):
                 return out
@@ -231,9 +234,6 @@ class Pipeline:
 
         streams: list[Stream] = []
         background: list[Stream] = []
-        done_kind = "W" if split else "B"  # a layer's gradients are complete after its last weight-gradient unit
-        last_backward = {(s, c): max(k for k, u in enumerate(order) if u.kind == done_kind and u.chunk == c)
-                         for s, order in enumerate(self.orders) for c in range(self.chunks)}
         for s, order in enumerate(self.orders):
             stage = ItemStream(s)  # ops in turn; a context-parallel ring's K/V pass runs beside the attention core
             grad_ends: list[Node] = []
@@ -247,7 +247,7 @@ class Pipeline:
                         items.append(_Input(send(unit.kind, unit.mb, source, (s, unit.chunk))))
                 for layer, layer_items in ops_of(s, unit):
                     items += layer_items
-                    if k == last_backward[s, unit.chunk] and fixed[s]["grad_sync"].get(layer):
+                    if k == self.last_backward[s, unit.chunk] and fixed[s]["grad_sync"].get(layer):
                         items.append(_GradSync(fixed[s]["grad_sync"][layer]))
                 return items
 
@@ -280,13 +280,6 @@ class _GradSync:
 
     def __init__(self, chains: list[list[Op]]):
         self.chains = chains
-
-
-def _chunk_of_micro_batches(orders: list[list[Unit]], micro_batches: int) -> list[int]:
-    """The chunk (the path, for a two-directional schedule) each micro-batch's forward starts on."""
-    first = {u.mb: u.chunk for u in reversed(orders[0]) if u.kind == "F"}
-    first.update({u.mb: u.chunk for u in reversed(orders[-1]) if u.kind == "F" and u.mb not in first})
-    return [first.get(mb, 0) for mb in range(micro_batches)]
 
 
 def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stream], grad_ends: list[Node],

@@ -52,20 +52,14 @@ def fixed_ops(coster: StepCoster, layers: list[int] | None = None, head: bool = 
         "head": {b: coster.head(b) for b in (False, True)} if head else {},
         "grad_sync": {i: coster.grad_sync(i) for i in [*([model.layers] if head else []), *reversed(layers)]},
         "optimizer": coster.optimizer(),
+        "gathers": {False: [], True: []},
     }
-    forward, backward = fixed_gathers(coster, layers, head)
-    fixed["gathers"] = {False: forward, True: backward}
+    if coster.layout.parameter_shards > 1:
+        # ZeRO-3: every layer's weights gathered before its forward (the head's last, with `head`) and, but the
+        # head's still held, again before its backward.
+        fixed["gathers"] = {False: [coster.weight_gather(i, False) for i in [*layers, *([model.layers] if head else [])]],
+                            True: [coster.weight_gather(i, True) for i in layers]}
     return fixed
-
-
-def fixed_gathers(coster: StepCoster, layers: list[int], head: bool = True) -> tuple[list[Op | None], list[Op | None]]:
-    """ZeRO-3: the weight all-gathers before each of `layers`' forward (and the head's, last, with `head`) and, but
-    the head's still held, again before its backward; empty lists when the weights are not sharded."""
-    if coster.layout.parameter_shards == 1:
-        return [], []
-    model = coster.model
-    return ([coster.weight_gather(i, False) for i in [*layers, *([model.layers] if head else [])]],
-            [coster.weight_gather(i, True) for i in layers])
 
 
 def gathered(gathers: list[Op | None], position: int, step: int) -> list[Item]:
