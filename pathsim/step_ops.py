@@ -251,12 +251,11 @@ class StepCoster:
         reduce-scattered back after (the busiest tensor group's bytes). Returns each chip's tokens, now its whole
         data rank's, and the two collectives."""
         layout, d = self.layout, self.model.d_model
-        ranks = np.arange(layout.chips)
-        own = np.sort(layout.chip(ranks))  # chip_tokens are in chip-id order
-        received = routing.chip_tokens[np.searchsorted(own, layout.chip(ranks))].reshape(layout.data, layout.tensor)
-        per_rank = received.sum(axis=1)  # each data rank's tokens, which all its tensor ranks now run
+        chips = layout.chip(np.arange(layout.chips))
+        slot = np.searchsorted(np.sort(chips), chips)  # each rank's entry in chip_tokens, which are in chip-id order
+        per_rank = routing.chip_tokens[slot].reshape(layout.data, layout.tensor).sum(axis=1)  # a data rank's tokens
         tokens = np.empty(layout.chips)
-        tokens[np.searchsorted(own, layout.chip(ranks))] = np.repeat(per_rank, layout.tensor)
+        tokens[slot] = np.repeat(per_rank, layout.tensor)  # which every tensor rank of it now runs
         nbytes = float(per_rank.max()) * d * self.dtype
         gather_s, gather_bytes = self.collective("all_gather", nbytes, self.tensor_groups)
         scatter_s, scatter_bytes = self.collective("reduce_scatter", nbytes, self.tensor_groups)
