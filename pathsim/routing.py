@@ -30,13 +30,16 @@ Sampling has two fidelities:
   plus the traffic matrix. It keeps every total exact (tokens routed = kept +
   dropped) and loses only per-chip sampling noise, which averages out over the
   hundreds of sources each link and each expert sees.
-``auto`` picks ``exact`` while chips × tasks × experts ≤ 2**17 (the exact draw costs
-~80 ns per entry per layer; beyond that it would dominate the run).
+``auto`` picks ``exact`` while chips × tasks × experts ≤ 2**17 per layer and ≤ 2**24 over a
+step's micro-batches and MoE layers (the exact draw costs ~80 ns per entry; beyond that it
+would dominate the run: DeepSeek-V3's 120 micro-batches × 58 layers on 128-GPU stages would
+draw 2.3·10⁸ a step).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.special import bdtrc
@@ -47,7 +50,8 @@ from pathsim.traffic import Traffic
 from pathsim.workload import Layout, WorkloadConfig, load_histogram
 
 SAMPLING_MODES = ("auto", "exact", "mean_field")
-EXACT_LIMIT = 2**17
+EXACT_LIMIT = 2**17  # entries of one layer's exact draw
+EXACT_STEP_LIMIT = 2**24  # entries of a step's exact draws
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,39 @@ class RoutingPlan:
     sampling: str  # exact | mean_field
     padded: bool = False  # einsum dispatch: every source sends and every expert computes whole capacity buffers
 
+    @cached_property
+    def source_classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct rows of ``task_tokens`` (classes × tasks) and each chip's class: chips of one class send
+        alike under the mean field."""
+        classes, row_of = np.unique(self.task_tokens, axis=0, return_inverse=True)
+        return classes, row_of.ravel()
+
+    @cached_property
+    def pick_shares(self) -> np.ndarray:
+        """(moe layers, tasks, experts) share of a task's tokens that pick each expert (top-k picks distinct ones)."""
+        return np.minimum(self.top_k * self.probabilities.transpose(1, 0, 2), 1.0)
+
+    @cached_property
+    def task_totals(self) -> np.ndarray:
+        """(tasks,) tokens of each task per micro-batch."""
+        return self.task_tokens.sum(axis=0)
+
+    @cached_property
+    def _chip_rows(self) -> np.ndarray:
+        return np.arange(len(self.task_tokens))
+
+    def rows(self, sampled: bool = True) -> tuple[np.ndarray, int]:
+        """Each rank's row of kept assignments and the number of rows: one per chip for an exact draw, one per
+        class of chips under the mean field or for an expectation (``sampled=False``). The same arrays each call."""
+        if self.sampling == "exact" and sampled:
+            return self._chip_rows, len(self._chip_rows)
+        classes, row_of = self.source_classes
+        return row_of, len(classes)
+
+    def dispatch_map(self, layout: Layout, sampled: bool = True) -> DispatchMap:
+        """The dispatch map of `layout` for this plan's rows (build once per layout and reuse)."""
+        return DispatchMap(layout, *self.rows(sampled))
+
 
 @dataclass(frozen=True)
 class LoadSample:
@@ -69,13 +106,84 @@ class LoadSample:
     chip_max_over_mean: float
 
 
+class DispatchMap:
+    """Where one layout's dispatch goes, given each source's row of kept assignments (its class).
+
+    Every source of class c in copy g of the expert set sends ``per_rank[c, p]``
+    assignments to the rank at position p of copy g, so the dispatch is linear in
+    ``per_rank`` (classes × positions): :meth:`basis` is the traffic of one unit
+    of each entry, which a linear network model prices once for every micro-batch.
+    Built once per layout and plan (the rank arithmetic is the layout's)."""
+
+    def __init__(self, layout: Layout, row_of: np.ndarray, classes: int):
+        self.layout, self.row_of, self.classes = layout, row_of, classes
+        ranks = np.arange(layout.chips)
+        self.chip = layout.chip(ranks)
+        self.own = np.sort(self.chip)  # the chips the ranks run on, in id order
+        self.in_id_order = np.argsort(self.chip, kind="stable")
+        self.position = layout.expert_position(ranks)
+        self.group = layout.expert_copy(ranks)  # which copy of the expert set the rank dispatches to
+        self.count = np.zeros((layout.expert_replication, classes))  # sources of each class in each copy
+        np.add.at(self.count, (self.group, row_of), 1.0)
+        self._received = self.count[self.group]  # ranks × classes: the sources sending to each rank
+
+    def chip_tokens(self, per_rank: np.ndarray) -> np.ndarray:
+        """Assignments each chip's experts compute, chips in id order; `per_rank` (…, classes, positions)."""
+        received = np.einsum("rc,...cr->...r", self._received, per_rank[..., self.position])
+        return received[..., self.in_id_order]
+
+    def traffic(self, per_rank: np.ndarray) -> Traffic:
+        """The dispatch of `per_rank` in token-assignments, in whichever form is cheapest to hold and route."""
+        layout, classes = self.layout, self.classes
+        chips, physical = layout.chips, layout.physical_chips
+        chip, group, row_of = self.chip, self.group, self.row_of
+        rank = layout.expert_replication * classes
+        if rank * 4 <= chips:
+            # Every source of one class in one copy sends the same row: dispatch = left @ right with
+            # left[s, (copy, class)] = 1 and right[(copy, class), c] = per_rank[class, position of c].
+            left = np.zeros((physical, rank))
+            left[chip, group * classes + row_of] = 1.0
+            right = np.zeros((rank, physical))
+            right[group[None, :] * classes + np.arange(classes)[:, None], chip[None, :]] = per_rank[:, self.position]
+            return Traffic.from_factors(left, right)
+        dest = layout.rank_at(group[:, None], np.arange(layout.expert)[None, :])  # every position of its own copy
+        if chips * layout.expert * 16 <= physical * physical:
+            # Far fewer flows than the cluster's N×N entries (a pipeline stage's or a job's part of the cluster):
+            # keep the flows, never the matrix.
+            src, dst = np.broadcast_to(chip[:, None], dest.shape).ravel(), layout.chip(dest).ravel()
+            return Traffic.from_flows(physical, src, dst, per_rank[row_of].ravel())
+        matrix = np.zeros((physical, physical))
+        matrix[chip[:, None], layout.chip(dest)] = per_rank[row_of]
+        return Traffic.from_matrix(matrix)
+
+    @property
+    def basis_size(self) -> int:
+        return self.classes * self.layout.expert
+
+    def basis_flows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The unit flows of the dispatch's basis — (source chip, destination chip, entry of ``per_rank``, in its
+        flattened order): every source of class c sends to the position-p rank of its own copy of the expert set —
+        so the dispatch of any ``per_rank`` is these flows weighted by their entries."""
+        layout = self.layout
+        dest = layout.rank_at(self.group[:, None], np.arange(layout.expert)[None, :])  # (ranks, positions)
+        src = np.broadcast_to(self.chip[:, None], dest.shape).ravel()
+        entry = (self.row_of[:, None] * layout.expert + np.arange(layout.expert)[None, :]).ravel()
+        return src, layout.chip(dest).ravel(), entry
+
+
 @dataclass(frozen=True)
 class LayerRouting:
     routed: np.ndarray  # (tasks, experts) token-assignments routed to each expert
     dropped: np.ndarray  # (tasks,) token-assignments dropped at capacity
-    chip_tokens: np.ndarray  # (chips,) token-assignments each chip's experts compute, chips in id order
+    per_rank: np.ndarray  # (classes, positions) kept assignments each source of a class sends to each position
     chip_slots: np.ndarray  # (chips,) experts each chip hosts in this layer (their weights stream per pass), id order
-    dispatch: Traffic  # token-assignments sent s -> c (diagonal: stay local); low-rank factors when cheaper
+    map: DispatchMap
+    chip_tokens: np.ndarray  # (chips,) token-assignments each chip's experts compute, chips in id order
+
+    @cached_property
+    def dispatch(self) -> Traffic:
+        """Token-assignments sent s -> c (diagonal: stay local); low-rank factors when cheaper."""
+        return self.map.traffic(self.per_rank)
 
     @property
     def dispatch_tokens(self) -> np.ndarray:
@@ -83,8 +191,9 @@ class LayerRouting:
         return self.dispatch.matrix
 
     def load_sample(self) -> LoadSample:
-        mean = float(self.chip_tokens.mean())
-        return LoadSample(self.routed, self.dropped, float(self.chip_tokens.max()) / mean if mean > 0 else 1.0)
+        tokens = self.chip_tokens
+        mean = float(tokens.mean())
+        return LoadSample(self.routed, self.dropped, float(tokens.max()) / mean if mean > 0 else 1.0)
 
     def dispatch_traffic(self, bytes_per_token: float) -> Traffic:
         return self.dispatch.scaled(bytes_per_token)
@@ -214,7 +323,9 @@ def build_plan(workload: WorkloadConfig, layout: Layout, seed: int, sampling: st
     probabilities = task_distributions(workload, seed, source)
     if sampling == "auto":
         active_tasks = int((task_tokens > 0).sum(axis=1).max())
-        sampling = "exact" if layout.chips * active_tasks * moe.experts <= EXACT_LIMIT else "mean_field"
+        per_layer = layout.chips * active_tasks * moe.experts
+        per_step = per_layer * workload.training.micro_batches * len(workload.model.moe_layers)
+        sampling = "exact" if per_layer <= EXACT_LIMIT and per_step <= EXACT_STEP_LIMIT else "mean_field"
     return RoutingPlan(task_tokens=task_tokens, probabilities=probabilities, top_k=moe.top_k,
                        capacity_factor=None if moe.dropless else moe.capacity_factor, sampling=sampling,
                        padded=moe.dispatch == "einsum")
@@ -257,38 +368,48 @@ def _sources(plan: RoutingPlan, layer: int, rng: np.random.Generator | None):
     ``rng=None`` gives the expectation (no batch noise): what planners balance.
     """
     n = plan.task_tokens
-    p = plan.probabilities[:, layer, :]
-    k = plan.top_k
-    experts = p.shape[1]
-    q = np.minimum(k * p, 1.0)  # share of tokens that pick each expert: top-k picks distinct experts
+    q = plan.pick_shares[layer]
     if plan.sampling == "exact" and rng is not None:
         counts = rng.binomial(n[:, :, None], q[None, :, :])  # (chips, tasks, experts)
         demand = counts.sum(axis=1).astype(np.float64)
         routed = counts.sum(axis=0).astype(np.float64)
         if plan.capacity_factor is None:
-            return demand, np.arange(len(n)), routed, np.zeros(len(p))
-        kept = np.minimum(demand, _capacity(plan, n.sum(axis=1), experts)[:, None])
+            return demand, plan.rows()[0], routed, np.zeros(len(q))
+        kept = np.minimum(demand, _capacity(plan, n.sum(axis=1), q.shape[1])[:, None])
         with np.errstate(invalid="ignore", divide="ignore"):
             drop_share = np.where(demand > 0, (demand - kept) / demand, 0.0)
         dropped = np.einsum("cte,ce->t", counts, drop_share)
-        return kept, np.arange(len(n)), routed, dropped
-    # mean field: one draw per task, chips send in the realised proportions
-    totals = n.sum(axis=0)
+        return kept, plan.rows()[0], routed, dropped
+    totals = plan.task_totals
     routed = totals[:, None] * q if rng is None else rng.binomial(totals[:, None], q).astype(np.float64)  # (tasks, experts)
-    realised = routed / np.maximum(totals, 1)[:, None]  # realised share of each task's tokens per expert
-    classes, row_of = np.unique(n, axis=0, return_inverse=True)
-    row_of = row_of.ravel()
-    per_task = classes[:, :, None] * realised[None, :, :]  # (classes, tasks, experts)
-    mean = per_task.sum(axis=1)
+    kept, dropped = _mean_field(plan, routed[None])
+    return kept[0], plan.source_classes[1], routed, dropped[0]
+
+
+def draw_micro_batch(plan: RoutingPlan, rng: np.random.Generator) -> np.ndarray | None:
+    """Mean field: one micro-batch's routed assignments of every MoE layer (layers × tasks × experts), the same
+    draws as :func:`route_layer` would make layer after layer. Exact sampling draws per layer (None)."""
+    if plan.sampling == "exact":
+        return None
+    return rng.binomial(plan.task_totals[None, :, None], plan.pick_shares).astype(np.float64)
+
+
+def _mean_field(plan: RoutingPlan, routed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kept assignments per source class (… × classes × experts) and dropped per task (… × tasks) of routed
+    assignments (… × tasks × experts): each chip sends its tokens in the realised proportions."""
+    classes, row_of = plan.source_classes
+    realised = routed / np.maximum(plan.task_totals, 1)[:, None]  # realised share of each task's tokens per expert
+    per_task = classes[:, :, None] * realised[..., None, :, :]  # (…, classes, tasks, experts)
+    mean = per_task.sum(axis=-2)
     if plan.capacity_factor is None:
-        return mean, row_of, routed, np.zeros(len(p))
+        return mean, np.zeros(routed.shape[:-1])
     class_tokens = classes.sum(axis=1)
-    overflow = _expected_overflow(class_tokens[:, None], mean, _capacity(plan, class_tokens, experts)[:, None])
+    overflow = _expected_overflow(class_tokens[:, None], mean, _capacity(plan, class_tokens, routed.shape[-1])[:, None])
     with np.errstate(invalid="ignore", divide="ignore"):
         drop_share = np.where(mean > 0, overflow / mean, 0.0)
-    chips_per_class = np.bincount(row_of, minlength=len(classes))
-    dropped = np.einsum("k,kte,ke->t", chips_per_class.astype(np.float64), per_task, drop_share)
-    return mean - overflow, row_of, routed, dropped
+    chips_per_class = np.bincount(row_of, minlength=len(classes)).astype(np.float64)
+    dropped = np.einsum("k,...kte,...ke->...t", chips_per_class, per_task, drop_share)
+    return mean - overflow, dropped
 
 
 def expected_sources(plan: RoutingPlan, layer: int) -> tuple[np.ndarray, np.ndarray]:
@@ -298,47 +419,35 @@ def expected_sources(plan: RoutingPlan, layer: int) -> tuple[np.ndarray, np.ndar
 
 
 def route_layer(plan: RoutingPlan, layout: Layout, placement: Placement, layer: int,
-                rng: np.random.Generator | None) -> LayerRouting:
-    """Sample one MoE layer of one micro-batch (``rng=None``: its expectation): loads, drops and the dispatch."""
+                rng: np.random.Generator | None, dispatch_map: DispatchMap | None = None) -> LayerRouting:
+    """Sample one MoE layer of one micro-batch (``rng=None``: its expectation): loads, drops and the dispatch.
+    `dispatch_map`: ``plan.dispatch_map(layout)``, built once by callers that route many layers."""
     kept, row_of, routed, dropped = _sources(plan, layer, rng)
+    if dispatch_map is None or dispatch_map.row_of is not row_of:  # built for other rows (an exact draw's, say)
+        dispatch_map = plan.dispatch_map(layout, sampled=rng is not None)
+    return _through_placement(plan, placement, layer, dispatch_map, kept[None], routed[None], dropped[None])[0]
+
+
+def route_batch(plan: RoutingPlan, placement: Placement, layer: int, routed: np.ndarray,
+                dispatch_map: DispatchMap) -> list[LayerRouting]:
+    """Mean field: one layer of several micro-batches at once, from their draws (micro-batches × tasks × experts,
+    rows of :func:`draw_micro_batch`)."""
+    kept, dropped = _mean_field(plan, routed)
+    return _through_placement(plan, placement, layer, dispatch_map, kept, routed, dropped)
+
+
+def _through_placement(plan: RoutingPlan, placement: Placement, layer: int, dispatch_map: DispatchMap, kept: np.ndarray,
+                       routed: np.ndarray, dropped: np.ndarray) -> list[LayerRouting]:
+    """Routings of kept assignments (micro-batches × rows × experts) mapped through the placement onto ranks."""
     if plan.padded:
         # GShard's einsum dispatch works on fixed [experts, capacity] buffers: the empty slots travel in the
         # all-to-all and go through the experts like real tokens, so load follows capacity, not demand.
-        row_capacity = np.zeros(len(kept))
-        row_capacity[row_of] = _capacity(plan, plan.task_tokens.sum(axis=1), kept.shape[1])
-        kept = np.broadcast_to(row_capacity[:, None], kept.shape)
+        row_capacity = np.zeros(kept.shape[1])
+        row_capacity[dispatch_map.row_of] = _capacity(plan, plan.task_tokens.sum(axis=1), kept.shape[2])
+        kept = np.broadcast_to(row_capacity[None, :, None], kept.shape)
     shares = placement.token_shares(layer)  # experts × ranks
-    per_rank = np.asarray((shares.T @ kept.T).T)  # rows × ranks: kept assignments to each rank of the group
-    chips, physical = layout.chips, layout.physical_chips
-    rank_ids = np.arange(chips)
-    chip = layout.chip(rank_ids)
-    own = np.sort(chip)  # the chips the ranks run on, in id order (all of the cluster's but for a job sharing it)
-    position = layout.expert_position(rank_ids)
-    group = layout.expert_copy(rank_ids)  # which copy of the expert set the rank dispatches to
-    chip_slots = np.bincount(shares.indices, minlength=layout.expert)[position][np.argsort(chip, kind="stable")]
-    classes = per_rank.shape[0]
-    rank = layout.expert_replication * classes
-    if rank * 4 <= chips:
-        # Every source of one class in one group sends the same row: dispatch = left @ right with
-        # left[s, (group, class)] = 1 and right[(group, class), c] = per_rank[class, position of c].
-        left = np.zeros((physical, rank))
-        left[chip, group * classes + row_of] = 1.0
-        right = np.zeros((rank, physical))
-        right[group[None, :] * classes + np.arange(classes)[:, None], chip[None, :]] = per_rank[:, position]
-        dispatch = Traffic.from_factors(left, right)
-        chip_tokens = (left.sum(axis=0) @ right)[own]
-    else:
-        dest = layout.rank_at(group[:, None], np.arange(layout.expert)[None, :])  # every position of its own copy
-        if chips * layout.expert * 16 <= physical * physical:
-            # Far fewer flows than the cluster's N×N entries (a pipeline stage's or a job's part of the cluster):
-            # keep the flows, never the matrix.
-            src, dst = np.broadcast_to(chip[:, None], dest.shape).ravel(), layout.chip(dest).ravel()
-            nbytes = per_rank[row_of].ravel()
-            dispatch = Traffic.from_flows(physical, src, dst, nbytes)
-            chip_tokens = np.bincount(dst, weights=nbytes, minlength=physical)[own]
-        else:
-            matrix = np.zeros((physical, physical))
-            matrix[chip[:, None], layout.chip(dest)] = per_rank[row_of]
-            dispatch = Traffic.from_matrix(matrix)
-            chip_tokens = matrix.sum(axis=0)[own]
-    return LayerRouting(routed=routed, dropped=dropped, chip_tokens=chip_tokens, chip_slots=chip_slots, dispatch=dispatch)
+    per_rank = kept @ shares.toarray()  # (micro-batches, rows, positions): kept assignments to each rank of the group
+    chip_tokens = dispatch_map.chip_tokens(per_rank)
+    chip_slots = np.bincount(shares.indices, minlength=dispatch_map.layout.expert)[dispatch_map.position][dispatch_map.in_id_order]
+    return [LayerRouting(routed=routed[m], dropped=dropped[m], per_rank=per_rank[m], chip_slots=chip_slots,
+                         map=dispatch_map, chip_tokens=chip_tokens[m]) for m in range(len(kept))]

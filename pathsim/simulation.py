@@ -23,6 +23,7 @@ from pathsim.engine import COMPUTE, Span, StepRun, run_graph
 from pathsim.engine.categories import category
 from pathsim.energy import STATES, ChipActivity, power_inputs, state_timeline, step_energy
 from pathsim.errors import PathsimConfigError
+from pathsim.network.linear import add_link_bytes
 from pathsim.memory import expert_slots_on_busiest_chip, memory_per_chip
 from pathsim.model_math import model_totals
 from pathsim.placement import Placement
@@ -213,8 +214,7 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
                 counted.setdefault(id(span.op.link_bytes), [span.op.link_bytes, 0])[1] += 1
             if span.op.resource == COMPUTE:
                 hardware_flops += span.op.flops / run.groups  # each group (pipeline stage) is 1/groups of the chips
-        for array, count in counted.values():
-            link_bytes += array * count if count > 1 else array
+        add_link_bytes(link_bytes, [(record, count) for record, count in counted.values()])
         by_stream: dict[str, list[Span]] = {}
         groups: list[list[Span]] = [[] for _ in range(run.groups)]
         for span in run.spans:

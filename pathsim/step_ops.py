@@ -41,7 +41,8 @@ from pathsim.memory import (OPTIMIZER_STATE_BYTES, Held, dense_params_of_layer, 
 from pathsim.model_math import LayerShapes, layer_shapes
 from pathsim.network.timing import NetworkModel
 from pathsim.placement import Placement
-from pathsim.routing import LayerRouting, expert_capacity
+from pathsim.network.linear import LinkBytes, dense_link_bytes
+from pathsim.routing import DispatchMap, LayerRouting, RoutingPlan, expert_capacity
 from pathsim.topology.base import Topology
 from pathsim.topology.multi_slice import MultiSlice
 from pathsim.traffic import Traffic
@@ -74,6 +75,9 @@ class StepCoster:
         self.shard_groups, self.cross_slice_groups = layout.groups("shard"), layout.groups("cross_slice")
         self.context_groups, self.expert_groups = layout.groups("context"), layout.groups("expert_copies")
         self.moe_index = {layer: j for j, layer in enumerate(self.model.moe_layers)}
+        self._maps: dict[int, tuple[RoutingPlan, DispatchMap]] = {}
+        self._bases: dict[int, tuple] = {}  # per dispatch map: its bases to and from the experts
+        self._moe_fixed: dict[tuple[int, bool], tuple] = {}
 
     # ---- helpers ----------------------------------------------------------------------
     def _compute(self, name, family, cost: kc.KernelCost, layer, backward=False, category="compute") -> Op:
@@ -107,10 +111,10 @@ class StepCoster:
         return (sum(t for _, t, _ in segments),
                 sum((b for _, _, b in segments), np.zeros(self.topology.num_links)))
 
-    def _network_op(self, name: str, category: str, time_s: float, layer: int, link_bytes: np.ndarray) -> Op:
+    def _network_op(self, name: str, category: str, time_s: float, layer: int, link_bytes: "np.ndarray | LinkBytes") -> Op:
         """An op on the slice's network that also holds the DCN when any of its bytes cross slices, so it
         contends there with the gradient buckets crossing too."""
-        crosses = isinstance(self.topology, MultiSlice) and link_bytes[self.topology.dcn_links].any()
+        crosses = isinstance(self.topology, MultiSlice) and dense_link_bytes(link_bytes)[self.topology.dcn_links].any()
         return Op(name, category, NETWORK, time_s, layer, link_bytes=link_bytes, also=(DCN,) if crosses else ())
 
     def _tensor_allreduce(self, name: str, layer: int) -> list[Op]:
@@ -188,35 +192,106 @@ class StepCoster:
         timing = self.network.phase(traffic)
         return self._network_op(name, "all_to_all", timing.time_s, layer, timing.link_bytes)
 
-    def moe_block(self, layer: int, routing: LayerRouting, backward: bool,
-                  a2a: tuple[Op, Op] | None = None) -> tuple[list[Op], tuple[Op, Op]]:
-        """The MoE block's ops; the two all-to-alls are timed once per forward and reused mirrored in backward."""
-        if a2a is None:
-            per_token = self.model.d_model * self.dtype
-            dispatch = self.all_to_all(f"L{layer} dispatch all-to-all", layer, routing.dispatch_traffic(per_token))
-            combine = self.all_to_all(f"L{layer} combine all-to-all", layer, routing.combine_traffic(per_token))
-            a2a = (dispatch, combine)
-        ops = self._moe_ops(layer, routing, backward, a2a)
-        if not backward:
-            return ops, a2a
-        ops = ops[::-1]
-        if self.workload.training.recompute == "full":
-            # Rematerialising an MoE layer re-runs its forward, all-to-alls included.
-            again = [replace(o, name=o.name.replace("fwd", "recompute").replace("all-to-all", "all-to-all (recompute)"))
-                     for o in self._moe_ops(layer, routing, False, a2a)]
-            ops = again + ops
-        return ops, a2a
+    def dispatch_map(self, plan: RoutingPlan) -> DispatchMap:
+        """Where this layout's dispatch goes under `plan` (built once; routings made with it price together)."""
+        if id(plan) not in self._maps:
+            self._maps[id(plan)] = (plan, plan.dispatch_map(self.layout))
+        return self._maps[id(plan)][1]
 
-    def _moe_ops(self, layer: int, routing: LayerRouting, backward: bool, a2a: tuple[Op, Op]) -> list[Op]:
-        """Forward order: router, permute, dispatch, experts, combine, un-permute, shared experts."""
+    def moe_layer(self, layer: int, routings: list[LayerRouting]) -> list[tuple[list[Op], list[Op]]]:
+        """The MoE block's forward and backward ops for each of one layer's routings (one per micro-batch), priced
+        together. The two all-to-alls are timed once per routing and reused mirrored in backward (the combine's
+        gradient travels like a dispatch, the dispatch's like a combine); ops that do not depend on the routing
+        are built once per layer and shared."""
+        a2a = self._all_to_alls(layer, routings)
+        experts = self._expert_ops(layer, routings)
+        fixed = {b: self._moe_fixed_ops(layer, b) for b in (False, True)}
+        out = []
+        for (dispatch, combine, dispatch_grad, combine_grad), ((fwd, fwd_around), (bwd, bwd_around)) in zip(a2a, experts):
+            router, permute, unpermute, shared = fixed[False]
+            forward = [router, permute, dispatch, *fwd_around[0], fwd, *fwd_around[1], combine, unpermute, *shared]
+            router, permute, unpermute, shared = fixed[True]
+            backward = [router, permute, dispatch_grad, *bwd_around[0], bwd, *bwd_around[1], combine_grad, unpermute,
+                        *shared][::-1]
+            if self.workload.training.recompute == "full":
+                # Rematerialising an MoE layer re-runs its forward, all-to-alls included.
+                backward = [replace(o, name=o.name.replace("fwd", "recompute").replace("all-to-all", "all-to-all (recompute)"))
+                            for o in forward] + backward
+            out.append((forward, backward))
+        return out
+
+    def moe_ops(self, layer: int, routing: LayerRouting) -> tuple[list[Op], list[Op]]:
+        """The MoE block's forward and backward ops for one routing."""
+        return self.moe_layer(layer, [routing])[0]
+
+    def _all_to_alls(self, layer: int, routings: list[LayerRouting]) -> list[tuple[Op, Op, Op, Op]]:
+        """Per routing: its dispatch and combine, and their mirrors in backward (dispatch-grad, combine-grad).
+
+        With a network model whose loads are linear, routings of one dispatch map are priced from its basis when
+        the basis is no larger than the dispatches this coster prices a step (micro-batches × its MoE layers), so
+        the choice is the run's, not the batch's."""
+        per_token = self.model.d_model * self.dtype
+        dispatch_map = routings[0].map
+        if (hasattr(self.network, "basis") and all(r.map is dispatch_map for r in routings)
+                and dispatch_map.basis_size <= self.workload.training.micro_batches * self._moe_layers_run):
+            if id(dispatch_map) not in self._bases:
+                src, dst, entry = dispatch_map.basis_flows()
+                shape, k = (dispatch_map.classes, self.layout.expert), dispatch_map.basis_size
+                self._bases[id(dispatch_map)] = (
+                    dispatch_map,
+                    self.network.basis(src, dst, entry, k, lambda w: dispatch_map.traffic(w.reshape(shape))),
+                    self.network.basis(dst, src, entry, k, lambda w: dispatch_map.traffic(w.reshape(shape)).transposed()))
+            _, to_experts, from_experts = self._bases[id(dispatch_map)]
+            weights = np.stack([r.per_rank.ravel() for r in routings]) * per_token
+            timings = [zip(*basis.price(weights)) for basis in (to_experts, from_experts)]
+        else:
+            timings = [[(t.time_s, t.link_bytes) for t in (self.network.phase(r.dispatch_traffic(per_token)) for r in routings)],
+                       [(t.time_s, t.link_bytes) for t in (self.network.phase(r.combine_traffic(per_token)) for r in routings)]]
+        out = []
+        for (to_s, to_bytes), (from_s, from_bytes) in zip(*timings):
+            out.append((self._network_op(f"L{layer} dispatch all-to-all", "all_to_all", to_s, layer, to_bytes),
+                        self._network_op(f"L{layer} combine all-to-all", "all_to_all", from_s, layer, from_bytes),
+                        self._network_op(f"L{layer} dispatch-grad all-to-all", "all_to_all", from_s, layer, from_bytes),
+                        self._network_op(f"L{layer} combine-grad all-to-all", "all_to_all", to_s, layer, to_bytes)))
+        return out
+
+    @property
+    def _moe_layers_run(self) -> int:
+        layers = self.model.moe_layers if self.held is None else [i for i in self.held.layers if self.model.is_moe(i)]
+        return max(len(layers), 1)
+
+    def _expert_ops(self, layer: int, routings: list[LayerRouting]) -> list[tuple[tuple[Op, tuple], tuple[Op, tuple]]]:
+        """Per routing, forward and backward: the expert FFN (every chip's time from its own load, the slowest gating
+        the combine) and, with expert-tensor parallelism, the exchanges around it."""
+        moe, d = self.model.moe, self.model.d_model
+        tokens = np.stack([r.chip_tokens for r in routings])  # (routings, chips)
+        out: list[list] = [[] for _ in routings]
+        for backward in (False, True):
+            tag, scale = ("bwd", 2.0) if backward else ("fwd", 1.0)
+            width, around = moe.expert_ffn, [([], [])] * len(routings)
+            computed = tokens
+            if self.layout.expert_shard > 1:
+                exchanged = [self._expert_tensor_exchange(layer, row, tag) for row in tokens]
+                computed, around = np.stack([e[0] for e in exchanged]), [e[1] for e in exchanged]
+                width = moe.expert_ffn / self.layout.expert_shard
+            cost = kc.ffn(computed, d, width, self.model.ffn_matrices, self.dtype, weight_sets=routings[0].chip_slots)
+            per_chip = self.device.time_s("expert_ffn", scale * cost.flops, scale * cost.nbytes).reshape(len(routings), -1)
+            slowest, mean = per_chip.max(axis=1), per_chip.mean(axis=1)
+            flops = np.broadcast_to(scale * cost.flops, per_chip.shape).mean(axis=1)
+            for m in range(len(routings)):
+                op = Op(f"L{layer} expert FFN {tag}", "compute", COMPUTE, float(slowest[m]), layer,
+                        straggler_s=float(slowest[m] - mean[m]), flops=float(flops[m]), weight_share=0.5 if backward else 0.0)
+                out[m].append((op, around[m]))
+        return [tuple(pair) for pair in out]
+
+    def _moe_fixed_ops(self, layer: int, backward: bool) -> tuple[Op, Op, Op, list[Op]]:
+        """Router, permute, un-permute and shared experts of one layer: the same for every routing (built once)."""
+        key = (layer, backward)
+        if key in self._moe_fixed:
+            return self._moe_fixed[key]
         s, t, d = self.shapes, self.tokens_per_chip, self.model.d_model
         moe = self.model.moe
         tag = "bwd" if backward else "fwd"
-        scale = 2.0 if backward else 1.0
-        if backward:  # reversed by the caller: the combine's gradient goes first, along the dispatch's direction
-            first, second = replace(a2a[1], name=f"L{layer} dispatch-grad all-to-all"), replace(a2a[0], name=f"L{layer} combine-grad all-to-all")
-        else:
-            first, second = a2a
         router = self._compute(f"L{layer} router {tag}", "router", kc.router(t, d, moe.experts, self.dtype), layer, backward)
         if moe.dispatch == "einsum":  # one group per chip: the mask is [tokens, experts, capacity], each way
             capacity = float(expert_capacity(moe.capacity_factor, t, moe.top_k, moe.experts))
@@ -227,25 +302,16 @@ class StepCoster:
             from_experts = ("unpermute", kc.gather_combine(t, moe.top_k, d, self.dtype))
         permute = self._compute(f"L{layer} permute {tag}", *to_experts, layer, backward)
         unpermute = self._compute(f"L{layer} un-permute {tag}", *from_experts, layer, backward)
-
-        tokens, width, around = routing.chip_tokens, moe.expert_ffn, ([], [])
-        if self.layout.expert_shard > 1:
-            tokens, around = self._expert_tensor_exchange(layer, routing, tag)
-            width = moe.expert_ffn / self.layout.expert_shard
-        cost = kc.ffn(tokens, d, width, self.model.ffn_matrices, self.dtype, weight_sets=routing.chip_slots)
-        per_chip = self.device.time_s("expert_ffn", scale * cost.flops, scale * cost.nbytes)
-        slowest, mean = float(per_chip.max()), float(per_chip.mean())
-        experts = Op(f"L{layer} expert FFN {tag}", "compute", COMPUTE, slowest, layer, straggler_s=slowest - mean,
-                     flops=float(scale * np.mean(cost.flops)), weight_share=0.5 if backward else 0.0)
-        ops = [router, permute, first, *around[0], experts, *around[1], second, unpermute]
+        shared = []
         if s.shared_params:
             shared_ffn = (moe.shared_ffn or moe.expert_ffn) * moe.shared_experts / self.layout.tensor
-            ops.append(self._compute(f"L{layer} shared experts {tag}", "ffn",
-                                     kc.ffn(self.tokens_per_data_rank, d, shared_ffn, self.model.ffn_matrices, self.dtype),
-                                     layer, backward))
-        return ops
+            shared.append(self._compute(f"L{layer} shared experts {tag}", "ffn",
+                                        kc.ffn(self.tokens_per_data_rank, d, shared_ffn, self.model.ffn_matrices, self.dtype),
+                                        layer, backward))
+        self._moe_fixed[key] = (router, permute, unpermute, shared)
+        return self._moe_fixed[key]
 
-    def _expert_tensor_exchange(self, layer: int, routing: LayerRouting, tag: str) -> tuple[np.ndarray, tuple[list[Op], list[Op]]]:
+    def _expert_tensor_exchange(self, layer: int, chip_tokens: np.ndarray, tag: str) -> tuple[np.ndarray, tuple[list[Op], list[Op]]]:
         """Expert-tensor parallelism: every chip of a data rank holds 1/tensor of its experts, so the tokens its
         tensor ranks received are all-gathered among them before the experts, and the partial outputs
         reduce-scattered back after (the busiest tensor group's bytes). Returns each chip's tokens, now its whole
@@ -253,7 +319,7 @@ class StepCoster:
         layout, d = self.layout, self.model.d_model
         chips = layout.chip(np.arange(layout.chips))
         slot = np.searchsorted(np.sort(chips), chips)  # each rank's entry in chip_tokens, which are in chip-id order
-        per_rank = routing.chip_tokens[slot].reshape(layout.data, layout.tensor).sum(axis=1)  # a data rank's tokens
+        per_rank = chip_tokens[slot].reshape(layout.data, layout.tensor).sum(axis=1)  # a data rank's tokens
         tokens = np.empty(layout.chips)
         tokens[slot] = np.repeat(per_rank, layout.tensor)  # which every tensor rank of it now runs
         nbytes = float(per_rank.max()) * d * self.dtype

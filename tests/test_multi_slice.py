@@ -261,7 +261,7 @@ def test_all_to_alls_across_slices_hold_the_dcn_against_gradient_buckets():
     for setup, crosses in [(across_setup, True), (inside_setup, False)]:
         coster = StepCoster(setup.workload, setup.layout, setup.topology, setup.network, setup.device, None)
         routing = route_layer(setup.plan, setup.layout, round_robin(128, setup.layout.expert), 0, None)
-        ops, _ = coster.moe_block(1, routing, backward=False)
+        ops, _ = coster.moe_ops(1, routing)
         assert [op.resources for op in ops if op.category == "all_to_all"] == [(NETWORK, DCN) if crosses else (NETWORK,)] * 2
 
 

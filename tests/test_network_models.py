@@ -107,3 +107,35 @@ def test_low_rank_traffic_routes_like_its_dense_matrix(dims, twisted, rng):
     assert low.transposed().sent_per_chip() == pytest.approx(dense.received_per_chip())
     both = low + low.scaled(2.0)
     assert topo.link_loads(both) == pytest.approx(3 * topo.link_loads(dense), rel=1e-12, abs=1e-9)
+
+
+@pytest.mark.parametrize("cluster, sampling", [("dgx-h100-32", "mean_field"), ("tpu-v4-4x4x4", "mean_field"),
+                                               ("dgx-h100-4", "exact")])
+def test_a_dispatch_priced_from_its_basis_is_priced_as_routed(cluster, sampling):
+    # The fast model's loads are linear in the bytes: any dispatch of a layout, priced from the loads of one unit
+    # of each (class, position) block, takes the time and puts the bytes on the links that routing it directly does.
+    from pathsim.network.linear import add_link_bytes
+    from pathsim.run_setup import prepare_run
+    setup = prepare_run(cluster, "switch-base-128", sampling=sampling)
+    dispatch_map = setup.plan.dispatch_map(setup.layout)
+    shape = (dispatch_map.classes, setup.layout.expert)
+    src, dst, entry = dispatch_map.basis_flows()
+    basis_to = setup.network.basis(src, dst, entry, dispatch_map.basis_size, lambda w: dispatch_map.traffic(w.reshape(shape)))
+    basis_from = setup.network.basis(dst, src, entry, dispatch_map.basis_size,
+                                     lambda w: dispatch_map.traffic(w.reshape(shape)).transposed())
+    rng = np.random.default_rng(0)
+    per_rank = [rng.exponential(1e3, shape) * (rng.random(shape) > 0.3) for _ in range(3)] + [np.zeros(shape)]
+    weights = np.stack([p.ravel() for p in per_rank]) * 2048.0
+    for basis, transposed in ((basis_to, False), (basis_from, True)):
+        times, records = basis.price(weights)
+        total = np.zeros(setup.topology.num_links)
+        add_link_bytes(total, [(r, 2) for r in records])
+        direct_total = np.zeros(setup.topology.num_links)
+        for p, time_s, record in zip(per_rank, times, records):
+            traffic = dispatch_map.traffic(p).scaled(2048.0)
+            timing = setup.network.phase(traffic.transposed() if transposed else traffic)
+            assert time_s == pytest.approx(timing.time_s, rel=1e-12, abs=1e-15)
+            np.testing.assert_allclose(record.dense(), timing.link_bytes, rtol=1e-12, atol=1e-6)
+            direct_total += 2 * timing.link_bytes
+        np.testing.assert_allclose(total, direct_total, rtol=1e-12, atol=1e-6)
+    assert times[-1] == 0.0  # nothing sent: no latency either

@@ -476,3 +476,29 @@ def test_flash_attention_keeps_no_attention_scores():
     tokens_per_chip = 512 * 2048 / 128
     scores = 5 * m.heads * m.seq_len * tokens_per_chip * m.layers  # 5as bytes per token and layer
     assert activations("none", False) - activations("none", True) == pytest.approx(scores, rel=1e-12)
+
+
+@pytest.mark.parametrize("sampling", ["exact", "mean_field"])
+def test_all_to_alls_priced_from_a_basis_give_the_step_routing_each_gives(sampling):
+    # With many micro-batches a stage prices its dispatches from the basis of its layout (the fast model is linear
+    # in the bytes); a network model without that shortcut routes each one. The step is the same.
+    from dataclasses import replace
+    from pathsim.run_setup import prepare_run
+    from pathsim.simulation import run_steps
+    w = load_workload("mixtral-8x7b").model_dump(mode="json")
+    w["training"]["micro_batches"] = 8
+    w["parallelism"].update(pipeline=4, tensor=2, expert="auto")
+    setup = prepare_run("dgx-h100-4", w, sampling=sampling, seed=1)
+
+    class RoutedOneByOne:  # the fast model, without its basis
+        name = "fast"
+
+        def __init__(self, model):
+            self.phase = model.phase
+
+    basis = run_steps(setup, 1)
+    direct = run_steps(replace(setup, network=RoutedOneByOne(setup.network)), 1)
+    assert basis.step_time.mean_s == pytest.approx(direct.step_time.mean_s, rel=1e-12)
+    assert basis.breakdown.all_to_all_s == pytest.approx(direct.breakdown.all_to_all_s, rel=1e-12)
+    assert basis.max_link_utilisation == pytest.approx(direct.max_link_utilisation, rel=1e-12)
+    assert [h.link for h in basis.hottest_links] == [h.link for h in direct.hottest_links]

@@ -208,3 +208,28 @@ def test_expert_groups_across_tensor_ranks_conserve_tokens_and_stay_in_their_gro
     assert (r.chip_slots == 2).all()  # 32 experts over 16 positions
     # The same position of every group all-reduces its experts' gradients: 16 groups of 4 chips, 16 apart.
     np.testing.assert_array_equal(layout.groups("expert_copies"), ranks.reshape(4, 16).T)
+
+
+@pytest.mark.parametrize("moe", [dict(), dict(dropless=True), dict(dispatch="einsum")])
+def test_micro_batches_routed_together_are_routed_as_one_by_one(moe):
+    # A step draws micro-batch after micro-batch, every layer at once, then routes each layer's micro-batches
+    # together: the same draws and the same loads, drops and dispatch as routing them layer after layer.
+    from pathsim.routing import draw_micro_batch, route_batch
+    wl = workload(**moe)
+    layout = resolve_parallelism(wl, 64)
+    plan = build_plan(wl, layout, 0, "mean_field")
+    placed = shape_only_placement("round_robin", wl.model.moe.experts, layout.expert)
+    one_rng, batch_rng = step_rng(0, 0), step_rng(0, 0)
+    layers = len(wl.model.moe_layers)
+    one = [[route_layer(plan, layout, placed, j, one_rng) for j in range(layers)] for _ in range(3)]
+    draws = [draw_micro_batch(plan, batch_rng) for _ in range(3)]
+    dispatch_map = plan.dispatch_map(layout)
+    for j in range(layers):
+        together = route_batch(plan, placed, j, np.stack([d[j] for d in draws]), dispatch_map)
+        for mb, r in enumerate(together):
+            a = one[mb][j]
+            assert np.array_equal(r.routed, a.routed)
+            for field in ("per_rank", "chip_tokens", "dropped"):
+                np.testing.assert_allclose(getattr(r, field), getattr(a, field), rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(r.dispatch_tokens, a.dispatch_tokens, rtol=1e-12, atol=1e-9)
+    assert not np.array_equal(one[0][0].routed, one[1][0].routed)  # micro-batches differ: the noise is drawn

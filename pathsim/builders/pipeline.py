@@ -38,12 +38,12 @@ from typing import Callable
 import numpy as np
 
 from pathsim.builders.schedules import SCHEDULES, Unit, peak_in_flight
-from pathsim.builders.training import ItemStream, CRITICAL, fixed_ops, grad_streams
+from pathsim.builders.training import ItemStream, CRITICAL, fixed_ops, grad_streams, moe_micro_batches
 from pathsim.engine import NETWORK, Graph, Node, Op, Stream
 from pathsim.engine.graph import COMPUTE, Await, Prefetch
 from pathsim.memory import Held
 from pathsim.model_math import layer_shapes
-from pathsim.routing import LoadSample, route_layer
+from pathsim.routing import LoadSample
 from pathsim.step_ops import StepCoster
 from pathsim.traffic import Traffic
 from pathsim.workload import ModelSpec, WorkloadConfig
@@ -156,19 +156,9 @@ class Pipeline:
         """One step's graph, with every micro-batch's routing sampled (micro-batch after micro-batch, layers in
         order, so the same seed gives the same samples whatever the schedule)."""
         model, P, fixed = self.model, self.stages, self.fixed
-        moe_ops: dict[tuple[int, int], tuple[list[Op], list[Op]]] = {}
-        routings: list[list[LoadSample]] = []
-        for mb in range(self.micro_batches):
-            samples = []
-            stage_of = self.stage_of_layer[self.path_of_mb[mb]]
-            for i in model.moe_layers:
-                coster = self.costers[stage_of[i]]
-                routing = route_layer(plan, coster.layout, placement, coster.moe_index[i], rng)
-                samples.append(routing.load_sample())
-                forward, a2a = coster.moe_block(i, routing, backward=False)
-                backward, _ = coster.moe_block(i, routing, backward=True, a2a=a2a)
-                moe_ops[mb, i] = (forward, backward)
-            routings.append(samples)
+        moe_ops, routings = moe_micro_batches(
+            plan, placement, rng, self.micro_batches, model.moe_layers,
+            lambda mb, layer: self.costers[self.stage_of_layer[self.path_of_mb[mb]][layer]])
 
         halves: dict[int, tuple] = {}
 

@@ -22,10 +22,13 @@ span of the gather.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 
 from pathsim.engine import Graph, Node, Op, Stream, StepRun, run_graph
 from pathsim.engine.graph import Await, Item, Prefetch
-from pathsim.routing import LoadSample, route_layer
+from pathsim.routing import LoadSample, draw_micro_batch, route_batch, route_layer
 from pathsim.step_ops import StepCoster
 
 CRITICAL, GRAD = 0, 1  # priorities: lower value is served first
@@ -71,28 +74,56 @@ def gathered(gathers: list[Op | None], position: int, step: int) -> list[Item]:
     return items
 
 
-def micro_batch_items(coster: StepCoster, fixed: dict, plan, layout, placement, rng):
-    """One micro-batch's forward items and its backward items per layer (backward order), and its routing samples."""
+def moe_micro_batches(plan, placement, rng, micro_batches: int, layers: list[int],
+                      coster_of: Callable[[int, int], StepCoster]
+                      ) -> tuple[dict[tuple[int, int], tuple[list[Op], list[Op]]], list[list[LoadSample]]]:
+    """Every micro-batch's MoE blocks: (micro-batch, layer) -> (forward ops, backward ops), and each micro-batch's
+    routing samples. Drawn micro-batch after micro-batch, layers in order (the same seed gives the same samples
+    whatever the schedule); under the mean field a layer's micro-batches on one coster (`coster_of(micro-batch,
+    layer)`) are then routed and priced together, while exact sampling's per-chip draws are routed at once, one by
+    one, so they never pile up."""
+    ops: dict[tuple[int, int], tuple[list[Op], list[Op]]] = {}
+    if not layers:  # a dense model
+        return ops, [[] for _ in range(micro_batches)]
+    pending: dict[tuple[int, int], tuple[StepCoster, list[int], list[np.ndarray]]] = {}
+    samples: list[list[LoadSample | None]] = []
+    for mb in range(micro_batches):
+        drawn = draw_micro_batch(plan, rng)
+        samples.append([None] * len(layers))
+        for j, i in enumerate(layers):
+            coster = coster_of(mb, i)
+            if drawn is None:
+                routing = route_layer(plan, coster.layout, placement, coster.moe_index[i], rng, coster.dispatch_map(plan))
+                samples[mb][j] = routing.load_sample()
+                ops[mb, i] = coster.moe_ops(i, routing)
+            else:
+                _, mbs, draws = pending.setdefault((id(coster), i), (coster, [], []))
+                mbs.append(mb)
+                draws.append(drawn[j])
+    for (_, i), (coster, mbs, draws) in pending.items():
+        j = coster.moe_index[i]
+        routings = route_batch(plan, placement, j, np.stack(draws), coster.dispatch_map(plan))
+        for mb, routing, pair in zip(mbs, routings, coster.moe_layer(i, routings)):
+            samples[mb][j] = routing.load_sample()
+            ops[mb, i] = pair
+    return ops, samples
+
+
+def micro_batch_items(coster: StepCoster, fixed: dict, moe_ops: dict, mb: int) -> tuple[list[Item], list[list[Item]]]:
+    """One micro-batch's forward items and its backward items per layer (backward order); `moe_ops`: from
+    :func:`moe_micro_batches`."""
     model = coster.model
     gathers = fixed["gathers"]
     forward: list[Item] = gathered(gathers[False], -1, 1)
     backward_by_layer: dict[int, list[Item]] = {model.layers: gathered(gathers[True], model.layers, -1) + [fixed["head"][True]]}
-    layer_routings: list[LoadSample] = []
-    moe_index = coster.moe_index
     for i in range(model.layers):
         forward += gathered(gathers[False], i, 1) + fixed["attention"][False][i]
-        if i in moe_index:
-            routing = route_layer(plan, layout, placement, moe_index[i], rng)
-            layer_routings.append(routing.load_sample())
-            ops, a2a = coster.moe_block(i, routing, backward=False)
-            back_ffn, _ = coster.moe_block(i, routing, backward=True, a2a=a2a)
-        else:
-            ops, back_ffn = fixed["dense_ffn"][False][i], fixed["dense_ffn"][True][i]
+        ops, back_ffn = moe_ops[mb, i] if model.is_moe(i) else (fixed["dense_ffn"][False][i], fixed["dense_ffn"][True][i])
         forward += ops
         backward_by_layer[i] = gathered(gathers[True], i, -1) + back_ffn + fixed["attention"][True][i]  # each in backward order
     forward += gathered(gathers[False], model.layers, 1) + [fixed["head"][False]]
     backward = [backward_by_layer[i] for i in fixed["grad_sync"]]  # the backward order: the head, then top-down
-    return forward, backward, layer_routings
+    return forward, backward
 
 
 def grad_streams(chains: list[list[Op]], after: Node | None, group: int = 0) -> list[Stream]:
@@ -173,11 +204,10 @@ class TrainingStep:
 
     def step_graph(self, plan, placement, rng) -> tuple[Graph, list[list[LoadSample]]]:
         """One step's graph and each micro-batch's routing samples."""
-        batches, routings = [], []
-        for _ in range(self.coster.workload.training.micro_batches):
-            forward, backward, samples = micro_batch_items(self.coster, self.fixed, plan, self.coster.layout, placement, rng)
-            batches.append((forward, backward))
-            routings.append(samples)
+        micro_batches = self.coster.workload.training.micro_batches
+        moe_ops, routings = moe_micro_batches(plan, placement, rng, micro_batches, self.coster.model.moe_layers,
+                                              lambda mb, layer: self.coster)
+        batches = [micro_batch_items(self.coster, self.fixed, moe_ops, mb) for mb in range(micro_batches)]
         schedule = StepSchedule(batches, list(self.fixed["grad_sync"].values()), self.fixed["optimizer"],
                                 self.coster.workload.training.grad_sync_overlap)
         return training_graph(schedule), routings

@@ -20,8 +20,12 @@ Resources are keyed per group: ``compute@g`` and ``network@g`` for each group
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pathsim.network.linear import LinkBytes
 
 COMPUTE, NETWORK, DCN = "compute", "network", "dcn"  # DCN: the host NICs between the slices of a multi-slice cluster
 KINDS = (COMPUTE, NETWORK, DCN)  # also the order resources are asked for in, so no two ops deadlock
@@ -36,7 +40,7 @@ class Op:
     layer: int = -1
     straggler_s: float = 0.0  # part of duration_s spent waiting for the slowest chip (max − mean)
     flops: float = 0.0  # per chip (mean), for utilisation
-    link_bytes: np.ndarray | None = field(default=None, repr=False)
+    link_bytes: "np.ndarray | LinkBytes | None" = field(default=None, repr=False)  # LinkBytes: weights over a basis
     also: tuple[str, ...] = ()  # further resources held for the whole op (an all-to-all whose bytes cross the DCN)
     weight_share: float = 0.0  # of its duration, the part a builder may run later as its own op (weight gradients)
 

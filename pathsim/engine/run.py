@@ -17,14 +17,19 @@ records that wait as an exposed span of the dependency's op (a prefetched
 weight gather that has not arrived).
 
 Events per step are O(nodes): per-chip differences are already folded into
-each op's duration by the builders.
+each op's duration by the builders. Ops in a row that no other stream can
+observe (they hold no resource another stream uses, and nothing waits for or
+starts after any but the last) run as one timeout, their spans laid end to end
+exactly as op after op would have: most of a pipeline's compute.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import simpy
+from simpy.events import URGENT
 
 from pathsim.engine.graph import Graph, Node, Op, Stream
 
@@ -71,26 +76,53 @@ class StepRun:
 def run_graph(graph: Graph) -> StepRun:
     """Run every stream of `graph` to completion; the step ends when the last op does."""
     env = simpy.Environment()
-    held_by = {id(node): node.resources for stream in graph.streams for node in stream.nodes}
-    users: dict[str, set[int]] = {}
-    for stream in graph.streams:
-        for node in stream.nodes:
-            for key in held_by[id(node)]:
-                users.setdefault(key, set()).add(id(stream))
-    # A resource only one stream uses is never contended (a stream runs its nodes one at a time): it needs no
-    # SimPy resource, whose requests are most of a large graph's events.
-    resources = {key: simpy.PriorityResource(env, capacity=1) for key in sorted(users) if len(users[key]) > 1}
-    run = StepRun(groups=graph.groups, critical=graph.critical)
-    depended = {id(dep) for stream in graph.streams for node in stream.nodes for dep in node.deps}
-    done: dict[int, simpy.Event] = {}
-    asked_at: dict[int, float] = {}
+    kinds: dict[tuple, tuple[str, ...]] = {}  # resource keys by (op's resources, groups): few distinct ones
+    held_by: dict[int, tuple[str, ...]] = {}
+    users: dict[str, int] = {}  # streams using each resource
+    depended: set[int] = set()
     launches: dict[int, list[Stream]] = {}
     for stream in graph.streams:
+        used = set()
         for node in stream.nodes:
-            if id(node) in depended:
-                done[id(node)] = env.event()
+            for dep in node.deps:
+                depended.add(id(dep))
+            if node.op is None:
+                held_by[id(node)] = ()
+                continue
+            kind = (node.op.resource, node.op.also, node.groups)
+            keys = kinds.get(kind)
+            if keys is None:
+                keys = kinds[kind] = node.resources
+            held_by[id(node)] = keys
+            used.add(keys)
+        for key in {key for keys in used for key in keys}:
+            users[key] = users.get(key, 0) + 1
         if stream.after is not None:
             launches.setdefault(id(stream.after), []).append(stream)
+    # A resource only one stream uses is never contended (a stream runs its nodes one at a time): it needs no
+    # SimPy resource, whose requests are most of a large graph's events.
+    resources = {key: simpy.PriorityResource(env, capacity=1) for key in sorted(users) if users[key] > 1}
+    contended = {keys: any(key in resources for key in keys) for keys in [*kinds.values(), ()]}
+    run = StepRun(groups=graph.groups, critical=graph.critical)
+    done: dict[int, simpy.Event] = {node: env.event() for node in depended}
+    asked_at: dict[int, float] = {}
+    observed = depended | launches.keys()  # nodes another stream waits for or starts after
+
+    def segments(stream: Stream) -> list[list[Node]]:
+        """The stream's nodes cut into chains to run as one timeout: ops in a row that hold no contended resource,
+        where no other stream waits for, or is launched by, any but the last, and only the first waits for
+        dependencies (nothing outside the chain can tell it from op after op). Each other node is a chain of its
+        own."""
+        out: list[list[Node]] = []
+        open_chain = False  # whether the last chain may take the next node
+        for node in stream.nodes:
+            free = node.op is not None and not contended[held_by[id(node)]]
+            if open_chain and free and not node.deps:
+                out[-1].append(node)
+            else:
+                out.append([node])
+            open_chain = free and id(node) not in observed
+        return out
 
     def wait_for(node: Node, stream: Stream, pending: list[Node]):
         since = env.now
@@ -127,29 +159,97 @@ def run_graph(graph: Graph) -> StepRun:
             resource.release(request)
         run.spans.append(Span(node.op, stream.name, start, env.now, tuple(waits), node.groups[0], keys))
 
+    def chain(nodes: list[Node], stream: Stream):
+        """Free ops in a row as one timeout, ending exactly when op after op would have (the same sums)."""
+        start = end = env.now
+        spans, name = run.spans, stream.name
+        for node in nodes:
+            begin, end = end, end + node.op.duration_s
+            spans.append(Span(node.op, name, begin, end, (), node.groups[0], held_by[id(node)]))
+        if id(nodes[-1]) in done:
+            asked_at[id(nodes[-1])] = begin
+        delay = end - start
+        while start + delay < end:  # the difference can round: nudge it until the sum lands on the end
+            delay = math.nextafter(delay, math.inf)
+        while start + delay > end:
+            delay = math.nextafter(delay, -math.inf)
+        yield env.timeout(delay)
+
     finished: set[int] = set()
+
+    def single(stream: Stream) -> None:
+        """Start a stream of one op that waits for nothing (a prefetched gather or all-to-all, a send) as a chain of
+        callbacks: the same events at the same times and in the same order as its process would make (its start
+        is urgent, as a process's is), but not the process's own, and no generator. Most of a DualPipe step's
+        streams are such."""
+        node = stream.nodes[0]
+        keys = held_by[id(node)]
+        wanted = [key for key in keys if key in resources]
+        held: list = []
+        waits: list[tuple[str, float, float]] = []
+
+        def ask(_=None, i: int = 0, since: float | None = None) -> None:
+            if i == 0 and id(node) in done:
+                asked_at[id(node)] = env.now
+            if since is not None and env.now > since:
+                waits.append((wanted[i - 1], since, env.now))
+            if i < len(wanted):
+                resource = resources[wanted[i]]
+                request = resource.request(priority=stream.priority)
+                held.append((resource, request))
+                request.callbacks.append(lambda _, i=i + 1, since=env.now: ask(i=i, since=since))
+                return
+            start = env.now
+            env.timeout(node.op.duration_s).callbacks.append(lambda _: finish(start))
+
+        def finish(start: float) -> None:
+            for resource, request in held:
+                resource.release(request)
+            run.spans.append(Span(node.op, stream.name, start, env.now, tuple(waits), node.groups[0], keys))
+            if id(node) in done:
+                done[id(node)].succeed()
+            for later in launches.get(id(node), ()):
+                launch(later)
+            finished.add(id(stream))
+
+        begin = env.event()
+        begin._ok, begin._value = True, None  # triggered at once, like the Initialize event that starts a process
+        begin.callbacks.append(ask)
+        env.schedule(begin, URGENT)
+
+    def launch(stream: Stream) -> None:
+        if len(stream.nodes) == 1 and stream.nodes[0].op is not None and not stream.nodes[0].deps:
+            single(stream)
+        else:
+            env.process(process(stream))
 
     def process(stream: Stream):
         # One generator per stream, the common cases inline (a large graph runs millions of nodes): waiting only for
         # dependencies not yet done, asking only for contended resources.
-        for node in stream.nodes:
+        for nodes in segments(stream):
+            node = nodes[0]
             if node.deps:
                 pending = [dep for dep in node.deps if not done[id(dep)].triggered]
                 if pending:
                     yield from wait_for(node, stream, pending)
-            asked_at[id(node)] = env.now
-            if node.op is not None:
-                keys = held_by[id(node)]
-                if any(key in resources for key in keys):
-                    yield from hold(node, stream, keys)
-                else:
-                    start = env.now
-                    yield env.timeout(node.op.duration_s)
-                    run.spans.append(Span(node.op, stream.name, start, env.now, (), node.groups[0], keys))
+            if len(nodes) > 1:
+                yield from chain(nodes, stream)
+                node = nodes[-1]
+            else:
+                if id(node) in done:
+                    asked_at[id(node)] = env.now
+                if node.op is not None:
+                    keys = held_by[id(node)]
+                    if contended[keys]:
+                        yield from hold(node, stream, keys)
+                    else:
+                        start = env.now
+                        yield env.timeout(node.op.duration_s)
+                        run.spans.append(Span(node.op, stream.name, start, env.now, (), node.groups[0], keys))
             if id(node) in done:
                 done[id(node)].succeed()
             for later in launches.get(id(node), ()):
-                env.process(process(later))
+                launch(later)
         finished.add(id(stream))
 
     for stream in graph.streams:

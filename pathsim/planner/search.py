@@ -51,8 +51,7 @@ class LayerObjective:
                                               slots=[slots], planned_for={})
         routing = route_layer(self.setup.plan, self.setup.layout, placement, layer, None)
         model_layer = self.model_layers[layer]
-        forward, a2a = self.coster.moe_block(model_layer, routing, backward=False)
-        backward, _ = self.coster.moe_block(model_layer, routing, backward=True, a2a=a2a)
+        forward, backward = self.coster.moe_ops(model_layer, routing)
         return float(sum(op.duration_s for op in forward + backward))
 
 
