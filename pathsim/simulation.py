@@ -111,13 +111,15 @@ def _union_s(intervals: list[tuple[float, float]]) -> float:
     return float(np.clip(spans[:, 1] - starts, 0.0, None).sum())
 
 
-def _holders(spans: list[Span]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per resource, the (start, end, category) of the spans that held it, in time order. A stream's own spans never
-    overlap its own waits (it runs one op at a time), so one index serves every stream."""
+def _holders(spans: list[Span], names: set[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per resource (of `names`, by default all), the (start, end, category) of the spans that held it, in time
+    order. A stream's own spans never overlap its own waits (it runs one op at a time), so one index serves every
+    stream."""
     on: dict[str, list[tuple[float, float, str]]] = {}
     for span in spans:
         for name in span.held:
-            on.setdefault(name, []).append((span.start_s, span.end_s, span.op.category))
+            if names is None or name in names:
+                on.setdefault(name, []).append((span.start_s, span.end_s, span.op.category))
     held = {}
     for name, intervals in on.items():
         intervals.sort()
@@ -163,15 +165,17 @@ def critical_path(run: StepRun, stream: str, into: dict[str, float], own: list[S
     for cause, seconds in _wait_causes(own, stream, held).items():
         into[category(cause).field] += seconds
     busy = waited = 0.0
+    fields = {key: category(key).field for key in {span.op.category for span in own}}
     for span in own:
         op, duration = span.op, span.end_s - span.start_s
         busy += duration
-        waited += span.waited_s
+        if span.waits:
+            waited += span.waited_s
         if op.category == "compute":
             into["compute_s"] += duration - op.straggler_s
             into["straggler_s"] += op.straggler_s
         else:
-            into[category(op.category).field] += duration
+            into[fields[op.category]] += duration
         if op.category == "all_to_all":
             into["all_to_all_busy"] += duration
         if op.resource == COMPUTE:
@@ -204,24 +208,32 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
     hardware_flops = 0.0
     for run in runs:
         # Pipelined buckets overlap each other on the slice's network and the DCN: count wall time, not op time.
-        grad_total += _union_s([(s.start_s, s.end_s) for s in run.spans if s.op.category == "grad_sync"])
-        gather_total += _union_s([(s.start_s, s.end_s) for s in run.spans if s.stream == "prefetch"])
+        grad, gather = [], []
         # Ops priced once and run many times (a pipeline's sends, a layer's collectives) share their link bytes:
         # add each array once, times its count, rather than once per span.
         counted: dict[int, list] = {}
-        for span in run.spans:
-            if span.op.link_bytes is not None:
-                counted.setdefault(id(span.op.link_bytes), [span.op.link_bytes, 0])[1] += 1
-            if span.op.resource == COMPUTE:
-                hardware_flops += span.op.flops / run.groups  # each group (pipeline stage) is 1/groups of the chips
-        add_link_bytes(link_bytes, [(record, count) for record, count in counted.values()])
         by_stream: dict[str, list[Span]] = {}
         groups: list[list[Span]] = [[] for _ in range(run.groups)]
+        waited: set[str] = set()  # resources some op waited for
         for span in run.spans:
+            op = span.op
+            if op.category == "grad_sync":
+                grad.append((span.start_s, span.end_s))
+            elif op.category == "weight_gather":
+                gather.append((span.start_s, span.end_s))
+            if op.link_bytes is not None:
+                counted.setdefault(id(op.link_bytes), [op.link_bytes, 0])[1] += 1
+            if op.resource == COMPUTE:
+                hardware_flops += op.flops / run.groups  # each group (pipeline stage) is 1/groups of the chips
             by_stream.setdefault(span.stream, []).append(span)
             groups[span.group].append(span)
+            if span.waits:
+                waited.update(name for name, _, _ in span.waits)
+        grad_total += _union_s(grad)
+        gather_total += _union_s(gather)
+        add_link_bytes(link_bytes, [(record, count) for record, count in counted.values()])
         by_group.append(groups)
-        held = _holders(run.spans)
+        held = _holders(run.spans, waited)
         for stream in run.critical:
             critical_path(run, stream, paths[stream], by_stream.get(stream, []), held)
     # The mean chip: each critical stream is one group of chips, all groups equal in size.

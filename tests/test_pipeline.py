@@ -136,6 +136,8 @@ def test_dualpipe_hides_the_all_to_alls_under_the_other_direction_s_compute():
         assert runs[schedule].breakdown.total_s() == pytest.approx(runs[schedule].step_time.mean_s, rel=1e-9)
     assert runs["dualpipe"].breakdown.all_to_all_s < 0.7 * runs["1f1b"].breakdown.all_to_all_s
     assert runs["dualpipe"].step_time.mean_s < runs["1f1b"].step_time.mean_s
+    # The all-to-alls it runs in the background are not weight gathers (there are none without ZeRO-3).
+    assert runs["dualpipe"].communication.weight_gather_s == 0.0
     from pathsim.workload import check_pipeline
     w["parallelism"]["pipeline"] = 3
     with pytest.raises(PathsimConfigError, match="even number of stages") as err:
@@ -174,6 +176,7 @@ def test_zero3_inside_pipeline_stages_gathers_weights_for_every_unit():
     assert sharded.breakdown.total_s() == pytest.approx(sharded.step_time.mean_s, rel=1e-9)
     assert sharded.memory.parameters_bytes < runs[False].memory.parameters_bytes
     assert sharded.step_time.mean_s > runs[False].step_time.mean_s  # gathers share the stages' networks
+    assert sharded.communication.weight_gather_s > 0.0 == runs[False].communication.weight_gather_s
 
 
 def test_a_graph_that_deadlocks_is_an_error_not_a_short_step():

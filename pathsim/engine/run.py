@@ -3,7 +3,7 @@
 One SimPy process per stream, not per chip or per op: a stream takes its
 nodes in order; before each it waits for those of its dependencies that have
 not finished, then asks for the node's resources (one capacity-1
-``PriorityResource`` per kind and group of chips, asked in one fixed order so
+priority-queued lock per kind and group of chips, asked in one fixed order so
 no two nodes deadlock), holds them for the op's duration and releases them.
 Streams launched "after" a node are started in the same instant that node
 finishes, before its own stream goes on, so a critical stream's next request
@@ -25,6 +25,7 @@ exactly as op after op would have: most of a pipeline's compute.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field, replace
 
@@ -73,6 +74,33 @@ class StepRun:
     critical: tuple[str, ...] = ("main",)
 
 
+class _Lock:
+    """A resource one op holds at a time, granted by priority, then by when it was asked for, then in the order
+    asked: SimPy's capacity-1 ``PriorityResource``, without its request events when it is free (an op that finds it
+    free takes it on the spot; most do)."""
+
+    __slots__ = ("env", "busy", "queue", "asked")
+
+    def __init__(self, env: simpy.Environment):
+        self.env, self.busy, self.queue, self.asked = env, False, [], 0
+
+    def take(self, priority: int) -> simpy.Event | None:
+        """None: taken now; else the event that fires when it is handed over."""
+        if not self.busy:  # (never free with a queue: a release hands it straight to the next)
+            self.busy = True
+            return None
+        event = self.env.event()
+        heapq.heappush(self.queue, (priority, self.env.now, self.asked, event))
+        self.asked += 1
+        return event
+
+    def release(self) -> None:
+        if self.queue:
+            heapq.heappop(self.queue)[3].succeed()
+        else:
+            self.busy = False
+
+
 def run_graph(graph: Graph) -> StepRun:
     """Run every stream of `graph` to completion; the step ends when the last op does."""
     env = simpy.Environment()
@@ -101,11 +129,12 @@ def run_graph(graph: Graph) -> StepRun:
             launches.setdefault(id(stream.after), []).append(stream)
     # A resource only one stream uses is never contended (a stream runs its nodes one at a time): it needs no
     # SimPy resource, whose requests are most of a large graph's events.
-    resources = {key: simpy.PriorityResource(env, capacity=1) for key in sorted(users) if users[key] > 1}
+    resources = {key: _Lock(env) for key in sorted(users) if users[key] > 1}
     contended = {keys: any(key in resources for key in keys) for keys in [*kinds.values(), ()]}
     run = StepRun(groups=graph.groups, critical=graph.critical)
     done: dict[int, simpy.Event] = {node: env.event() for node in depended}
     asked_at: dict[int, float] = {}
+    exposed: dict[int, Op] = {}  # the exposed copy of an op waited for (one per op, however often it is)
     observed = depended | launches.keys()  # nodes another stream waits for or starts after
 
     def segments(stream: Stream) -> list[list[Node]]:
@@ -139,24 +168,27 @@ def run_graph(graph: Graph) -> StepRun:
         if under_way > since:
             run.idle.append(Idle(stream.name, stream.group, since, under_way, node.wait_category))
         if env.now > under_way:
-            exposed = replace(last.op, name=last.op.name + " (exposed)", link_bytes=None)
-            run.spans.append(Span(exposed, stream.name, under_way, env.now, group=stream.group))
+            if id(last.op) not in exposed:
+                exposed[id(last.op)] = replace(last.op, name=last.op.name + " (exposed)", link_bytes=None)
+            run.spans.append(Span(exposed[id(last.op)], stream.name, under_way, env.now, group=stream.group))
 
     def hold(node: Node, stream: Stream, keys: tuple[str, ...]):
         held, waits = [], []
         for key in keys:
-            if key not in resources:
+            lock = resources.get(key)
+            if lock is None:
                 continue
-            request = resources[key].request(priority=stream.priority)
-            held.append((resources[key], request))
+            held.append(lock)
             since = env.now
-            yield request
-            if env.now > since:
-                waits.append((key, since, env.now))
+            handed = lock.take(stream.priority)
+            if handed is not None:
+                yield handed
+                if env.now > since:
+                    waits.append((key, since, env.now))
         start = env.now
         yield env.timeout(node.op.duration_s)
-        for resource, request in held:
-            resource.release(request)
+        for lock in held:
+            lock.release()
         run.spans.append(Span(node.op, stream.name, start, env.now, tuple(waits), node.groups[0], keys))
 
     def chain(nodes: list[Node], stream: Stream):
@@ -193,18 +225,20 @@ def run_graph(graph: Graph) -> StepRun:
                 asked_at[id(node)] = env.now
             if since is not None and env.now > since:
                 waits.append((wanted[i - 1], since, env.now))
-            if i < len(wanted):
-                resource = resources[wanted[i]]
-                request = resource.request(priority=stream.priority)
-                held.append((resource, request))
-                request.callbacks.append(lambda _, i=i + 1, since=env.now: ask(i=i, since=since))
-                return
+            while i < len(wanted):
+                lock = resources[wanted[i]]
+                held.append(lock)
+                handed = lock.take(stream.priority)
+                i += 1
+                if handed is not None:
+                    handed.callbacks.append(lambda _, i=i, since=env.now: ask(i=i, since=since))
+                    return
             start = env.now
             env.timeout(node.op.duration_s).callbacks.append(lambda _: finish(start))
 
         def finish(start: float) -> None:
-            for resource, request in held:
-                resource.release(request)
+            for lock in held:
+                lock.release()
             run.spans.append(Span(node.op, stream.name, start, env.now, tuple(waits), node.groups[0], keys))
             if id(node) in done:
                 done[id(node)].succeed()
