@@ -283,34 +283,40 @@ def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stre
     cursor = [0] * len(chains)
     turn = 0
 
+    overlapped, nodes, groups = len(chains) > 1, stage.nodes, (group,)
+
     def take(c: int) -> None:
         """Chain c's next run: its pending communication awaited, its compute ops, its next communication started."""
         items = chains[c]
         for op in pending[c]:
             stage.add(Await(op))
         pending[c] = []
-        while cursor[c] < len(items):
-            item = items[cursor[c]]
-            if isinstance(item, _Input):
-                stage.nodes.append(Node(None, [item.node], (group,), wait_category="pipeline_bubble"))
+        k = cursor[c]
+        while k < len(items):
+            item = items[k]
+            k += 1
+            if type(item) is Op:  # most items
+                if overlapped and item.resource != COMPUTE:
+                    stage.add(Prefetch(item))  # overlapped: runs under the other unit's compute
+                    pending[c].append(item)
+                    ends[c] = stage.prefetched(item)
+                    if k < len(items) and not (type(items[k]) is Op and items[k].resource != COMPUTE):
+                        break  # hand over to the other unit until this one's next compute
+                    continue
+                node = Node(item, groups=groups)
+                nodes.append(node)
+                ends[c] = node
+            elif isinstance(item, _Input):
+                nodes.append(Node(None, [item.node], groups, wait_category="pipeline_bubble"))
             elif isinstance(item, _GradSync):
                 if stage.last() is not None:
                     here = grad_streams(item.chains, stage.last(), group)
                     background.extend(here)
                     grad_ends.extend(g.nodes[-1] for g in here)
-            elif len(chains) > 1 and isinstance(item, Op) and item.resource != COMPUTE:
-                stage.add(Prefetch(item))  # overlapped: runs under the other unit's compute
-                pending[c].append(item)
-                ends[c] = stage.prefetched(item)
-                cursor[c] += 1
-                if cursor[c] < len(items) and not (isinstance(items[cursor[c]], Op) and items[cursor[c]].resource != COMPUTE):
-                    return  # hand over to the other unit until this one's next compute
-                continue
             else:
                 stage.add(item)
                 ends[c] = stage.last()
-            cursor[c] += 1
-        return
+        cursor[c] = k
 
     while any(cursor[c] < len(chains[c]) for c in range(len(chains))):
         if cursor[turn] < len(chains[turn]):

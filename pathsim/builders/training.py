@@ -159,7 +159,9 @@ class ItemStream:
         return self._prefetched[id(op)]
 
     def add(self, item: Item) -> None:
-        if isinstance(item, Prefetch):
+        if type(item) is Op:  # most items
+            self.nodes.append(Node(item, groups=(self.group,)))
+        elif isinstance(item, Prefetch):
             node = Node(item.op, groups=(self.group,))
             self._prefetched[id(item.op)] = node
             self.background.append(Stream("prefetch", [node], CRITICAL, self.last(), self.group))

@@ -31,7 +31,7 @@ COMPUTE, NETWORK, DCN = "compute", "network", "dcn"  # DCN: the host NICs betwee
 KINDS = (COMPUTE, NETWORK, DCN)  # also the order resources are asked for in, so no two ops deadlock
 
 
-@dataclass
+@dataclass(slots=True)
 class Op:
     name: str
     category: str  # a key of pathsim.engine.categories.CATEGORIES
@@ -71,7 +71,7 @@ class Await:
 Item = Op | Prefetch | Await
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """An op placed on group(s) of chips, after its dependencies; with no op, a barrier: the stream waits for the
     dependencies and goes on (streams launched after a barrier start the moment the wait ends)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import simpy
 from simpy.events import URGENT
@@ -35,7 +35,7 @@ from simpy.events import URGENT
 from pathsim.engine.graph import Graph, Node, Op, Stream
 
 
-@dataclass
+@dataclass(slots=True)
 class Span:
     """One op as it ran: where it was, when, and how long it waited for its resources first."""
 
@@ -169,7 +169,9 @@ def run_graph(graph: Graph) -> StepRun:
             run.idle.append(Idle(stream.name, stream.group, since, under_way, node.wait_category))
         if env.now > under_way:
             if id(last.op) not in exposed:
-                exposed[id(last.op)] = replace(last.op, name=last.op.name + " (exposed)", link_bytes=None)
+                op = last.op  # a copy under another name and without link bytes (the op's own span counts them)
+                exposed[id(op)] = Op(op.name + " (exposed)", op.category, op.resource, op.duration_s, op.layer,
+                                     op.straggler_s, op.flops, None, op.also, op.weight_share)
             run.spans.append(Span(exposed[id(last.op)], stream.name, under_way, env.now, group=stream.group))
 
     def hold(node: Node, stream: Stream, keys: tuple[str, ...]):
