@@ -156,6 +156,12 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--detail", action="store_true", help="list every held-out shape with its prediction and measurement")
     cal.add_argument("--json", type=Path, metavar="OUT", help="also write the reports as JSON: {\"validation\": ..., \"end_to_end\": ...}")
     cal.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fid = sub.add_parser("fidelity", help="predict the validation suite's published measurements and print each error, "
+                                          "with the median and p90")
+    fid.add_argument("--only", nargs="+", metavar="NAME", help="these entries only (names: pathsim presets --kind validation)")
+    fid.add_argument("--slow", action="store_true", help="also the slow entries (the largest pipelines: minutes)")
+    fid.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
+    fid.add_argument("--out", type=Path, metavar="DIR", help="also write an HTML page (predicted against measured) to DIR")
     return parser
 
 
@@ -521,6 +527,19 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_fidelity(args) -> int:
+    from pathsim.fidelity import format_suite, run_suite, suite_entries
+    suite = run_suite(suite_entries(args.only, slow=args.slow))
+    print(format_suite(suite))
+    if args.json:
+        _write_json(args.json, suite.model_dump_json(indent=2), "--json")
+    if args.out:
+        from pathsim.report.fidelity_page import write_fidelity_page
+        write_fidelity_page(suite, args.out)
+        print(f"wrote {args.out / 'index.html'}")
+    return 0
+
+
 def _cmd_calibrate(args) -> int:
     if args.host_devices < 1 or (args.devices is not None and args.devices < 1):
         raise PathsimConfigError("<arguments>", "--devices" if args.host_devices >= 1 else "--host-devices",
@@ -583,7 +602,8 @@ def _cmd_calibrate(args) -> int:
 
 
 COMMANDS = {"presets": _cmd_presets, "validate": _cmd_validate, "collective": _cmd_collective, "simulate": _cmd_simulate,
-            "share": _cmd_share, "plan": _cmd_plan, "report": _cmd_report, "calibrate": _cmd_calibrate}
+            "share": _cmd_share, "plan": _cmd_plan, "report": _cmd_report, "calibrate": _cmd_calibrate,
+            "fidelity": _cmd_fidelity}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,12 @@
-"""Built-in presets: the files in the source tree's ``topologies/``, ``workloads/``
-and ``calibration/profiles/`` folders, shipped inside the wheel (as
+"""Built-in presets: the files in the source tree's ``topologies/``, ``workloads/``,
+``validation/`` and ``calibration/profiles/`` folders, shipped inside the wheel (as
 ``pathsim/presets/<kind>/`` and ``pathsim/calibration/profiles/``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-PRESET_KINDS = ("topologies", "workloads", "profiles", "economics", "shared-pods")
+PRESET_KINDS = ("topologies", "workloads", "profiles", "economics", "shared-pods", "validation")
 # kind -> (folder under the installed pathsim package, folder in a checkout, file suffix)
 _LOCATIONS = {
     "topologies": ("presets/topologies", "topologies", ".yaml"),
@@ -14,6 +14,7 @@ _LOCATIONS = {
     "profiles": ("calibration/profiles", "calibration/profiles", ".json"),
     "economics": ("presets/topologies/economics", "topologies/economics", ".yaml"),  # prices, grid intensity, PUE
     "shared-pods": ("presets/workloads/shared-pods", "workloads/shared-pods", ".yaml"),  # several jobs on one cluster
+    "validation": ("presets/validation", "validation", ".yaml"),  # published measurements (pathsim.fidelity)
 }
 
 

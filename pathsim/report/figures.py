@@ -346,3 +346,46 @@ def cost_time_figure(options: list[ClusterOption], basis: str, deadline_s: float
     return Drawn("cost_vs_time", "Cost against time across clusters",
                  "Each candidate cluster at each price term; red points are on the Pareto front.", figure,
                  ["cluster", "chips", "price_term", "usd_per_chip_hour", "time_s", "usd", "pareto"], rows)
+
+
+def fidelity_figure(suite) -> Drawn:
+    """Left: predicted against measured for every validation entry, log-log (each in its own unit: the diagonal and
+    its ±10 % band are unit-free), coloured by metric. Right: each entry's error, sorted, in the same colours."""
+    entries = suite.entries
+    figure = Figure(figsize=(12.5, max(5.0, 0.22 * len(entries) + 1.5)))
+    ax, bars = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.2]})
+    metrics = sorted({e.metric for e in entries})
+    palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(metrics)}
+    measured = np.array([e.measured for e in entries])
+    predicted = np.array([e.predicted for e in entries])
+    low, high = min(measured.min(), predicted.min()) / 2, max(measured.max(), predicted.max()) * 2
+    line = np.geomspace(low, high, 50)
+    ax.fill_between(line, line / 1.1, line * 1.1, color="#DDDDDD", label="±10 %", zorder=0)
+    ax.plot(line, line, color="#555555", linewidth=0.8, zorder=1)
+    for metric in metrics:
+        chosen = [e for e in entries if e.metric == metric]
+        ax.scatter([e.measured for e in chosen], [e.predicted for e in chosen], s=22, color=colours[metric], label=metric,
+                   zorder=2)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_xlabel("measured (each entry's unit)")
+    ax.set_ylabel("predicted by pathsim (same unit)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"median |error| {suite.median_abs_error:.1%}, p90 {suite.p90_abs_error:.1%}", fontsize=9)
+    ordered = sorted(entries, key=lambda e: e.error)
+    y = np.arange(len(ordered))
+    bars.axvspan(-10, 10, color="#DDDDDD", zorder=0)
+    bars.axvline(0, color="#555555", linewidth=0.8)
+    bars.scatter([100 * e.error for e in ordered], y, s=22, color=[colours[e.metric] for e in ordered], zorder=2)
+    bars.set_yticks(y, [e.name for e in ordered], fontsize=7)
+    bars.set_xlabel("error: predicted / measured − 1 (%)")
+    bars.set_ylim(-0.8, len(ordered) - 0.2)
+    bars.grid(axis="x", color="#EEEEEE")
+    figure.tight_layout()
+    rows = [[e.name, e.metric, e.unit, e.measured, e.predicted, e.error] for e in entries]
+    return Drawn("fidelity", "Predicted against measured", "Every validation entry: on the left, points on the diagonal "
+                 "are exact; on the right, each entry's error. The grey bands are ±10 %.", figure,
+                 ["entry", "metric", "unit", "measured", "predicted", "error"], rows)

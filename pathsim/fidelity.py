@@ -1,0 +1,200 @@
+"""The validation suite: published measurements, what pathsim predicts for each, and how far off it is.
+
+Each entry of ``validation/`` (shipped as a preset kind) is one measured figure
+from a paper's table or a public thread: its source, the cluster and workload
+(or collective) that reproduce the set-up, the measured value and unit, and the
+metric pathsim must output to compare. :func:`run_suite` predicts every entry
+with the default models — one device and network model per chip family, never a
+per-entry adjustment — and reports the error ``predicted / measured − 1`` of
+each, with the median and p90 of its magnitude over the suite.
+
+Metrics are computed from the simulated step the way each source counts:
+
+- ``step_time_s``, ``tokens_per_s``, ``mfu``, ``hfu``: the result's own;
+- ``megatron_tflops_per_gpu``: Narayanan et al. SC'21 §5.1's count,
+  ``96 B s l h² (1 + s/6h + V/16lh)`` FLOPs per step (recompute included) over
+  the predicted step time and the GPUs (so its error is the step time's, inverted);
+- ``gpu_hours_per_trillion_tokens``: chips × step time per token × 10¹² / 3600;
+- ``busbw_gb_per_s``: nccl-tests' bus bandwidth of one collective (``pathsim collective``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pathsim.cluster import load_cluster
+from pathsim.collectives import OPS, run_collective
+from pathsim.errors import PathsimConfigError
+from pathsim.presets import preset_dir, preset_path
+from pathsim.result import SimulationResult
+from pathsim.simulation import simulate
+from pathsim.workload import WorkloadConfig, load_workload
+from pathsim.yaml_config import read_yaml_mapping, validate_model
+
+GOALS = {"median": 0.08, "p90": 0.15}  # issue 21's goals for |error| over the public suite
+
+
+class CollectiveSpec(BaseModel):
+    """One collective as nccl-tests runs it: every rank of each group sends `bytes` (its buffer size)."""
+
+    model_config = ConfigDict(extra="forbid")
+    op: str
+    bytes: str | float  # "8GiB", or a number of bytes
+    groups: int | None = None  # split the cluster's chips into this many consecutive groups (default: one)
+    algorithm: str = "auto"
+
+
+class ValidationEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    source: str = Field(min_length=1)  # paper or thread: where the measured number sits (table, row)
+    metric: str
+    measured: float = Field(gt=0)
+    unit: str
+    cluster: str  # a preset name or a path relative to the entry's file
+    workload: str | None = None  # for step metrics
+    collective: CollectiveSpec | None = None  # for busbw_gb_per_s
+    steps: int = Field(1, ge=1, le=20)
+    seed: int = 0
+    slow: bool = False  # too slow for the default test suite
+    tags: list[str] = Field(default_factory=list)  # chip family, regime (gpu, a100, pipeline, multi-node, ...)
+    notes: str = ""
+    path: str = ""  # the file it was read from (filled in on loading)
+
+
+def _megatron_tflops(result: SimulationResult, workload: WorkloadConfig) -> float:
+    model = workload.model
+    sequences = workload.training.tokens_per_step / model.seq_len
+    s, h, l, v = model.seq_len, model.d_model, model.layers, model.vocab
+    flops = 96.0 * sequences * s * l * h * h * (1.0 + s / (6.0 * h) + v / (16.0 * l * h))
+    return flops / result.step_time.mean_s / result.chips / 1e12
+
+
+def _gpu_hours_per_trillion(result: SimulationResult, workload: WorkloadConfig) -> float:
+    return result.chips * result.step_time.mean_s / workload.training.tokens_per_step * 1e12 / 3600.0
+
+
+STEP_METRICS: dict[str, Callable[[SimulationResult, WorkloadConfig], float]] = {
+    "step_time_s": lambda r, w: r.step_time.mean_s,
+    "tokens_per_s": lambda r, w: r.tokens_per_s,
+    "mfu": lambda r, w: r.mfu,
+    "hfu": lambda r, w: r.hfu,
+    "megatron_tflops_per_gpu": _megatron_tflops,
+    "gpu_hours_per_trillion_tokens": _gpu_hours_per_trillion,
+}
+METRICS = (*STEP_METRICS, "busbw_gb_per_s")
+
+
+class EntryResult(BaseModel):
+    name: str
+    source: str
+    setup: str
+    metric: str
+    unit: str
+    measured: float
+    predicted: float
+    error: float  # predicted / measured − 1
+    tags: list[str]
+    slow: bool
+
+
+class SuiteResult(BaseModel):
+    entries: list[EntryResult]
+    median_abs_error: float
+    p90_abs_error: float
+    goals: dict[str, float] = GOALS
+
+    def meets_goals(self) -> bool:
+        return self.median_abs_error <= GOALS["median"] and self.p90_abs_error <= GOALS["p90"]
+
+
+def _resolve(reference: str, entry_path: Path, kind: str) -> str:
+    """A preset name as it is; a path relative to the entry's folder made absolute."""
+    if preset_path(kind, reference) is not None and "/" not in reference:
+        return reference
+    candidate = (entry_path.parent / reference).resolve()
+    return str(candidate) if candidate.is_file() else reference  # let the loader say what is wrong with it
+
+
+def load_entry(path: "str | Path") -> ValidationEntry:
+    path = Path(path)
+    data = read_yaml_mapping(path)
+    entry = validate_model(ValidationEntry, data, str(path))
+    source = str(path)
+    if entry.metric not in METRICS:
+        raise PathsimConfigError(source, "metric", f"unknown metric {entry.metric!r}", f"use one of {', '.join(METRICS)}")
+    if entry.metric == "busbw_gb_per_s":
+        if entry.collective is None or entry.workload is not None:
+            raise PathsimConfigError(source, "collective", "a busbw_gb_per_s entry times one collective",
+                                     "give collective: {op, bytes} and no workload")
+        if entry.collective.op not in OPS:
+            raise PathsimConfigError(source, "collective.op", f"unknown collective {entry.collective.op!r}",
+                                     f"use one of {', '.join(OPS)}")
+    elif entry.workload is None or entry.collective is not None:
+        raise PathsimConfigError(source, "workload", f"a {entry.metric} entry simulates a workload",
+                                 "give workload: (a preset name or a YAML path) and no collective")
+    update = {"path": source, "cluster": _resolve(entry.cluster, path, "topologies")}
+    if entry.workload is not None:
+        update["workload"] = _resolve(entry.workload, path, "workloads")
+    return entry.model_copy(update=update)
+
+
+def suite_entries(only: list[str] | None = None, slow: bool = True, folder: "str | Path | None" = None) -> list[ValidationEntry]:
+    """The suite's entries (of `folder`, by default the shipped one), by name; `only` picks some by name, `slow`
+    keeps the slow ones."""
+    folder = Path(folder) if folder is not None else preset_dir("validation")
+    entries = [load_entry(p) for p in sorted(folder.glob("*.yaml"))]
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise PathsimConfigError(str(folder), "name", f"entries share a name: {', '.join(twice)}", "give every entry its own name")
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise PathsimConfigError("<arguments>", "--only", f"no entry named {', '.join(unknown)}",
+                                     f"pick from: {', '.join(names)}")
+        return [e for e in entries if e.name in only]
+    return [e for e in entries if slow or not e.slow]
+
+
+def predict(entry: ValidationEntry) -> tuple[float, str]:
+    """What pathsim predicts for the entry, and its set-up in a few words."""
+    if entry.collective is not None:
+        spec = entry.collective
+        result = run_collective(entry.cluster, spec.op, spec.bytes, groups=spec.groups, algorithm=spec.algorithm)
+        return result.busbw_bytes_per_s / 1e9, f"{spec.op} of {spec.bytes} on {load_cluster(entry.cluster).name}"
+    workload = load_workload(entry.workload)
+    result = simulate(entry.cluster, workload, steps=entry.steps, seed=entry.seed)
+    value = STEP_METRICS[entry.metric](result, workload)
+    return value, f"{workload.name} on {result.cluster} ({result.chips} chips)"
+
+
+def run_suite(entries: list[ValidationEntry]) -> SuiteResult:
+    rows = []
+    for entry in entries:
+        predicted, setup = predict(entry)
+        if not math.isfinite(predicted) or predicted <= 0:
+            raise PathsimConfigError(entry.path, "metric", f"pathsim predicted {predicted!r} for {entry.metric}",
+                                     "check the set-up: the metric must come out positive")
+        rows.append(EntryResult(name=entry.name, source=entry.source, setup=setup, metric=entry.metric, unit=entry.unit,
+                                measured=entry.measured, predicted=predicted, error=predicted / entry.measured - 1.0,
+                                tags=entry.tags, slow=entry.slow))
+    errors = np.abs([r.error for r in rows]) if rows else np.zeros(1)
+    return SuiteResult(entries=rows, median_abs_error=float(np.median(errors)),
+                       p90_abs_error=float(np.percentile(errors, 90, method="linear")))
+
+
+def format_suite(suite: SuiteResult) -> str:
+    header = f"{'entry':34s} {'metric':30s} {'measured':>11s} {'predicted':>11s} {'error':>8s}  set-up"
+    lines = [header, "-" * len(header)]
+    for r in suite.entries:
+        lines.append(f"{r.name:34s} {r.metric:30s} {r.measured:11.4g} {r.predicted:11.4g} {r.error:+8.1%}  {r.setup}")
+    verdict = "meets" if suite.meets_goals() else "misses"
+    lines.append(f"{len(suite.entries)} entries: median |error| {suite.median_abs_error:.1%}, p90 {suite.p90_abs_error:.1%} "
+                 f"({verdict} the goals: median <= {GOALS['median']:.0%}, p90 <= {GOALS['p90']:.0%})")
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""The validation suite: every shipped entry is well formed, predictions are computed as each source counts, and the
+suite's error stays within its bound (the goal is issue 21's; the bound records where the default models stand)."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from pathsim.cli import main
+from pathsim.errors import PathsimConfigError
+from pathsim.fidelity import GOALS, METRICS, load_entry, run_suite, suite_entries
+from pathsim.simulation import simulate
+from pathsim.workload import load_workload
+
+# Median |error| of the default (fast) entries with today's models: 23.9 % over 27 entries (p90 38.3 %). Issue 21's goal is 8 %;
+# this bound only ever moves down, as fitted models land.
+REGRESSION_MEDIAN = 0.26
+
+
+def test_every_shipped_entry_loads_with_a_source_and_a_known_metric():
+    entries = suite_entries(slow=True)
+    assert len(entries) >= 30
+    assert len({e.name for e in entries}) == len(entries)
+    for e in entries:
+        assert e.metric in METRICS and e.source and e.measured > 0
+    assert {"megatron_tflops_per_gpu", "step_time_s", "busbw_gb_per_s", "gpu_hours_per_trillion_tokens", "mfu"} <= {
+        e.metric for e in entries}
+    assert sum(e.name.startswith("megatron-sc21-") for e in entries) == 10  # every row of SC'21 Table 1
+
+
+def test_the_fast_suite_errors_are_predicted_over_measured_and_stay_in_bound():
+    suite = run_suite(suite_entries(slow=False))
+    errors = np.array([e.error for e in suite.entries])
+    for e in suite.entries:
+        assert np.isfinite(e.predicted) and e.predicted > 0
+        assert e.error == pytest.approx(e.predicted / e.measured - 1.0, rel=1e-12)
+    assert suite.median_abs_error == pytest.approx(float(np.median(np.abs(errors))))
+    assert suite.p90_abs_error == pytest.approx(float(np.percentile(np.abs(errors), 90)))
+    assert suite.median_abs_error <= REGRESSION_MEDIAN
+    assert suite.meets_goals() == (suite.median_abs_error <= GOALS["median"] and suite.p90_abs_error <= GOALS["p90"])
+
+
+def test_step_metrics_count_as_their_sources_do():
+    # Megatron SC'21 Sec. 5.1: F = 96 B s l h^2 (1 + s/6h + V/16lh) per step; DeepSeek's GPU-hours per 10^12 tokens.
+    from pathsim.fidelity import STEP_METRICS
+    workload = load_workload("megatron-gpt-1.7b")
+    result = simulate("dgx-a100-4", workload)
+    B, s, l, h, V = 512, 2048, 24, 2304, 51200
+    flops = 96 * B * s * l * h**2 * (1 + s / (6 * h) + V / (16 * l * h))
+    assert STEP_METRICS["megatron_tflops_per_gpu"](result, workload) == pytest.approx(
+        flops / result.step_time.mean_s / 32 / 1e12, rel=1e-12)
+    hours = STEP_METRICS["gpu_hours_per_trillion_tokens"](result, workload)
+    assert hours == pytest.approx(32 * result.step_time.mean_s * (1e12 / (B * s)) / 3600, rel=1e-12)
+
+
+def entry_file(tmp_path, **fields):
+    base = {"name": "x", "source": "a paper, Table 1", "metric": "step_time_s", "measured": 1.0, "unit": "s",
+            "cluster": "dgx-h100-4", "workload": "mixtral-8x7b"}
+    base.update(fields)
+    path = tmp_path / "entry.yaml"
+    path.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in base.items() if v is not None) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("fields, field", [
+    (dict(metric="speed"), "metric"),
+    (dict(metric="busbw_gb_per_s"), "collective"),
+    (dict(collective={"op": "all_reduce", "bytes": "1GiB"}), "workload"),
+    (dict(metric="busbw_gb_per_s", workload=None, collective={"op": "broadcast", "bytes": "1GiB"}), "collective.op"),
+    (dict(measured=0), "measured"),
+    (dict(source=""), "source"),
+    (dict(surprise=1), "surprise"),
+])
+def test_a_bad_entry_names_its_file_and_field(tmp_path, fields, field):
+    with pytest.raises(PathsimConfigError) as err:
+        load_entry(entry_file(tmp_path, **fields))
+    assert err.value.field == field and "entry.yaml" in err.value.source
+
+
+def test_entries_sharing_a_name_and_unknown_names_are_refused(tmp_path):
+    for k in range(2):
+        (tmp_path / f"e{k}.yaml").write_text(entry_file(tmp_path).read_text())
+    (tmp_path / "entry.yaml").unlink()
+    with pytest.raises(PathsimConfigError, match="share a name"):
+        suite_entries(folder=tmp_path)
+    with pytest.raises(PathsimConfigError, match="no entry named nope") as err:
+        suite_entries(["nope"])
+    assert err.value.field == "--only" and "palm-540b-mfu" in err.value.fix
+
+
+def test_the_command_prints_the_table_and_writes_json_and_a_page(tmp_path, capsys):
+    out, page = tmp_path / "fidelity.json", tmp_path / "page"
+    assert main(["fidelity", "--only", "palm-540b-mfu", "nccl-h100-node-all-reduce-ring", "--json", str(out),
+                 "--out", str(page)]) == 0
+    printed = capsys.readouterr().out
+    assert "palm-540b-mfu" in printed and "median |error|" in printed
+    data = json.loads(out.read_text())
+    assert [e["name"] for e in data["entries"]] == ["nccl-h100-node-all-reduce-ring", "palm-540b-mfu"]
+    ET.fromstring((page / "index.html").read_text())  # well-formed XHTML
+    assert (page / "figures" / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (page / "data" / "fidelity.csv").read_text().startswith("entry,metric,unit,measured,predicted,error")
+    assert not list(page.rglob("*.partial"))
+    assert main(["fidelity", "--only", "nope"]) == 2
