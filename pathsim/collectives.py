@@ -14,8 +14,16 @@ Algorithms (``bytes`` is the per-rank buffer S; conventions as NCCL-tests):
 - ``bidir_ring``: the same with half the data going each way round.
 - ``torus``: per-dimension bidirectional rings (reduce-scatter along x, then
   y on the x-shard, then z; all-gather back), for groups that form a box.
-- ``hierarchical``: the same multi-axis scheme over (GPUs in a node, nodes):
-  NVLink reduce-scatter, inter-node all-reduce per local rank, NVLink all-gather.
+- ``rings``: NCCL's rings on GPU nodes: one channel per GPU of a node, each a ring
+  through every rank that crosses from node to node on one rail (it leaves a node
+  from the GPU whose NIC reaches the next node's GPU on the same rail, having
+  visited the node's other GPUs over NVLink), the channels' rails all different,
+  the data split evenly over them. Every step of every channel runs at once, so
+  the NVLink and NIC parts of the ring pipeline as NCCL's do: the busbw of a
+  multi-node all-reduce is the node's NICs together, 8 × 25 GB/s on a DGX A100.
+- ``hierarchical``: the multi-axis scheme over (GPUs in a node, nodes): NVLink
+  reduce-scatter, inter-node all-reduce per local rank, NVLink all-gather, one
+  after the other.
 - ``multi_slice``: groups spanning slices of a multi-slice cluster: the slice's
   own scheme reduce-scatters inside every slice, a ring across the slices
   all-reduces each shard over the DCN (the chips at the same position of every
@@ -40,7 +48,7 @@ from pathsim.traffic import Traffic
 from pathsim.units import parse_bytes
 
 OPS = ("all_to_all", "all_reduce", "reduce_scatter", "all_gather")
-ALGORITHMS = ("auto", "direct", "ring", "bidir_ring", "torus", "hierarchical", "multi_slice")
+ALGORITHMS = ("auto", "direct", "ring", "bidir_ring", "torus", "rings", "hierarchical", "multi_slice")
 # Bus-bandwidth factor: bytes each rank's links must move per byte of S (NCCL-tests convention).
 _BUS_FACTOR = {
     "all_to_all": lambda p: (p - 1) / p,
@@ -157,11 +165,10 @@ def _grids(topology: Topology, groups: np.ndarray, algorithm: str) -> tuple[str,
     if algorithm == "multi_slice":
         raise PathsimConfigError("<arguments>", "algorithm", "'multi_slice' needs a cluster of several slices joined by a DCN",
                                  "use --algorithm auto")
-    candidates = {
-        "torus": (lambda g: _box_grid(topology, g)) if isinstance(topology, Torus) else None,
-        "hierarchical": (lambda g: _node_grid(topology, g)) if isinstance(topology, FatTree) else None,
-    }
-    order = [algorithm] if algorithm != "auto" else ["torus", "hierarchical", "ring"]
+    on_nodes = (lambda g: _node_grid(topology, g)) if isinstance(topology, FatTree) else None
+    candidates = {"torus": (lambda g: _box_grid(topology, g)) if isinstance(topology, Torus) else None,
+                  "rings": on_nodes, "hierarchical": on_nodes}
+    order = [algorithm] if algorithm != "auto" else ["torus", "rings", "ring"]
     for name in order:
         if name in ("ring", "bidir_ring"):
             return name, [g.copy() for g in groups], [(name == "bidir_ring", "slice")]
@@ -244,6 +251,44 @@ def _multi_axis_phases(num_chips: int, grids: list[np.ndarray], nbytes: float, a
     return reduce_steps + gather_steps
 
 
+def _entry_rails(nodes: int, width: int) -> list[int]:
+    """Channel 0's entry position into each node (of `width` GPUs a node), so that it leaves every node from another
+    position than it entered at (it visits the node's other GPUs in between) and enters the next node at the
+    position it left from, round the whole ring: 0, 1, 0, 1, … for an even number of nodes, 0, 1, 2 then 0, 1, …
+    for an odd one. Channel c adds c to every position, so in each node the channels enter at distinct GPUs."""
+    if nodes == 1 or width == 1:
+        return [0] * nodes
+    if nodes % 2 == 0 or width == 2:  # (two GPUs a node and an odd number of nodes: the wrap stays on one rail)
+        return [k % 2 for k in range(nodes)]
+    return [0, 1, 2] + [k % 2 for k in range(nodes - 3)]
+
+
+def _channel_rings(grid: np.ndarray) -> np.ndarray:
+    """NCCL's rings over a group laid out as [position in node, node]: one ring per position (channel)."""
+    width, nodes = grid.shape
+    entries = _entry_rails(nodes, width)
+    rings = []
+    for c in range(width):
+        order = []
+        for k in range(nodes):
+            enter, leave = (entries[k] + c) % width, (entries[(k + 1) % nodes] + c) % width
+            middle = [r for r in range(width) if r not in (enter, leave)]
+            order += [grid[r, k] for r in ([enter] + middle + ([leave] if leave != enter else []))]
+        rings.append(order)
+    return np.array(rings, dtype=np.int64)
+
+
+def _rings_phases(num_chips: int, grids: list[np.ndarray], nbytes: float, op: str) -> list[Phase]:
+    """Every channel's ring steps at once, each channel carrying 1/channels of the data."""
+    rings = np.concatenate([_channel_rings(g) for g in grids])
+    channels, size = grids[0].shape[0], rings.shape[1]
+    step = _ring_step(num_chips, rings, nbytes / size / channels, False)
+    name = f"{size} ranks, {channels} channels"
+    reduce_steps = [Phase(f"reduce-scatter {name}", step, size - 1)]
+    gather_steps = [Phase(f"all-gather {name}", step, size - 1)]
+    return reduce_steps if op == "reduce_scatter" else gather_steps if op == "all_gather" else reduce_steps + gather_steps
+
+
 def _all_to_all_phase(num_chips: int, groups: np.ndarray, nbytes: float, matrix: np.ndarray | None) -> Phase:
     p = groups.shape[1]
     if matrix is None:
@@ -262,8 +307,11 @@ def _all_to_all_phase(num_chips: int, groups: np.ndarray, nbytes: float, matrix:
 
 
 def collective_phases(topology: Topology, op: str, nbytes: float, groups: np.ndarray,
-                      algorithm: str = "auto", matrix: np.ndarray | None = None) -> tuple[str, list[Phase]]:
-    """The algorithm chosen and the phases it runs."""
+                      algorithm: str = "auto", matrix: np.ndarray | None = None, network=None) -> tuple[str, list[Phase]]:
+    """The algorithm chosen and the phases it runs. With ``auto`` on GPU nodes, NCCL's rings or the hierarchical
+    scheme, whichever `network` (a network model) times faster for this size, as NCCL's tuner picks by size: the
+    rings' bandwidth wins for large buffers, the hierarchical scheme's 2(local + nodes) steps for small ones,
+    where a ring's 2(ranks − 1) latencies dominate. Without a network model, the rings."""
     if op not in OPS:
         raise PathsimConfigError("<arguments>", "op", f"unknown collective {op!r}", f"choose one of {', '.join(OPS)}")
     if algorithm not in ALGORITHMS:
@@ -275,7 +323,17 @@ def collective_phases(topology: Topology, op: str, nbytes: float, groups: np.nda
     if algorithm == "direct":
         raise PathsimConfigError("<arguments>", "algorithm", f"'direct' is for all_to_all, not {op}", "use auto, ring, bidir_ring, torus or hierarchical")
     chosen, grids, axes = _grids(topology, groups, algorithm)
-    return chosen, _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
+    if chosen != "rings":
+        return chosen, _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
+    rings = _rings_phases(topology.num_chips, grids, nbytes, op)
+    if algorithm != "auto" or network is None:
+        return chosen, rings
+    stepped = _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
+
+    def seconds(phases: list[Phase]) -> float:
+        return sum(phase.repeat * network.phase(phase.traffic).time_s for phase in phases)
+
+    return ("rings", rings) if seconds(rings) <= seconds(stepped) else ("hierarchical", stepped)
 
 
 def run_collective(cluster: "ClusterConfig | str", op: str, nbytes: "float | str", *, model: str = "fast",
@@ -291,8 +349,8 @@ def run_collective(cluster: "ClusterConfig | str", op: str, nbytes: "float | str
     if size <= 0:
         raise PathsimConfigError("<arguments>", "bytes", f"size must be positive, got {nbytes!r}", "write a size like 256MiB")
     group_array = make_groups(topology.num_chips, groups)
-    chosen, phases = collective_phases(topology, op, size, group_array, algorithm, matrix)
     network = get_model(model, topology)
+    chosen, phases = collective_phases(topology, op, size, group_array, algorithm, matrix, network)
 
     total = drain = latency = 0.0
     busy_s = np.zeros(topology.num_links)

@@ -95,7 +95,7 @@ class StepCoster:
         if key not in self._collective_cache:
             segments: list[tuple[str, float, np.ndarray]] = []
             if nbytes > 0 and groups.shape[1] >= 2:
-                _, phases = collective_phases(self.topology, op, nbytes, groups)
+                _, phases = collective_phases(self.topology, op, nbytes, groups, network=self.network)
                 for phase in phases:
                     timing = self.network.phase(phase.traffic)
                     if not segments or segments[-1][0] != phase.tier:

@@ -52,9 +52,30 @@ def test_torus_all_reduce_is_per_dimension_bidirectional_rings(dims):
     assert result.time_s == pytest.approx(expected, rel=1e-9)
 
 
-def test_hierarchical_all_reduce_on_gpu_nodes():
+def test_nccl_rings_on_gpu_nodes_are_bound_by_the_nodes_nics_together():
+    # 8 channels, each a ring through all 32 GPUs that crosses between nodes on its own rail: every GPU sends
+    # 7/8 of each step over NVLink and 1/8 over its NIC, all channels at once, so the step drains at the NIC's
+    # pace: busbw = 8 NICs x 50 GB/s (NVLink's 7/8 at 450 GB/s is faster), whatever the node count.
     cluster = cluster_dict(kind="fat_tree", nodes=4, gpus_per_node=8, nvlink="nvlink", nic="nic", switch_radix=64)
     result = run_collective(cluster, "all_reduce", S)
+    assert result.algorithm == "rings"
+    p, chunk = 32, S / 32 / 8
+    assert result.time_s == pytest.approx(2 * (p - 1) * (chunk / 50e9 + 2 * 2e-6), rel=1e-9)
+    assert result.busbw_bytes_per_s * result.time_s / result.bandwidth_time_s == pytest.approx(8 * 50e9, rel=1e-9)
+    nic = [h for h in result.hottest_links if "nic" in h.link_class]
+    assert nic and max(h.bytes for h in nic) == pytest.approx(2 * (p - 1) * chunk, rel=1e-9)  # one channel a NIC
+    for nodes in (2, 3, 5, 7):  # odd node counts too: the ring never changes rail between nodes (or a NIC would
+        # carry two channels), so the drain stays one channel per NIC (from 5 nodes the fabric has a spine: longer
+        # routes, the same drain)
+        odd = run_collective(cluster_dict(kind="fat_tree", nodes=nodes, gpus_per_node=8, nvlink="nvlink", nic="nic",
+                                          switch_radix=64), "all_reduce", S)
+        q = 8 * nodes
+        assert odd.bandwidth_time_s == pytest.approx(2 * (q - 1) * S / q / 8 / 50e9, rel=1e-9)
+
+
+def test_hierarchical_all_reduce_on_gpu_nodes():
+    cluster = cluster_dict(kind="fat_tree", nodes=4, gpus_per_node=8, nvlink="nvlink", nic="nic", switch_radix=64)
+    result = run_collective(cluster, "all_reduce", S, algorithm="hierarchical")
     assert result.algorithm == "hierarchical"
     nv, nic = 450e9, 50e9
     local = 2 * 7 * (S / 8 / nv + 2 * 0.5e-6)  # NVLink RS + AG: 7 steps each, GPU->NVSwitch->GPU
