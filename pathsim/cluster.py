@@ -72,6 +72,15 @@ class LinkSpec(StrictModel):
     bandwidth: Annotated[BytesPerSecond, Ge(1)]  # below 1 byte/s is a unit mistake, not a link
     latency: Annotated[Seconds, Ge(0)]
     source: str
+    efficiency: float = Field(1.0, gt=0.0, le=1.0,
+                              description="share of the bandwidth large transfers reach on this class of link (the "
+                                          "communication library's protocol overhead: NCCL's on NVLink, an HCA's on "
+                                          "InfiniBand); every model routes at bandwidth x efficiency")
+    efficiency_source: str = ""  # where the efficiency comes from (a fit to measurements: say which)
+
+    @property
+    def achieved_bandwidth(self) -> float:
+        return self.bandwidth * self.efficiency
 
 
 class HostSpec(StrictModel):

@@ -132,3 +132,20 @@ def test_matrix_rows_follow_rank_order_not_chip_ids():
     matrix[0, 1] = 1e9  # rank 0 -> rank 1, i.e. chip 3 -> chip 2 in this group
     result = run_collective(cluster, "all_to_all", 1e9, groups=[[3, 2, 1, 0]], matrix=matrix)
     assert result.hottest_links[0].link == "3 -> 2"
+
+
+def test_a_links_efficiency_scales_its_achieved_bandwidth_and_nothing_else():
+    # A ring of links at efficiency e drains as links of bandwidth e·B; latency is untouched.
+    cluster = ring(8)
+    full = run_collective(cluster, "all_reduce", S, algorithm="ring")
+    for name in cluster["links"]:
+        cluster["links"][name]["efficiency"] = 0.5
+    half = run_collective(cluster, "all_reduce", S, algorithm="ring")
+    assert half.bandwidth_time_s == pytest.approx(2 * full.bandwidth_time_s, rel=1e-12)
+    assert half.latency_time_s == pytest.approx(full.latency_time_s, rel=1e-12)
+    for bad in (0.0, 1.5):
+        for name in cluster["links"]:
+            cluster["links"][name]["efficiency"] = bad
+        with pytest.raises(PathsimConfigError) as err:
+            run_collective(cluster, "all_reduce", S)
+        assert err.value.field.endswith(".efficiency")

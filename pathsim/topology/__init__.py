@@ -43,24 +43,24 @@ def _build(cluster: ClusterConfig) -> Topology:
     spec, links = cluster.topology, cluster.links
     if isinstance(spec, MultiSliceSpec):
         dcn = spec.dcn
-        host_link = None if dcn.host_link is None else (links[dcn.host_link].bandwidth, links[dcn.host_link].latency, dcn.host_link)
+        host_link = None if dcn.host_link is None else (links[dcn.host_link].achieved_bandwidth, links[dcn.host_link].latency, dcn.host_link)
         try:
             inner = _build_spec(f"{cluster.name} slice", spec.slice, links)
         except PathsimConfigError as exc:  # the slice's own checks name its fields as a topology's
             raise PathsimConfigError(cluster.name, exc.field.replace("topology.", "topology.slice.", 1), exc.problem,
                                      exc.fix) from None
         return MultiSlice(cluster.name, inner, spec.slices, cluster.host.chips_per_host, host_link,
-                          (links[dcn.nic].bandwidth, links[dcn.nic].latency, dcn.nic), dcn.nics_per_host, dcn.oversubscription)
+                          (links[dcn.nic].achieved_bandwidth, links[dcn.nic].latency, dcn.nic), dcn.nics_per_host, dcn.oversubscription)
     return _build_spec(cluster.name, spec, links)
 
 
 def _build_spec(name: str, spec: "TorusSpec | FatTreeSpec | GraphSpec", links) -> Topology:
     if isinstance(spec, TorusSpec):
         link = links[spec.link]
-        return Torus(name, spec.dims, spec.wrap_per_dim(), link.bandwidth, link.latency,
+        return Torus(name, spec.dims, spec.wrap_per_dim(), link.achieved_bandwidth, link.latency,
                      twisted=spec.twisted, link_class=spec.link)
     if isinstance(spec, FatTreeSpec):
-        pair = lambda name: (links[name].bandwidth, links[name].latency)  # noqa: E731
+        pair = lambda name: (links[name].achieved_bandwidth, links[name].latency)  # noqa: E731
         return FatTree(name, nodes=spec.nodes, gpus_per_node=spec.gpus_per_node,
                        rail_optimized=spec.kind == "rail_optimized", switch_radix=spec.switch_radix,
                        oversubscription=spec.oversubscription, nics_per_gpu=spec.nics_per_gpu,
@@ -96,7 +96,7 @@ def _build_graph(name: str, spec: GraphSpec, links) -> CustomGraph:
         for u, v in pairs:
             src.append(u)
             dst.append(v)
-            bw.append(links[edge.link].bandwidth)
+            bw.append(links[edge.link].achieved_bandwidth)
             lat.append(links[edge.link].latency)
             cls.append(edge.link)
     node_names = [str(c) for c in range(spec.chips)] + list(spec.switches)

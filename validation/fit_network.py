@@ -1,0 +1,56 @@
+"""Fit the achieved share of link bandwidth (``links.<class>.efficiency``) to the suite's nccl-tests entries.
+
+For a large buffer a collective's bus bandwidth is its bottleneck links' bandwidth, so measured / predicted at
+efficiency 1 is the share the library reaches on those links. One share per link technology, whatever the chip:
+NVLink (NCCL's ring protocol inside a node: one-node all-reduce rings, all-gathers and reduce-scatters) and the
+InfiniBand NIC (multi-node all-reduces, bound by the nodes' NICs). All-to-alls are left out (NCCL reaches less
+on them: a separate share, not fitted yet), and so is NVLS (in-switch reduction, not modelled). Prints each
+entry's ratio, the fit (geometric mean) and a leave-one-out check: each entry predicted from the others.
+
+    python validation/fit_network.py
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pathsim.cluster import load_cluster
+from pathsim.collectives import run_collective
+from pathsim.fidelity import suite_entries
+
+FITTED = {  # link class fitted -> the entries that measure it
+    "nvlink": ["nccl-a100-node-all-reduce", "nccl-a100-node-all-reduce-azure", "nccl-h100-node-all-reduce-ring",
+               "nccl-h200-node-all-gather", "nccl-h200-node-reduce-scatter"],
+    "nic": ["nccl-a100-4node-all-reduce", "nccl-h100-4node-all-reduce"],
+}
+
+
+def at_full_efficiency(cluster: str):
+    config = load_cluster(cluster)
+    links = {name: spec.model_copy(update={"efficiency": 1.0}) for name, spec in config.links.items()}
+    return config.model_copy(update={"links": links})
+
+
+def main() -> None:
+    entries = {e.name: e for e in suite_entries(slow=True)}
+    for link, names in FITTED.items():
+        ratios = []
+        for name in names:
+            e = entries[name]
+            spec = e.collective
+            full = run_collective(at_full_efficiency(e.cluster), spec.op, spec.bytes, groups=spec.groups,
+                                  algorithm=spec.algorithm)
+            ratios.append(e.measured / (full.busbw_bytes_per_s / 1e9))
+            print(f"{link:7s} {name:34s} measured {e.measured:7.1f}  at efficiency 1: {full.busbw_bytes_per_s / 1e9:7.1f}"
+                  f"  ratio {ratios[-1]:.4f}")
+        ratios = np.array(ratios)
+        fit = float(np.exp(np.log(ratios).mean()))
+        print(f"{link}: efficiency {fit:.3f} (geometric mean of {len(ratios)}; spread {ratios.min():.3f}-{ratios.max():.3f})")
+        for k, name in enumerate(names):
+            others = np.delete(ratios, k)
+            held_out = float(np.exp(np.log(others).mean()))
+            print(f"    leave-one-out {name:34s} predicted / measured - 1 = {held_out / ratios[k] - 1:+.1%}")
+
+
+if __name__ == "__main__":
+    main()
