@@ -76,11 +76,19 @@ class LinkSpec(StrictModel):
                               description="share of the bandwidth large transfers reach on this class of link (the "
                                           "communication library's protocol overhead: NCCL's on NVLink, an HCA's on "
                                           "InfiniBand); every model routes at bandwidth x efficiency")
-    efficiency_source: str = ""  # where the efficiency comes from (a fit to measurements: say which)
+    all_to_all_efficiency: float | None = Field(
+        None, gt=0.0, le=1.0, description="the same share for all-to-alls, whose many concurrent peer-to-peer "
+                                          "transfers reach less than a collective's ring steps (default: efficiency)")
+    efficiency_source: str = ""  # where the efficiencies come from (a fit to measurements: say which)
 
     @property
     def achieved_bandwidth(self) -> float:
         return self.bandwidth * self.efficiency
+
+    @property
+    def all_to_all_share(self) -> float:
+        """What an all-to-all reaches of the achieved bandwidth."""
+        return 1.0 if self.all_to_all_efficiency is None else self.all_to_all_efficiency / self.efficiency
 
 
 class HostSpec(StrictModel):

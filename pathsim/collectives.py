@@ -357,7 +357,7 @@ def run_collective(cluster: "ClusterConfig | str", op: str, nbytes: "float | str
     link_bytes = np.zeros(topology.num_links)
     summaries = []
     for phase in phases:
-        timing = network.phase(phase.traffic)
+        timing = network.phase(phase.traffic, all_to_all=op == "all_to_all")
         total += phase.repeat * timing.time_s
         drain += phase.repeat * timing.bandwidth_time_s
         latency += phase.repeat * timing.latency_s

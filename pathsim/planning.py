@@ -62,8 +62,8 @@ def evaluate_placement(setup: RunSetup, placement: Placement, steps: int = 1, pl
         routing = route_layer(setup.plan, setup.layout, placement, l, None)
         mean = float(routing.chip_tokens.mean())
         imbalance.append(float(routing.chip_tokens.max()) / mean if mean > 0 else 1.0)
-        dispatch = setup.network.phase(routing.dispatch_traffic(per_token)).link_bytes
-        combine = setup.network.phase(routing.combine_traffic(per_token)).link_bytes
+        dispatch = setup.network.phase(routing.dispatch_traffic(per_token), all_to_all=True).link_bytes
+        combine = setup.network.phase(routing.combine_traffic(per_token), all_to_all=True).link_bytes
         hop_bytes += float(dispatch.sum() + combine.sum())
         max_link = max(max_link, float(dispatch.max(initial=0.0)))
     result = run_steps(setup.with_placement(placement), steps)

@@ -189,7 +189,7 @@ class StepCoster:
         return ops
 
     def all_to_all(self, name: str, layer: int, traffic: Traffic) -> Op:
-        timing = self.network.phase(traffic)
+        timing = self.network.phase(traffic, all_to_all=True)
         return self._network_op(name, "all_to_all", timing.time_s, layer, timing.link_bytes)
 
     def dispatch_map(self, plan: RoutingPlan) -> DispatchMap:
@@ -239,14 +239,16 @@ class StepCoster:
                 shape, k = (dispatch_map.classes, self.layout.expert), dispatch_map.basis_size
                 self._bases[id(dispatch_map)] = (
                     dispatch_map,
-                    self.network.basis(src, dst, entry, k, lambda w: dispatch_map.traffic(w.reshape(shape))),
-                    self.network.basis(dst, src, entry, k, lambda w: dispatch_map.traffic(w.reshape(shape)).transposed()))
+                    self.network.basis(src, dst, entry, k, lambda w: dispatch_map.traffic(w.reshape(shape)), True),
+                    self.network.basis(dst, src, entry, k, lambda w: dispatch_map.traffic(w.reshape(shape)).transposed(),
+                                       True))
             _, to_experts, from_experts = self._bases[id(dispatch_map)]
             weights = np.stack([r.per_rank.ravel() for r in routings]) * per_token
             timings = [zip(*basis.price(weights)) for basis in (to_experts, from_experts)]
         else:
-            timings = [[(t.time_s, t.link_bytes) for t in (self.network.phase(r.dispatch_traffic(per_token)) for r in routings)],
-                       [(t.time_s, t.link_bytes) for t in (self.network.phase(r.combine_traffic(per_token)) for r in routings)]]
+            phase = self.network.phase
+            timings = [[(t.time_s, t.link_bytes) for t in (phase(r.dispatch_traffic(per_token), True) for r in routings)],
+                       [(t.time_s, t.link_bytes) for t in (phase(r.combine_traffic(per_token), True) for r in routings)]]
         out = []
         for (to_s, to_bytes), (from_s, from_bytes) in zip(*timings):
             out.append((self._network_op(f"L{layer} dispatch all-to-all", "all_to_all", to_s, layer, to_bytes),

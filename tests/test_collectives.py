@@ -149,3 +149,13 @@ def test_a_links_efficiency_scales_its_achieved_bandwidth_and_nothing_else():
         with pytest.raises(PathsimConfigError) as err:
             run_collective(cluster, "all_reduce", S)
         assert err.value.field.endswith(".efficiency")
+
+
+def test_an_all_to_all_efficiency_slows_all_to_alls_only():
+    cluster = ring(8)
+    before = {op: run_collective(cluster, op, S) for op in ("all_to_all", "all_reduce")}
+    for name in cluster["links"]:
+        cluster["links"][name]["all_to_all_efficiency"] = 0.5
+    after = {op: run_collective(cluster, op, S) for op in ("all_to_all", "all_reduce")}
+    assert after["all_to_all"].bandwidth_time_s == pytest.approx(2 * before["all_to_all"].bandwidth_time_s, rel=1e-12)
+    assert after["all_reduce"].time_s == before["all_reduce"].time_s

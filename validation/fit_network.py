@@ -1,11 +1,13 @@
-"""Fit the achieved share of link bandwidth (``links.<class>.efficiency``) to the suite's nccl-tests entries.
+"""Fit the achieved shares of link bandwidth (``links.<class>.efficiency`` and ``all_to_all_efficiency``) to the
+suite's nccl-tests entries.
 
 For a large buffer a collective's bus bandwidth is its bottleneck links' bandwidth, so measured / predicted at
 efficiency 1 is the share the library reaches on those links. One share per link technology, whatever the chip:
 NVLink (NCCL's ring protocol inside a node: one-node all-reduce rings, all-gathers and reduce-scatters) and the
-InfiniBand NIC (multi-node all-reduces, bound by the nodes' NICs). All-to-alls are left out (NCCL reaches less
-on them: a separate share, not fitted yet), and so is NVLS (in-switch reduction, not modelled). Prints each
-entry's ratio, the fit (geometric mean) and a leave-one-out check: each entry predicted from the others.
+InfiniBand NIC (multi-node all-reduces, bound by the nodes' NICs); and, apart, what NCCL's all-to-all (concurrent
+peer-to-peer sends) reaches on each: one-node all-to-alls for NVLink, multi-node ones for the NIC. NVLS
+(in-switch reduction, not modelled) is left out. Prints each entry's ratio, the fit (geometric mean) and a
+leave-one-out check: each entry predicted from the others.
 
     python validation/fit_network.py
 """
@@ -18,22 +20,25 @@ from pathsim.cluster import load_cluster
 from pathsim.collectives import run_collective
 from pathsim.fidelity import suite_entries
 
-FITTED = {  # link class fitted -> the entries that measure it
-    "nvlink": ["nccl-a100-node-all-reduce", "nccl-a100-node-all-reduce-azure", "nccl-h100-node-all-reduce-ring",
-               "nccl-h200-node-all-gather", "nccl-h200-node-reduce-scatter"],
-    "nic": ["nccl-a100-4node-all-reduce", "nccl-h100-4node-all-reduce"],
+FITTED = {  # (link class, share) fitted -> the entries that measure it
+    ("nvlink", "efficiency"): ["nccl-a100-node-all-reduce", "nccl-a100-node-all-reduce-azure",
+                               "nccl-h100-node-all-reduce-ring", "nccl-h200-node-all-gather", "nccl-h200-node-reduce-scatter"],
+    ("nic", "efficiency"): ["nccl-a100-4node-all-reduce", "nccl-h100-4node-all-reduce"],
+    ("nvlink", "all_to_all_efficiency"): ["nccl-a100-node-all-to-all", "nccl-h100-node-all-to-all"],
+    ("nic", "all_to_all_efficiency"): ["nccl-a100-4node-all-to-all", "nccl-h100-4node-all-to-all"],
 }
 
 
 def at_full_efficiency(cluster: str):
     config = load_cluster(cluster)
-    links = {name: spec.model_copy(update={"efficiency": 1.0}) for name, spec in config.links.items()}
+    links = {name: spec.model_copy(update={"efficiency": 1.0, "all_to_all_efficiency": None})
+             for name, spec in config.links.items()}
     return config.model_copy(update={"links": links})
 
 
 def main() -> None:
     entries = {e.name: e for e in suite_entries(slow=True)}
-    for link, names in FITTED.items():
+    for (link, share), names in FITTED.items():
         ratios = []
         for name in names:
             e = entries[name]
@@ -45,7 +50,7 @@ def main() -> None:
                   f"  ratio {ratios[-1]:.4f}")
         ratios = np.array(ratios)
         fit = float(np.exp(np.log(ratios).mean()))
-        print(f"{link}: efficiency {fit:.3f} (geometric mean of {len(ratios)}; spread {ratios.min():.3f}-{ratios.max():.3f})")
+        print(f"{link}: {share} {fit:.3f} (geometric mean of {len(ratios)}; spread {ratios.min():.3f}-{ratios.max():.3f})")
         for k, name in enumerate(names):
             others = np.delete(ratios, k)
             held_out = float(np.exp(np.log(others).mean()))

@@ -26,14 +26,16 @@ class FastModel:
     def __init__(self, topology: Topology):
         self.topology = topology
 
-    def phase(self, traffic: Traffic) -> PhaseTiming:
+    def phase(self, traffic: Traffic, all_to_all: bool = False) -> PhaseTiming:
+        """`all_to_all`: the phase is an all-to-all's, timed at the bandwidth those reach."""
         link_bytes = self.topology.link_loads(traffic)
-        drain = float(np.max(link_bytes / self.topology.link_bandwidth, initial=0.0))
+        bandwidth = self.topology.all_to_all_bandwidth if all_to_all else self.topology.link_bandwidth
+        drain = float(np.max(link_bytes / bandwidth, initial=0.0))
         latency = self.topology.max_path_latency(traffic, link_bytes) if drain > 0 else 0.0
         return PhaseTiming(drain, latency, link_bytes)
 
     def basis(self, src: np.ndarray, dst: np.ndarray, component: np.ndarray, size: int,
-              traffic_of: Callable[[np.ndarray], Traffic]) -> PhaseBasis:
+              traffic_of: Callable[[np.ndarray], Traffic], all_to_all: bool = False) -> PhaseBasis:
         """Price weighted sums of `size` traffics of unit flows by linearity (see :class:`PhaseBasis`; a model whose
         loads are not linear in the bytes has no such method)."""
-        return PhaseBasis(self.topology, src, dst, component, size, traffic_of)
+        return PhaseBasis(self.topology, src, dst, component, size, traffic_of, all_to_all)

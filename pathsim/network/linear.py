@@ -32,7 +32,7 @@ class PhaseBasis:
     the phase of weights `w` in the form its network model would route it, for the route latency."""
 
     def __init__(self, topology: Topology, src: np.ndarray, dst: np.ndarray, component: np.ndarray, size: int,
-                 traffic_of: Callable[[np.ndarray], Traffic]):
+                 traffic_of: Callable[[np.ndarray], Traffic], all_to_all: bool = False):
         self.topology, self.size, self.traffic_of = topology, size, traffic_of
         moves = src != dst
         src, dst, component = src[moves], dst[moves], component[moves]
@@ -43,7 +43,7 @@ class PhaseBasis:
             loads = np.asarray((members @ topology.incidence(src, dst)).todense())
         self.links = np.flatnonzero(loads.any(axis=0))  # the links any of them uses
         self.loads = loads[:, self.links]
-        self._bandwidth = topology.link_bandwidth[self.links]
+        self._bandwidth = (topology.all_to_all_bandwidth if all_to_all else topology.link_bandwidth)[self.links]
         self._latency: dict[bytes, float] = {}
 
     def price(self, weights: np.ndarray) -> tuple[np.ndarray, list["LinkBytes"]]:

@@ -37,6 +37,7 @@ class Topology(ABC):
         self.link_bandwidth = np.asarray(link_bandwidth, dtype=np.float64)
         self.link_latency = np.asarray(link_latency, dtype=np.float64)
         self.link_class = np.asarray(link_class)
+        self.all_to_all_share = np.ones(len(self.link_src))  # of each link's bandwidth an all-to-all reaches
         if np.any(self.link_bandwidth <= 0):
             bad = int(np.argmin(self.link_bandwidth))
             raise ValueError(f"link {self.link_label(bad)} has non-positive bandwidth")
@@ -49,6 +50,11 @@ class Topology(ABC):
         if other.link_bandwidth.shape != self.link_bandwidth.shape or np.any(other.link_bandwidth <= 0):
             raise ValueError(f"need one positive bandwidth per link ({self.num_links})")
         return other
+
+    @property
+    def all_to_all_bandwidth(self) -> np.ndarray:
+        """Per link, the bandwidth an all-to-all's transfers reach (see LinkSpec.all_to_all_efficiency)."""
+        return self.link_bandwidth * self.all_to_all_share
 
     @property
     def num_nodes(self) -> int:
