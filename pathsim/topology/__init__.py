@@ -30,9 +30,11 @@ def build_topology(cluster: ClusterConfig, source: str | None = None) -> Topolog
         topology = _build(cluster)
     except PathsimConfigError as exc:
         raise exc.within(source or exc.source) from None
-    # Link classes named after the cluster's link specs (nvlink, nic, ...) take their all-to-all share.
+    # Link classes named after the cluster's link specs (nvlink, nic; a torus's ici+x, ici-y, ...) take their
+    # all-to-all share.
     shares = {name: spec.all_to_all_share for name, spec in cluster.links.items()}
-    topology.all_to_all_share = np.array([shares.get(str(c), 1.0) for c in topology.link_class])
+    topology.all_to_all_share = np.array([shares.get(str(c), shares.get(str(c).split("+")[0].split("-")[0], 1.0))
+                                          for c in topology.link_class])
     if not topology.is_connected():
         raise PathsimConfigError(source or cluster.name, "topology", "the network is disconnected: some chips cannot reach others",
                                  "add the missing links (every chip must reach every other)")
