@@ -162,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     fid.add_argument("--slow", action="store_true", help="also the slow entries (the largest pipelines: minutes)")
     fid.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     fid.add_argument("--out", type=Path, metavar="DIR", help="also write an HTML page (predicted against measured) to DIR")
+    fid.add_argument("--residuals", type=Path, metavar="OUT",
+                     help="write each training entry's measured / predicted step-time ratio, the error bars' evidence "
+                          "(run with --slow to ship it as validation/residuals.json)")
     return parser
 
 
@@ -214,6 +217,8 @@ def format_simulation(result: SimulationResult) -> str:
     st = result.step_time
     summary = [
         ("step time", format_seconds(st.mean_s), f"p50 {format_seconds(st.p50_s)}, p99 {format_seconds(st.p99_s)}"),
+        *([("  validation band", f"{format_seconds(result.step_time_band.p10_s)} - {format_seconds(result.step_time_band.p90_s)}",
+            f"p10-p90 from {result.step_time_band.describe()}")] if result.step_time_band else []),
         ("tokens/s", f"{result.tokens_per_s:,.0f}", f"{result.tokens_per_step:,} tokens per step"),
         ("MFU", f"{100 * result.mfu:.1f} %", f"HFU {100 * result.hfu:.1f} % (with rematerialisation)"),
         ("dropped tokens", f"{100 * result.dropped_fraction:.2f} %", "of token-expert assignments"),
@@ -533,6 +538,9 @@ def _cmd_fidelity(args) -> int:
     print(format_suite(suite))
     if args.json:
         _write_json(args.json, suite.model_dump_json(indent=2), "--json")
+    if args.residuals:
+        from pathsim.fidelity import residuals
+        _write_json(args.residuals, json.dumps(residuals(suite), indent=1), "--residuals")
     if args.out:
         from pathsim.report.fidelity_page import write_fidelity_page
         write_fidelity_page(suite, args.out)

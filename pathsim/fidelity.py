@@ -189,6 +189,15 @@ def run_suite(entries: list[ValidationEntry]) -> SuiteResult:
                        p90_abs_error=float(np.percentile(errors, 90, method="linear")))
 
 
+def residuals(suite: SuiteResult) -> dict:
+    """What :mod:`pathsim.uncertainty` reads: each training entry's measured / predicted step-time ratio."""
+    from pathsim.uncertainty import step_ratio
+    from pathsim.version import __version__
+    rows = [{"name": e.name, "tags": e.tags, "metric": e.metric, "step_ratio": step_ratio(e.metric, e.error)}
+            for e in suite.entries if step_ratio(e.metric, e.error) is not None]
+    return {"pathsim_version": __version__, "entries": rows}
+
+
 def format_suite(suite: SuiteResult) -> str:
     header = f"{'entry':34s} {'metric':30s} {'measured':>11s} {'predicted':>11s} {'error':>8s}  set-up"
     lines = [header, "-" * len(header)]

@@ -15,6 +15,7 @@ from pathsim.collectives import LinkUsage
 from pathsim.energy import StepEnergy
 from pathsim.engine.categories import CATEGORIES
 from pathsim.memory import MemoryReport
+from pathsim.uncertainty import StepTimeBand
 from pathsim.version import __version__
 
 
@@ -151,6 +152,7 @@ class SimulationResult(BaseModel):
     hottest_links: list[LinkUsage]
     memory: MemoryReport
     events_per_step: int
+    step_time_band: StepTimeBand | None = None  # p10-p90 from the validation suite's residuals in the run's regime
     energy: StepEnergy  # IT energy of the mean step (chips, hosts, network), with its inputs
     inputs: dict[str, Any]  # the full cluster, workload and device-profile configs
     pathsim_version: str = __version__

@@ -32,7 +32,9 @@ from pathsim.result import (Breakdown, CommunicationTotals, LayerLoad, ModalityL
 from pathsim.routing import LoadSample, step_rng
 from pathsim.run_setup import RunSetup, prepare_run
 from pathsim.step_ops import StepCoster
+from pathsim.topology import FatTree, MultiSlice, Torus
 from pathsim.trace import write_trace
+from pathsim.uncertainty import run_regime, step_time_band
 from pathsim.workload import WorkloadConfig
 
 MAX_STEPS = 10_000
@@ -268,6 +270,9 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
         memory = summary.per_stage[summary.tightest_stage].memory
     else:
         memory = memory_per_chip(workload, layout, expert_slots_on_busiest_chip(workload, placement), cluster.chip.hbm_bytes)
+    gpu = isinstance(topology, FatTree)
+    kind, extra = run_regime(gpu, layout.pipeline > 1, plan is not None, gpu and layout.total_chips > topology.gpus_per_node)
+    band = step_time_band(mean_time, kind, extra) if gpu or isinstance(topology, (Torus, MultiSlice)) else None
     parallelism = dict(data=layout.data // layout.context, tensor=layout.tensor, expert=layout.expert,
                        expert_groups=layout.expert_groups, slices=layout.slices)
     if layout.context > 1:
@@ -293,6 +298,7 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
                                  bytes=float(link_bytes[i] / n), utilisation=float(utilisation[i])) for i in hottest],
         memory=memory, pipeline=summary,
         events_per_step=int(np.mean([r.events for r in runs])),
+        step_time_band=band,
         energy=energy,
         detail=_detail(runs, timelines[::runs[0].groups], times, utilisation, workload, routings, n) if detail else None,
         inputs={"cluster": cluster.model_dump(mode="json"), "workload": workload.model_dump(mode="json"),

@@ -39,6 +39,16 @@ def test_the_fast_suite_errors_are_predicted_over_measured_and_stay_in_bound():
     assert suite.median_abs_error == pytest.approx(float(np.median(np.abs(errors))))
     assert suite.p90_abs_error == pytest.approx(float(np.percentile(np.abs(errors), 90)))
     assert suite.median_abs_error <= REGRESSION_MEDIAN
+    # The error bars' evidence is today's: every step-like entry in the shipped residuals, the fast ones as just run
+    # (regenerate with `pathsim fidelity --slow --residuals validation/residuals.json` after a model change).
+    from pathsim.presets import preset_dir
+    from pathsim.uncertainty import step_ratio
+    shipped = {e["name"]: e["step_ratio"] for e in json.loads((preset_dir("validation") / "residuals.json").read_text())["entries"]}
+    assert set(shipped) == {e.name for e in suite_entries(slow=True) if e.metric in (
+        "step_time_s", "gpu_hours_per_trillion_tokens", "tokens_per_s", "mfu", "megatron_tflops_per_gpu")}
+    for e in suite.entries:
+        if step_ratio(e.metric, e.error) is not None:
+            assert shipped[e.name] == pytest.approx(step_ratio(e.metric, e.error), rel=1e-9), e.name
     assert suite.meets_goals() == (suite.median_abs_error <= GOALS["median"] and suite.p90_abs_error <= GOALS["p90"])
 
 
@@ -53,6 +63,20 @@ def test_step_metrics_count_as_their_sources_do():
         flops / result.step_time.mean_s / 32 / 1e12, rel=1e-12)
     hours = STEP_METRICS["gpu_hours_per_trillion_tokens"](result, workload)
     assert hours == pytest.approx(32 * result.step_time.mean_s * (1e12 / (B * s)) / 3600, rel=1e-12)
+
+
+def test_a_run_carries_the_band_of_its_regime_s_residuals():
+    from pathsim.presets import preset_dir
+    result = simulate("dgx-a100-64", "megatron-gpt-39.1b")  # GPU, pipelined, across nodes
+    band = result.step_time_band
+    rows = json.loads((preset_dir("validation") / "residuals.json").read_text())["entries"]
+    chosen = [r for r in rows if {"gpu", "pipeline", "multi-node"} <= set(r["tags"])]
+    ratios = np.array([r["step_ratio"] for r in chosen])
+    assert band.regime == ["gpu", "pipeline", "multi-node"] and band.entries == sorted(r["name"] for r in chosen)
+    T = result.step_time.mean_s
+    assert (band.p10_s, band.p90_s) == pytest.approx((T * np.percentile(ratios, 10), T * np.percentile(ratios, 90)))
+    assert band.p10_s < band.p90_s
+    assert simulate("tpu-v4-4x4x4", "switch-base-128").step_time_band is None  # two TPU entries: too few for a band
 
 
 def entry_file(tmp_path, **fields):

@@ -101,6 +101,12 @@ def _sections(report: Report) -> list[tuple[str, str, tuple[list[str], list[list
     """(heading, text before the table, table) for every tabular section, shared by the HTML and the Markdown."""
     run = (f"The run: {fmt(report.run_steps)} steps, {fmt(report.run_tokens)} tokens." if report.run_steps else
            "No run size given (`--run-tokens` or `--run-steps`): per-run figures are left out.")
+    band = report.main.result.step_time_band
+    if band is not None:
+        run += (f" Validation band of the step time (p10–p90 of the measured / predicted ratios of "
+                f"{band.describe()}): {fmt(band.p10_s)} – {fmt(band.p90_s)} s.")
+    else:
+        run += " No validation band: the suite has too few measured runs of this kind of chip."
     sections = [("Headline", run, _headline_rows(report))]
     if len(report.variants) > 1:
         sections.append(("Sparse against dense", report.comparison.statement if report.comparison else "", _variant_rows(report)))
