@@ -15,6 +15,8 @@ Metrics are computed from the simulated step the way each source counts:
   ``96 B s l h² (1 + s/6h + V/16lh)`` FLOPs per step (recompute included) over
   the predicted step time and the GPUs (so its error is the step time's, inverted);
 - ``gpu_hours_per_trillion_tokens``: chips × step time per token × 10¹² / 3600;
+- ``layer_forward_s``, ``layer_backward_s``: one middle layer's ops on the critical stream per micro-batch
+  (backward with any recompute), as Korthikanti et al. 2022 Table 4 times one layer;
 - ``busbw_gb_per_s``: nccl-tests' bus bandwidth of one collective (``pathsim collective``).
 """
 
@@ -87,6 +89,20 @@ STEP_METRICS: dict[str, Callable[[SimulationResult, WorkloadConfig], float]] = {
     "megatron_tflops_per_gpu": _megatron_tflops,
     "gpu_hours_per_trillion_tokens": _gpu_hours_per_trillion,
 }
+def _layer_seconds(result: SimulationResult, workload: WorkloadConfig, backward: bool) -> float:
+    """One middle layer's ops on the critical stream(s) of the simulated step, per micro-batch: forward, or
+    backward with any recompute."""
+    layer = workload.model.layers // 2
+    spans = [s for s in result.detail.timeline if s.layer == layer and (s.stream == "main" or s.stream.startswith("stage"))
+             and s.name.endswith(" fwd") != backward and "(exposed)" not in s.name]
+    return sum(s.end_s - s.start_s for s in spans) / workload.training.micro_batches
+
+
+LAYER_METRICS: dict[str, Callable[[SimulationResult, WorkloadConfig], float]] = {
+    "layer_forward_s": lambda r, w: _layer_seconds(r, w, False),
+    "layer_backward_s": lambda r, w: _layer_seconds(r, w, True),
+}
+STEP_METRICS.update(LAYER_METRICS)
 METRICS = (*STEP_METRICS, "busbw_gb_per_s")
 
 
@@ -169,7 +185,7 @@ def predict(entry: ValidationEntry) -> tuple[float, str]:
         result = run_collective(entry.cluster, spec.op, spec.bytes, groups=spec.groups, algorithm=spec.algorithm)
         return result.busbw_bytes_per_s / 1e9, f"{spec.op} of {spec.bytes} on {load_cluster(entry.cluster).name}"
     workload = load_workload(entry.workload)
-    result = simulate(entry.cluster, workload, steps=entry.steps, seed=entry.seed)
+    result = simulate(entry.cluster, workload, steps=entry.steps, seed=entry.seed, detail=entry.metric in LAYER_METRICS)
     value = STEP_METRICS[entry.metric](result, workload)
     return value, f"{workload.name} on {result.cluster} ({result.chips} chips)"
 
