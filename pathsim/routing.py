@@ -111,21 +111,26 @@ class DispatchMap:
 
     Every source of class c in copy g of the expert set sends ``per_rank[c, p]``
     assignments to the rank at position p of copy g, so the dispatch is linear in
-    ``per_rank`` (classes × positions): :meth:`basis` is the traffic of one unit
-    of each entry, which a linear network model prices once for every micro-batch.
+    ``per_rank`` (classes × positions): :meth:`basis_flows` are the flows of one
+    unit of each entry, which a linear network model prices once for every micro-batch.
     Built once per layout and plan (the rank arithmetic is the layout's)."""
 
     def __init__(self, layout: Layout, row_of: np.ndarray, classes: int):
         self.layout, self.row_of, self.classes = layout, row_of, classes
         ranks = np.arange(layout.chips)
         self.chip = layout.chip(ranks)
-        self.own = np.sort(self.chip)  # the chips the ranks run on, in id order
         self.in_id_order = np.argsort(self.chip, kind="stable")
         self.position = layout.expert_position(ranks)
         self.group = layout.expert_copy(ranks)  # which copy of the expert set the rank dispatches to
-        self.count = np.zeros((layout.expert_replication, classes))  # sources of each class in each copy
-        np.add.at(self.count, (self.group, row_of), 1.0)
-        self._received = self.count[self.group]  # ranks × classes: the sources sending to each rank
+        count = np.zeros((layout.expert_replication, classes))  # sources of each class in each copy
+        np.add.at(count, (self.group, row_of), 1.0)
+        self._received = count[self.group]  # ranks × classes: the sources sending to each rank
+
+    @cached_property
+    def destinations(self) -> np.ndarray:
+        """(ranks × positions) the chip at every position of each rank's own copy of the expert set."""
+        layout = self.layout
+        return layout.chip(layout.rank_at(self.group[:, None], np.arange(layout.expert)[None, :]))
 
     def chip_tokens(self, per_rank: np.ndarray) -> np.ndarray:
         """Assignments each chip's experts compute, chips in id order; `per_rank` (…, classes, positions)."""
@@ -146,14 +151,14 @@ class DispatchMap:
             right = np.zeros((rank, physical))
             right[group[None, :] * classes + np.arange(classes)[:, None], chip[None, :]] = per_rank[:, self.position]
             return Traffic.from_factors(left, right)
-        dest = layout.rank_at(group[:, None], np.arange(layout.expert)[None, :])  # every position of its own copy
+        dest = self.destinations
         if chips * layout.expert * 16 <= physical * physical:
             # Far fewer flows than the cluster's N×N entries (a pipeline stage's or a job's part of the cluster):
             # keep the flows, never the matrix.
-            src, dst = np.broadcast_to(chip[:, None], dest.shape).ravel(), layout.chip(dest).ravel()
-            return Traffic.from_flows(physical, src, dst, per_rank[row_of].ravel())
+            src = np.broadcast_to(chip[:, None], dest.shape).ravel()
+            return Traffic.from_flows(physical, src, dest.ravel(), per_rank[row_of].ravel())
         matrix = np.zeros((physical, physical))
-        matrix[chip[:, None], layout.chip(dest)] = per_rank[row_of]
+        matrix[chip[:, None], dest] = per_rank[row_of]
         return Traffic.from_matrix(matrix)
 
     @property
@@ -164,11 +169,10 @@ class DispatchMap:
         """The unit flows of the dispatch's basis — (source chip, destination chip, entry of ``per_rank``, in its
         flattened order): every source of class c sends to the position-p rank of its own copy of the expert set —
         so the dispatch of any ``per_rank`` is these flows weighted by their entries."""
-        layout = self.layout
-        dest = layout.rank_at(self.group[:, None], np.arange(layout.expert)[None, :])  # (ranks, positions)
+        positions, dest = self.layout.expert, self.destinations
         src = np.broadcast_to(self.chip[:, None], dest.shape).ravel()
-        entry = (self.row_of[:, None] * layout.expert + np.arange(layout.expert)[None, :]).ravel()
-        return src, layout.chip(dest).ravel(), entry
+        entry = (self.row_of[:, None] * positions + np.arange(positions)[None, :]).ravel()
+        return src, dest.ravel(), entry
 
 
 @dataclass(frozen=True)

@@ -251,10 +251,14 @@ class StepCoster:
                        [(t.time_s, t.link_bytes) for t in (phase(r.combine_traffic(per_token), True) for r in routings)]]
         out = []
         for (to_s, to_bytes), (from_s, from_bytes) in zip(*timings):
-            out.append((self._network_op(f"L{layer} dispatch all-to-all", "all_to_all", to_s, layer, to_bytes),
-                        self._network_op(f"L{layer} combine all-to-all", "all_to_all", from_s, layer, from_bytes),
-                        self._network_op(f"L{layer} dispatch-grad all-to-all", "all_to_all", from_s, layer, from_bytes),
-                        self._network_op(f"L{layer} combine-grad all-to-all", "all_to_all", to_s, layer, to_bytes)))
+            dispatch = self._network_op(f"L{layer} dispatch all-to-all", "all_to_all", to_s, layer, to_bytes)
+            combine = self._network_op(f"L{layer} combine all-to-all", "all_to_all", from_s, layer, from_bytes)
+            # The mirrors move the same bytes: their DCN holds are their twins'.
+            out.append((dispatch, combine,
+                        Op(f"L{layer} dispatch-grad all-to-all", "all_to_all", NETWORK, from_s, layer, link_bytes=from_bytes,
+                           also=combine.also),
+                        Op(f"L{layer} combine-grad all-to-all", "all_to_all", NETWORK, to_s, layer, link_bytes=to_bytes,
+                           also=dispatch.also)))
         return out
 
     @property

@@ -159,13 +159,12 @@ class ItemStream:
         return self._prefetched[id(op)]
 
     def add(self, item: Item) -> None:
-        if type(item) is Op:  # most items
-            self.nodes.append(Node(item, groups=(self.group,)))
-        elif isinstance(item, Prefetch):
+        kind = type(item)  # (not isinstance: a large graph adds millions of items, most of them plain ops)
+        if kind is Prefetch:
             node = Node(item.op, groups=(self.group,))
             self._prefetched[id(item.op)] = node
             self.background.append(Stream("prefetch", [node], CRITICAL, self.last(), self.group))
-        elif isinstance(item, Await):
+        elif kind is Await:
             self.nodes.append(Node(None, [self._prefetched.pop(id(item.op))], (self.group,), wait_category=item.op.category))
         else:
             self.nodes.append(Node(item, groups=(self.group,)))
