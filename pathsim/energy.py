@@ -56,7 +56,9 @@ def _coverage(boundaries: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> n
 
 def state_timeline(spans: list[Span], step_time_s: float) -> StateTimeline:
     """The mean chip's compute / communication / idle segments over one step, adjacent equal states merged."""
-    compute = [(s.start_s, s.end_s - s.op.straggler_s) for s in spans if s.op.resource == COMPUTE]
+    # A fused op waits for the slowest chip inside its parts: their own intervals (else one interval serves).
+    compute = [(p.start_s, p.end_s - p.op.straggler_s) for s in spans if s.op.resource == COMPUTE
+               for p in (s.pieces() if s.op.parts and s.op.straggler_s > 0 else (s,))]
     network = [(s.start_s, s.end_s) for s in spans if s.op.resource != COMPUTE]  # ICI / fabric or DCN
     c = np.array(compute, dtype=np.float64).reshape(-1, 2)
     n = np.array(network, dtype=np.float64).reshape(-1, 2)

@@ -21,6 +21,7 @@ from pathsim.builders.pipeline import Pipeline, bubble_fraction
 from pathsim.builders.training import TrainingStep
 from pathsim.engine import COMPUTE, Span, StepRun, run_graph
 from pathsim.engine.categories import category
+from pathsim.engine.collector import collector_paused
 from pathsim.energy import STATES, ChipActivity, power_inputs, state_timeline, step_energy
 from pathsim.errors import PathsimConfigError
 from pathsim.network.linear import add_link_bytes
@@ -75,14 +76,17 @@ def run_steps(setup: RunSetup, steps: int, trace: "str | Path | None" = None, de
     runs: list[StepRun] = []
     routings: list[list[LoadSample]] = []
     for step in range(steps):
-        graph, samples = builder.step_graph(setup.plan, placement, step_rng(setup.seed, step))
-        runs.append(run_graph(graph))
+        with collector_paused():
+            graph, samples = builder.step_graph(setup.plan, placement, step_rng(setup.seed, step))
+            runs.append(run_graph(graph))
+        del graph
         routings += samples
     if trace is not None:
         write_trace(trace, runs, f"{workload.name} on {setup.cluster.name}")
-    return _result(setup.cluster, workload, setup.device_profile, setup.topology, layout, builder.coster, placement,
-                   setup.plan, runs, routings, setup.network_name, setup.seed, detail,
-                   builder if isinstance(builder, Pipeline) else None)
+    with collector_paused():
+        return _result(setup.cluster, workload, setup.device_profile, setup.topology, layout, builder.coster, placement,
+                       setup.plan, runs, routings, setup.network_name, setup.seed, detail,
+                       builder if isinstance(builder, Pipeline) else None)
 
 
 def _pipeline_summary(pipeline: Pipeline, paths: dict[str, dict[str, float]], steps: int, workload: WorkloadConfig,
@@ -312,7 +316,7 @@ def _detail(runs: list[StepRun], timelines, times: np.ndarray, utilisation: np.n
     spans = [TimelineSpan(name=s.op.name, category=s.op.category, resource=s.op.resource, stream=s.stream, layer=s.op.layer,
                           start_s=s.start_s, end_s=s.end_s, straggler_s=s.op.straggler_s, waited_s=s.waited_s,
                           group=s.group)
-             for s in sorted(runs[shown].spans, key=lambda s: (s.start_s, s.end_s))]
+             for s in sorted(runs[shown].op_spans(), key=lambda s: (s.start_s, s.end_s))]
     expert_load: list[list[float]] = []
     hottest_layer = -1
     if routings and routings[0]:

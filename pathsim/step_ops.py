@@ -28,14 +28,13 @@ nothing here loops over chips.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 
 from pathsim.collectives import collective_phases
 from pathsim import kernel_costs as kc
 from pathsim.device import DeviceModel
-from pathsim.engine.graph import COMPUTE, DCN, NETWORK, Await, Item, Op, Prefetch
+from pathsim.engine.graph import COMPUTE, DCN, NETWORK, Await, Item, Op, Prefetch, fuse, fuse_runs
 from pathsim.memory import (OPTIMIZER_STATE_BYTES, Held, dense_params_of_layer, expert_slots_on_busiest_chip,
                             optimizer_params_per_chip)
 from pathsim.model_math import LayerShapes, layer_shapes
@@ -125,7 +124,11 @@ class StepCoster:
         return [self._network_op(name, "tensor_parallel", time_s, layer, link_bytes)]
 
     # ---- forward / backward ops of one layer -------------------------------------------
-    def attention(self, layer: int, backward: bool) -> list[Op]:
+    def attention(self, layer: int, backward: bool) -> list[Item]:
+        """The attention block's items, its compute ops in a row fused (:func:`fuse_runs`)."""
+        return fuse_runs(self._attention(layer, backward))
+
+    def _attention(self, layer: int, backward: bool) -> list[Item]:
         s, t = self.shapes, self.tokens_per_chip
         tag = "bwd" if backward else "fwd"
         d, tp, td = self.model.d_model, self.layout.tensor, self.tokens_per_data_rank
@@ -146,7 +149,7 @@ class StepCoster:
         if backward and self.workload.training.recompute != "none":
             # Rematerialise before differentiating: everything (full: the forward's tensor-parallel all-reduce too,
             # as Megatron-LM's full recompute re-runs it) or the attention core with its K/V exchange (selective).
-            forward = self.attention(layer, False)
+            forward = self._attention(layer, False)
             again = forward if self.workload.training.recompute == "full" else forward[1:1 + len(core_items)]
             ops = _renamed(again, "fwd", "recompute") + ops
         return ops
@@ -177,6 +180,10 @@ class StepCoster:
         return [core, exchange] if backward else [exchange, core]
 
     def dense_ffn(self, layer: int, backward: bool) -> list[Op]:
+        """The dense FFN's ops, with full recompute its forward again first (fused with it)."""
+        return fuse_runs(self._dense_ffn(layer, backward))
+
+    def _dense_ffn(self, layer: int, backward: bool) -> list[Op]:
         tag = "bwd" if backward else "fwd"
         ffn = self._compute(f"L{layer} dense FFN {tag}", "ffn",
                             kc.ffn(self.tokens_per_data_rank, self.model.d_model, self.model.dense_ffn / self.layout.tensor,
@@ -185,7 +192,7 @@ class StepCoster:
         label = "attention+FFN" if self.model.parallel_layers else "FFN"
         ops = [ffn] + self._tensor_allreduce(f"L{layer} {label} all-reduce {tag}", layer)
         if backward and self.workload.training.recompute == "full":  # the FFN and its all-reduce, again
-            ops = _renamed(self.dense_ffn(layer, False), "fwd", "recompute") + ops
+            ops = _renamed(self._dense_ffn(layer, False), "fwd", "recompute") + ops
         return ops
 
     def all_to_all(self, name: str, layer: int, traffic: Traffic) -> Op:
@@ -208,14 +215,13 @@ class StepCoster:
         fixed = {b: self._moe_fixed_ops(layer, b) for b in (False, True)}
         out = []
         for (dispatch, combine, dispatch_grad, combine_grad), ((fwd, fwd_around), (bwd, bwd_around)) in zip(a2a, experts):
-            router, permute, unpermute, shared = fixed[False]
-            forward = [router, permute, dispatch, *fwd_around[0], fwd, *fwd_around[1], combine, unpermute, *shared]
-            router, permute, unpermute, shared = fixed[True]
-            backward = [router, permute, dispatch_grad, *bwd_around[0], bwd, *bwd_around[1], combine_grad, unpermute,
-                        *shared][::-1]
+            before, after = fixed[False]
+            forward = [before, dispatch, *fwd_around[0], fwd, *fwd_around[1], combine, after]
+            before, after = fixed[True]  # (each already in backward order)
+            backward = [after, combine_grad, *bwd_around[1][::-1], bwd, *bwd_around[0][::-1], dispatch_grad, before]
             if self.workload.training.recompute == "full":
                 # Rematerialising an MoE layer re-runs its forward, all-to-alls included.
-                backward = [replace(o, name=o.name.replace("fwd", "recompute").replace("all-to-all", "all-to-all (recompute)"))
+                backward = [o.renamed("fwd", "recompute").renamed("all-to-all", "all-to-all (recompute)")
                             for o in forward] + backward
             out.append((forward, backward))
         return out
@@ -290,8 +296,9 @@ class StepCoster:
                 out[m].append((op, around[m]))
         return [tuple(pair) for pair in out]
 
-    def _moe_fixed_ops(self, layer: int, backward: bool) -> tuple[Op, Op, Op, list[Op]]:
-        """Router, permute, un-permute and shared experts of one layer: the same for every routing (built once)."""
+    def _moe_fixed_ops(self, layer: int, backward: bool) -> tuple[Op, Op]:
+        """What runs before the dispatch (router, permute) and after the combine (un-permute, shared experts) of one
+        layer, each fused and in its direction's order: the same for every routing (built once)."""
         key = (layer, backward)
         if key in self._moe_fixed:
             return self._moe_fixed[key]
@@ -314,7 +321,8 @@ class StepCoster:
             shared.append(self._compute(f"L{layer} shared experts {tag}", "ffn",
                                         kc.ffn(self.tokens_per_data_rank, d, shared_ffn, self.model.ffn_matrices, self.dtype),
                                         layer, backward))
-        self._moe_fixed[key] = (router, permute, unpermute, shared)
+        before, after = [router, permute], [unpermute, *shared]
+        self._moe_fixed[key] = (fuse(before[::-1]), fuse(after[::-1])) if backward else (fuse(before), fuse(after))
         return self._moe_fixed[key]
 
     def _expert_tensor_exchange(self, layer: int, chip_tokens: np.ndarray, tag: str) -> tuple[np.ndarray, tuple[list[Op], list[Op]]]:
@@ -429,7 +437,7 @@ def _renamed(items: list[Item], old: str, new: str) -> list[Item]:
 
     def copy(op: Op) -> Op:
         if id(op) not in copies:
-            copies[id(op)] = replace(op, name=op.name.replace(old, new))
+            copies[id(op)] = op.renamed(old, new)
         return copies[id(op)]
 
     return [Prefetch(copy(i.op)) if isinstance(i, Prefetch) else Await(copy(i.op)) if isinstance(i, Await) else copy(i)

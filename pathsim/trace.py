@@ -38,7 +38,7 @@ def trace_events(runs: list[StepRun], title: str) -> list[dict]:
             events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": tid}})
     offset_us = 0.0
     for step, run in enumerate(runs):
-        for span in run.spans:
+        for span in run.op_spans():
             op = span.op
             args = {"step": step, "layer": op.layer, "stream": span.stream}
             if span.waited_s > 0:

@@ -3,6 +3,8 @@ see is chained."""
 
 import math
 
+import pytest
+
 from pathsim.engine.graph import COMPUTE, NETWORK, Graph, Node, Op, Stream
 from pathsim.engine.run import run_graph
 
@@ -52,3 +54,56 @@ def test_a_stream_launched_after_an_op_starts_when_it_ends_and_is_awaited():
     assert spans["send"] == (1.0, 3.0) and spans["c1"] == (3.0, 3.5)
     assert spans["send (exposed)"] == (1.0, 3.0)  # the wait shows as the send it waited for
     assert math.isclose(run.step_time_s, 3.5)
+
+
+def test_a_fused_op_runs_as_its_parts_would_and_shows_them_one_by_one():
+    from pathsim.engine.graph import fuse, fuse_runs
+    parts = [Op(f"p{k}", "compute", COMPUTE, d, layer=k, flops=10.0 * k, weight_share=w)
+             for k, (d, w) in enumerate([(0.1, 0.5), (0.2, 0.0), (0.3, 0.5)])]
+    fused = fuse([fuse(parts[:2]), parts[2]])  # nested fusions flatten
+    assert fused.parts == tuple(parts) and fused.flops == 30.0 and fused.layer == 0
+    assert fused.duration_s == (0.1 + 0.2) + 0.3
+    assert math.isclose(fused.weight_share * fused.duration_s, 0.5 * 0.1 + 0.5 * 0.3)
+    run = run_graph(Graph([Stream("main", [Node(fused)], 0)]))
+    pieces = run.op_spans()
+    assert [p.op.name for p in pieces] == ["p0", "p1", "p2"]
+    assert [(p.start_s, p.end_s) for p in pieces] == [(0.0, 0.1), (0.1, 0.1 + 0.2), (0.1 + 0.2, run.step_time_s)]
+    # Only plain compute fuses: a network op or the optimizer stays itself, and a run is cut around it; an expert
+    # FFN's wait for its slowest chip stays its own (the chip state is idle only then).
+    send = Op("send", "all_to_all", NETWORK, 1.0)
+    optimizer = Op("optimizer step", "optimizer", COMPUTE, 1.0)
+    expert = Op("experts", "compute", COMPUTE, 1.0, straggler_s=0.25)
+    assert fuse_runs([parts[0], parts[1], send, parts[2], expert, optimizer]) == [
+        fuse(parts[:2]), send, fuse([parts[2], expert]), optimizer]
+    with pytest.raises(ValueError, match="only plain compute ops fuse"):
+        fuse([parts[0], send])
+    from pathsim.energy import state_timeline
+    run = run_graph(Graph([Stream("main", [Node(fuse([expert, parts[0]]))], 0)]))
+    states = state_timeline(run.spans, run.step_time_s)
+    assert states.seconds()["idle"] == pytest.approx(0.25) and states.seconds()["compute"] == pytest.approx(0.85)
+
+
+def test_the_collector_is_paused_inside_and_restored_after():
+    import gc
+    from pathsim.engine.collector import collector_paused
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(KeyError), collector_paused():
+        raise KeyError("an error inside still restores it")
+    assert gc.isenabled()
+
+
+def test_a_simulated_timeline_and_trace_show_ops_not_their_fusions(tmp_path):
+    import json
+    from pathsim import simulate
+    result = simulate("tpu-v4-8x8x8", "switch-base-128", detail=True, trace=tmp_path / "t.json")
+    names = {s.name for s in result.detail.timeline}
+    assert {"L0 attention proj fwd", "L0 attention core fwd", "L1 router fwd", "L1 permute fwd"} <= names
+    assert not any(" .. " in n for n in names)
+    traced = {e["name"] for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"] if e["ph"] == "X"}
+    assert "L1 router fwd" in traced and not any(" .. " in n for n in traced)

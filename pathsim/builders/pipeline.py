@@ -31,8 +31,6 @@ overlap is on.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from typing import Callable
 
 import numpy as np
@@ -40,7 +38,7 @@ import numpy as np
 from pathsim.builders.schedules import SCHEDULES, Unit, peak_in_flight
 from pathsim.builders.training import ItemStream, CRITICAL, fixed_ops, grad_streams, moe_micro_batches
 from pathsim.engine import NETWORK, Graph, Node, Op, Stream
-from pathsim.engine.graph import COMPUTE, Await, Prefetch
+from pathsim.engine.graph import COMPUTE, Await, Prefetch, fusable, fuse
 from pathsim.memory import Held
 from pathsim.model_math import layer_shapes
 from pathsim.routing import LoadSample
@@ -163,15 +161,17 @@ class Pipeline:
         halves: dict[int, tuple] = {}
 
         def halved(item):
-            """(input-gradient part, weight-gradient part) of a backward item; None where a part is empty."""
+            """(input-gradient part, weight-gradient part) of a backward item; None where a part is empty. A fused
+            op's halves are its parts' halves, fused."""
             if not isinstance(item, Op) or item.weight_share == 0.0:
                 return item, None
             if id(item) not in halves:
-                w = item.weight_share
-                halves[id(item)] = (replace(item, duration_s=item.duration_s * (1 - w), flops=item.flops * (1 - w),
-                                            straggler_s=item.straggler_s * (1 - w), weight_share=0.0),
-                                    replace(item, name=item.name.replace(" bwd", " wgrad"), duration_s=item.duration_s * w,
-                                            flops=item.flops * w, straggler_s=item.straggler_s * w, weight_share=0.0))
+                if item.parts:
+                    pairs = [halved(part) for part in item.parts]
+                    halves[id(item)] = (fuse([b for b, _ in pairs]), fuse([w for _, w in pairs if w is not None]))
+                else:
+                    w = item.weight_share
+                    halves[id(item)] = (item.share(1 - w), item.share(w, item.name.replace(" bwd", " wgrad")))
             return halves[id(item)]
 
         def ops_of(stage: int, unit: Unit) -> list[tuple[int, list]]:
@@ -286,16 +286,30 @@ def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stre
     overlapped, nodes, groups = len(chains) > 1, stage.nodes, (group,)
 
     def take(c: int) -> None:
-        """Chain c's next run: its pending communication awaited, its compute ops, its next communication started."""
+        """Chain c's next run: its pending communication awaited, its compute ops (those in a row fused into one),
+        its next communication started."""
         items = chains[c]
         for op in pending[c]:
             stage.add(Await(op))
         pending[c] = []
         k = cursor[c]
+        run: list[Op] = []
+
+        def flush() -> None:
+            if run:
+                node = Node(fuse(run), groups=groups)
+                nodes.append(node)
+                ends[c] = node
+                run.clear()
+
         while k < len(items):
             item = items[k]
             k += 1
-            if type(item) is Op:  # most items
+            if fusable(item):  # most items
+                run.append(item)
+                continue
+            flush()
+            if type(item) is Op:
                 if overlapped and item.resource != COMPUTE:
                     stage.add(Prefetch(item))  # overlapped: runs under the other unit's compute
                     pending[c].append(item)
@@ -316,6 +330,7 @@ def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stre
             else:
                 stage.add(item)
                 ends[c] = stage.last()
+        flush()
         cursor[c] = k
 
     while any(cursor[c] < len(chains[c]) for c in range(len(chains))):

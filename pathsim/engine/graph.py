@@ -10,7 +10,8 @@ input is a bubble; a background gradient bucket waiting for its previous stage
 is not). A :class:`Stream` is an ordered run of nodes executed one after
 another — a stage's critical work, one stage of the gradient buckets' chains,
 a prefetched weight gather — launched at the start or when a given node
-finishes. A :class:`Graph` is the streams of one step. Nothing here knows what
+finishes. A :class:`Graph` is the streams of one step. Compute ops that always run back to back are
+fused (:func:`fuse`) into one op that keeps its parts for traces: a step's cost is per node. Nothing here knows what
 a forward pass or a pipeline is: builders (:mod:`pathsim.builders`) make graphs.
 
 Resources are keyed per group: ``compute@g`` and ``network@g`` for each group
@@ -19,7 +20,7 @@ Resources are keyed per group: ``compute@g`` and ``network@g`` for each group
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,10 +44,65 @@ class Op:
     link_bytes: "np.ndarray | LinkBytes | None" = field(default=None, repr=False)  # LinkBytes: weights over a basis
     also: tuple[str, ...] = ()  # further resources held for the whole op (an all-to-all whose bytes cross the DCN)
     weight_share: float = 0.0  # of its duration, the part a builder may run later as its own op (weight gradients)
+    parts: tuple["Op", ...] = ()  # a fused op (see fuse): the ops it runs back to back, which traces show one by one
 
     @property
     def resources(self) -> tuple[str, ...]:
         return (self.resource, *self.also)
+
+    def share(self, fraction: float, name: str | None = None) -> "Op":
+        """`fraction` of this op's work (its time, straggler and FLOPs) as an op of its own, weight share spent."""
+        return Op(self.name if name is None else name, self.category, self.resource, self.duration_s * fraction,
+                  self.layer, self.straggler_s * fraction, self.flops * fraction, self.link_bytes, self.also)
+
+    def renamed(self, old: str, new: str) -> "Op":
+        """A copy with `old` replaced by `new` in its name (and its parts')."""
+        return replace(self, name=self.name.replace(old, new), parts=tuple(p.renamed(old, new) for p in self.parts))
+
+
+def fusable(item: object) -> bool:
+    """Whether an item is a plain compute op another may be fused with: category ``compute``, holding nothing but
+    the chips' cores."""
+    return type(item) is Op and item.resource == COMPUTE and item.category == "compute" and not item.also
+
+
+def fuse(ops: "list[Op] | tuple[Op, ...]") -> Op:
+    """Compute ops that always run back to back on one stream, as one op: a step runs millions of them, and each
+    node costs the executor and the result the same whatever its length. Its duration is its parts' summed in
+    order (what op after op would end at, to rounding), its FLOPs, straggler and weight-gradient seconds theirs; its parts
+    (nested fusions flattened) are what a trace or timeline shows. One op is returned as it is."""
+    if len(ops) == 1:
+        return ops[0]
+    parts = tuple(p for op in ops for p in (op.parts or (op,)))
+    if len(parts) == 1:
+        return parts[0]
+    if not all(fusable(p) for p in parts):
+        raise ValueError(f"only plain compute ops fuse, not {[p.name for p in parts if not fusable(p)]}")
+    duration = flops = weight_s = straggler = 0.0
+    for p in parts:
+        duration += p.duration_s
+        flops += p.flops
+        weight_s += p.weight_share * p.duration_s
+        straggler += p.straggler_s
+    return Op(f"{parts[0].name} .. {parts[-1].name}", "compute", COMPUTE, duration, parts[0].layer, straggler, flops,
+              weight_share=weight_s / duration if duration > 0 else 0.0, parts=parts)
+
+
+def fuse_runs(items: list) -> list:
+    """`items` with every run of fusable ops in a row fused into one."""
+    out: list = []
+    run: list[Op] = []
+    for item in items:
+        if fusable(item):
+            run.append(item)
+            continue
+        if run:
+            out.append(fuse(run))
+            run = []
+        out.append(item)
+    if run:
+        out.append(fuse(run))
+    return out
 
 
 def resource_key(kind: str, group: int) -> str:

@@ -52,6 +52,18 @@ class Span:
         """How long it waited for its resources before it started."""
         return sum(got - asked for _, asked, got in self.waits)
 
+    def pieces(self) -> list["Span"]:
+        """This span op by op: a fused op's parts laid end to end (its waits go to the first), else itself."""
+        parts = self.op.parts
+        if not parts:
+            return [self]
+        out, at = [], self.start_s
+        for k, part in enumerate(parts):
+            end = self.end_s if k == len(parts) - 1 else at + part.duration_s
+            out.append(Span(part, self.stream, at, end, self.waits if k == 0 else (), self.group, self.held))
+            at = end
+        return out
+
 
 @dataclass(frozen=True)
 class Idle:
@@ -72,6 +84,10 @@ class StepRun:
     events: int = 0
     groups: int = 1
     critical: tuple[str, ...] = ("main",)
+
+    def op_spans(self) -> list[Span]:
+        """Every op as it ran, fused ops as their parts (what a trace or timeline shows)."""
+        return [piece for span in self.spans for piece in span.pieces()]
 
 
 class _Lock:
