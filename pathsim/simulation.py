@@ -75,18 +75,19 @@ def run_steps(setup: RunSetup, steps: int, trace: "str | Path | None" = None, de
     builder = Pipeline(workload, coster) if layout.pipeline > 1 else TrainingStep(coster())
     runs: list[StepRun] = []
     routings: list[list[LoadSample]] = []
-    for step in range(steps):
-        with collector_paused():
+    with collector_paused():  # (a step leaves no cycles: what it drops, reference counting frees at once)
+        for step in range(steps):
             graph, samples = builder.step_graph(setup.plan, placement, step_rng(setup.seed, step))
             runs.append(run_graph(graph))
-        del graph
-        routings += samples
-    if trace is not None:
-        write_trace(trace, runs, f"{workload.name} on {setup.cluster.name}")
-    with collector_paused():
-        return _result(setup.cluster, workload, setup.device_profile, setup.topology, layout, builder.coster, placement,
-                       setup.plan, runs, routings, setup.network_name, setup.seed, detail,
-                       builder if isinstance(builder, Pipeline) else None)
+            del graph
+            routings += samples
+        if trace is not None:
+            write_trace(trace, runs, f"{workload.name} on {setup.cluster.name}")
+        result = _result(setup.cluster, workload, setup.device_profile, setup.topology, layout, builder.coster,
+                         placement, setup.plan, runs, routings, setup.network_name, setup.seed, detail,
+                         builder if isinstance(builder, Pipeline) else None)
+        del runs, routings, builder  # freed before the collector resumes, so it never walks them
+    return result
 
 
 def _pipeline_summary(pipeline: Pipeline, paths: dict[str, dict[str, float]], steps: int, workload: WorkloadConfig,

@@ -107,3 +107,24 @@ def test_a_simulated_timeline_and_trace_show_ops_not_their_fusions(tmp_path):
     assert not any(" .. " in n for n in names)
     traced = {e["name"] for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"] if e["ph"] == "X"}
     assert "L1 router fwd" in traced and not any(" .. " in n for n in traced)
+
+
+def test_a_simulated_step_leaves_no_cycles_for_the_collector():
+    # The collector is paused while steps run; a cycle holding a step's graph (the executor's functions naming each
+    # other, a builder's recursive helper) would keep every node, span and event of every step until it resumed.
+    import gc
+    from pathsim import simulate
+    from pathsim.workload import load_workload
+    w = load_workload("palm-8b").model_dump(mode="json")
+    w["training"].update(micro_batches=8, shard_parameters=False)
+    w["parallelism"].update(tensor=8, pipeline=4, pipeline_schedule="zb1p")
+    simulate("dgx-h100-32", w)  # (imports and caches made once)
+    gc.collect()
+    gc.disable()
+    try:
+        simulate("dgx-h100-32", w, steps=2)
+        simulate("tpu-v4-8x8x8", "switch-base-128")
+        left = gc.collect()
+    finally:
+        gc.enable()
+    assert left < 100, f"{left} objects in cycles"

@@ -254,6 +254,8 @@ class Pipeline:
             stage.nodes.append(Node(fixed[s]["optimizer"], grad_ends, (s,)))
             background += stage.background
             streams.append(Stream(f"stage {s}", stage.nodes, CRITICAL, None, s))
+        # It calls itself: a cycle through its cell that would hold every halved op until the collector ran.
+        halved = None  # noqa: F811 (emptied, not redefined)
         return Graph(streams + background, groups=P, critical=tuple(st.name for st in streams)), routings
 
 

@@ -255,6 +255,8 @@ def run_graph(graph: Graph) -> StepRun:
             env.timeout(node.op.duration_s).callbacks.append(lambda _: finish(start))
 
         def finish(start: float) -> None:
+            nonlocal ask
+            ask = None  # ask's callbacks name it: a cycle that would keep the step alive until the collector runs
             for lock in held:
                 lock.release()
             run.spans.append(Span(node.op, stream.name, start, env.now, tuple(waits), node.groups[0], keys))
@@ -315,4 +317,8 @@ def run_graph(graph: Graph) -> StepRun:
         raise RuntimeError(f"the graph deadlocked: {len(stuck)} of {len(graph.streams)} streams never finished "
                            f"(first: {', '.join(stuck[:3])})")
     run.step_time_s = env.now
+    # The executor's functions name each other (launch, single, process...): a cycle through this frame's cells that
+    # would hold every node, span and event of the step until the cycle collector ran. Emptying the cells lets
+    # reference counting free them the moment the step is summed up.
+    segments = wait_for = hold = chain = single = launch = process = None  # noqa: F811 (emptied, not redefined)
     return run
