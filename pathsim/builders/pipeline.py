@@ -38,7 +38,7 @@ import numpy as np
 from pathsim.builders.schedules import SCHEDULES, Unit, peak_in_flight
 from pathsim.builders.training import ItemStream, CRITICAL, fixed_ops, grad_streams, moe_micro_batches
 from pathsim.engine import NETWORK, Graph, Node, Op, Stream
-from pathsim.engine.graph import COMPUTE, Await, Prefetch, fusable, fuse
+from pathsim.engine.graph import COMPUTE, Await, Prefetch, fuse, fuse_runs
 from pathsim.memory import Held
 from pathsim.model_math import layer_shapes
 from pathsim.routing import LoadSample
@@ -158,21 +158,7 @@ class Pipeline:
             plan, placement, rng, self.micro_batches, model.moe_layers,
             lambda mb, layer: self.costers[self.stage_of_layer[self.path_of_mb[mb]][layer]])
 
-        halves: dict[int, tuple] = {}
-
-        def halved(item):
-            """(input-gradient part, weight-gradient part) of a backward item; None where a part is empty. A fused
-            op's halves are its parts' halves, fused."""
-            if not isinstance(item, Op) or item.weight_share == 0.0:
-                return item, None
-            if id(item) not in halves:
-                if item.parts:
-                    pairs = [halved(part) for part in item.parts]
-                    halves[id(item)] = (fuse([b for b, _ in pairs]), fuse([w for _, w in pairs if w is not None]))
-                else:
-                    w = item.weight_share
-                    halves[id(item)] = (item.share(1 - w), item.share(w, item.name.replace(" bwd", " wgrad")))
-            return halves[id(item)]
+        halves: dict[int, tuple] = {}  # (each op's halves made once a step, however many units share it)
 
         def ops_of(stage: int, unit: Unit) -> list[tuple[int, list]]:
             """(layer, its items) of one unit, in execution order (model.layers stands for the LM head)."""
@@ -193,7 +179,7 @@ class Pipeline:
                 out.append((i, ffn + f["attention"][True][i]))
             if self.split:  # B: the input gradients only; W: the weight gradients it left, as their own ops
                 part = 0 if unit.kind == "B" else 1
-                out = [(i, [h for h in (halved(item)[part] for item in items) if h is not None]) for i, items in out]
+                out = [(i, [h for h in (_halved(item, halves)[part] for item in items) if h is not None]) for i, items in out]
             return out if unit.kind == "W" else with_gathers(out, self.gathers[stage][True])  # dW = Xᵀ·dY needs no weights
 
         # ZeRO-3: a stage gathers each layer's weights for every unit that runs it (forward, and the backward's
@@ -244,7 +230,9 @@ class Pipeline:
             k = 0
             while k < len(order):
                 group = [(k, order[k])] + ([(k + 1, order[k + 1])] if order[k].paired else [])
-                ends = _run_overlapped(stage, [chain(j, u) for j, u in group], background, grad_ends, s)
+                # A unit's compute ops in a row run as one (its runs never straddle a hand-over, which follows
+                # communication).
+                ends = _run_overlapped(stage, [fuse_runs(chain(j, u)) for j, u in group], background, grad_ends, s)
                 for (j, unit), end in zip(group, ends):
                     target = self.neighbour(s, unit.chunk, 1 if unit.kind == "F" else -1)
                     if target is not None and unit.kind != "W":
@@ -254,9 +242,22 @@ class Pipeline:
             stage.nodes.append(Node(fixed[s]["optimizer"], grad_ends, (s,)))
             background += stage.background
             streams.append(Stream(f"stage {s}", stage.nodes, CRITICAL, None, s))
-        # It calls itself: a cycle through its cell that would hold every halved op until the collector ran.
-        halved = None  # noqa: F811 (emptied, not redefined)
         return Graph(streams + background, groups=P, critical=tuple(st.name for st in streams)), routings
+
+
+def _halved(item, halves: dict[int, tuple]) -> tuple:
+    """(input-gradient part, weight-gradient part) of a backward item, None where a part is empty; a fused op's
+    halves are its parts' halves, fused. `halves`: those made so far, by op."""
+    if not isinstance(item, Op) or item.weight_share == 0.0:
+        return item, None
+    if id(item) not in halves:
+        if item.parts:
+            pairs = [_halved(part, halves) for part in item.parts]
+            halves[id(item)] = (fuse([b for b, _ in pairs]), fuse([w for _, w in pairs if w is not None]))
+        else:
+            w = item.weight_share
+            halves[id(item)] = (item.share(1 - w), item.share(w, item.name.replace(" bwd", " wgrad")))
+    return halves[id(item)]
 
 
 class _Input:
@@ -288,30 +289,16 @@ def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stre
     overlapped, nodes, groups = len(chains) > 1, stage.nodes, (group,)
 
     def take(c: int) -> None:
-        """Chain c's next run: its pending communication awaited, its compute ops (those in a row fused into one),
-        its next communication started."""
+        """Chain c's next run: its pending communication awaited, its compute ops, its next communication started."""
         items = chains[c]
         for op in pending[c]:
             stage.add(Await(op))
         pending[c] = []
         k = cursor[c]
-        run: list[Op] = []
-
-        def flush() -> None:
-            if run:
-                node = Node(fuse(run), groups=groups)
-                nodes.append(node)
-                ends[c] = node
-                run.clear()
-
         while k < len(items):
             item = items[k]
             k += 1
-            if fusable(item):  # most items
-                run.append(item)
-                continue
-            flush()
-            if type(item) is Op:
+            if type(item) is Op:  # most items
                 if overlapped and item.resource != COMPUTE:
                     stage.add(Prefetch(item))  # overlapped: runs under the other unit's compute
                     pending[c].append(item)
@@ -332,7 +319,6 @@ def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stre
             else:
                 stage.add(item)
                 ends[c] = stage.last()
-        flush()
         cursor[c] = k
 
     while any(cursor[c] < len(chains[c]) for c in range(len(chains))):

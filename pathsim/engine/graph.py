@@ -74,8 +74,6 @@ def fuse(ops: "list[Op] | tuple[Op, ...]") -> Op:
     if len(ops) == 1:
         return ops[0]
     parts = tuple(p for op in ops for p in (op.parts or (op,)))
-    if len(parts) == 1:
-        return parts[0]
     if not all(fusable(p) for p in parts):
         raise ValueError(f"only plain compute ops fuse, not {[p.name for p in parts if not fusable(p)]}")
     duration = flops = weight_s = straggler = 0.0
