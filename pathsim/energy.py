@@ -56,12 +56,21 @@ def _coverage(boundaries: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> n
 
 def state_timeline(spans: list[Span], step_time_s: float) -> StateTimeline:
     """The mean chip's compute / communication / idle segments over one step, adjacent equal states merged."""
-    # A fused op waits for the slowest chip inside its parts: their own intervals (else one interval serves).
-    compute = [(p.start_s, p.end_s - p.op.straggler_s) for s in spans if s.op.resource == COMPUTE
-               for p in (s.pieces() if s.op.parts and s.op.straggler_s > 0 else (s,))]
-    network = [(s.start_s, s.end_s) for s in spans if s.op.resource != COMPUTE]  # ICI / fabric or DCN
-    c = np.array(compute, dtype=np.float64).reshape(-1, 2)
-    n = np.array(network, dtype=np.float64).reshape(-1, 2)
+    compute_start, compute_end, network_start, network_end = [], [], [], []
+    for span in spans:
+        op = span.op
+        if op.resource != COMPUTE:  # ICI / fabric or DCN
+            network_start.append(span.start_s)
+            network_end.append(span.end_s)
+        elif op.parts and op.straggler_s > 0:  # a fused op waits for the slowest chip inside its parts
+            for part, (start, end) in zip(op.parts, span.part_times()):
+                compute_start.append(start)
+                compute_end.append(end - part.straggler_s)
+        else:
+            compute_start.append(span.start_s)
+            compute_end.append(span.end_s - op.straggler_s)
+    c = np.column_stack([np.array(compute_start, dtype=np.float64), np.array(compute_end, dtype=np.float64)])
+    n = np.column_stack([np.array(network_start, dtype=np.float64), np.array(network_end, dtype=np.float64)])
     c, n = c[c[:, 1] > c[:, 0]], n[n[:, 1] > n[:, 0]]
     boundaries = np.unique(np.concatenate([[0.0, step_time_s], c.ravel(), n.ravel()]))
     computing = _coverage(boundaries, c[:, 0], c[:, 1]) > 0

@@ -122,8 +122,8 @@ class Pipeline:
         done = "W" if self.split else "B"
         self.last_backward = {(s, c): max(k for k, u in enumerate(order) if u.kind == done and u.chunk == c)
                               for s, order in enumerate(self.orders) for c in range(self.chunks)}
-        self.gathers = [{False: dict(zip([*held.layers, self.model.layers], f["gathers"][False])),
-                         True: dict(zip(held.layers, f["gathers"][True]))} for held, f in zip(self.held, self.fixed)]
+        self.gathers = [{False: _present(zip([*held.layers, self.model.layers], f["gathers"][False])),
+                         True: _present(zip(held.layers, f["gathers"][True]))} for held, f in zip(self.held, self.fixed)]
 
     def layers_of(self, stage: int, chunk: int) -> range:
         return self.parts[self.position[stage, chunk]]
@@ -178,14 +178,21 @@ class Pipeline:
                 ffn = moe_ops[unit.mb, i][1] if model.is_moe(i) else f["dense_ffn"][True][i]
                 out.append((i, ffn + f["attention"][True][i]))
             if self.split:  # B: the input gradients only; W: the weight gradients it left, as their own ops
-                part = 0 if unit.kind == "B" else 1
-                out = [(i, [h for h in (_halved(item, halves)[part] for item in items) if h is not None]) for i, items in out]
+                part, split = 0 if unit.kind == "B" else 1, []
+                for i, items in out:
+                    kept = []
+                    for item in items:
+                        half = (halves.get(id(item)) or _halved(item, halves))[part]
+                        if half is not None:
+                            kept.append(half)
+                    split.append((i, kept))
+                out = split
             return out if unit.kind == "W" else with_gathers(out, self.gathers[stage][True])  # dW = Xᵀ·dY needs no weights
 
         # ZeRO-3: a stage gathers each layer's weights for every unit that runs it (forward, and the backward's
         # input gradients), the next layer's while one computes; the head's stay gathered for the backward.
-        def with_gathers(out: list[tuple[int, list]], weights: dict[int, Op | None]) -> list[tuple[int, list]]:
-            if not any(weights.values()):
+        def with_gathers(out: list[tuple[int, list]], weights: dict[int, Op]) -> list[tuple[int, list]]:
+            if not weights:
                 return out
             order = [layer for layer, _ in out]
             fetched = []
@@ -245,6 +252,11 @@ class Pipeline:
         return Graph(streams + background, groups=P, critical=tuple(st.name for st in streams)), routings
 
 
+def _present(pairs) -> dict:
+    """The (key, value) pairs whose value is not None, as a dict."""
+    return {key: value for key, value in pairs if value is not None}
+
+
 def _halved(item, halves: dict[int, tuple]) -> tuple:
     """(input-gradient part, weight-gradient part) of a backward item, None where a part is empty; a fused op's
     halves are its parts' halves, fused. `halves`: those made so far, by op."""
@@ -293,7 +305,7 @@ def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stre
         """Chain c's next run: its pending communication awaited, its compute ops, its next communication started."""
         items = chains[c]
         for op in pending[c]:
-            stage.add(Await(op))
+            stage.await_op(op)
         pending[c] = []
         k = cursor[c]
         while k < len(items):
@@ -301,9 +313,8 @@ def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stre
             k += 1
             if type(item) is Op:  # most items
                 if overlapped and item.resource != COMPUTE:
-                    stage.add(Prefetch(item))  # overlapped: runs under the other unit's compute
+                    ends[c] = stage.prefetch(item)  # overlapped: runs under the other unit's compute
                     pending[c].append(item)
-                    ends[c] = stage.prefetched(item)
                     if k < len(items) and not (type(items[k]) is Op and items[k].resource != COMPUTE):
                         break  # hand over to the other unit until this one's next compute
                     continue
@@ -328,7 +339,7 @@ def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stre
         turn = (turn + 1) % len(chains)
     for c in range(len(chains)):  # what is still in flight when both units' compute is done
         for op in pending[c]:
-            stage.add(Await(op))
+            stage.await_op(op)
     return [end if end is not None else stage.last() for end in ends]
 
 

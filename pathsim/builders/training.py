@@ -154,20 +154,25 @@ class ItemStream:
     def last(self) -> Node | None:
         return self.nodes[-1] if self.nodes else None
 
-    def prefetched(self, op: Op) -> Node:
-        """The background node of a prefetched op not yet awaited."""
-        return self._prefetched[id(op)]
-
     def add(self, item: Item) -> None:
         kind = type(item)  # (not isinstance: a large graph adds millions of items, most of them plain ops)
         if kind is Prefetch:
-            node = Node(item.op, groups=(self.group,))
-            self._prefetched[id(item.op)] = node
-            self.background.append(Stream("prefetch", [node], CRITICAL, self.last(), self.group))
+            self.prefetch(item.op)
         elif kind is Await:
-            self.nodes.append(Node(None, [self._prefetched.pop(id(item.op))], (self.group,), wait_category=item.op.category))
+            self.await_op(item.op)
         else:
             self.nodes.append(Node(item, groups=(self.group,)))
+
+    def prefetch(self, op: Op) -> Node:
+        """Start `op` in the background after the stream's latest node (a :class:`Prefetch`); its node."""
+        node = Node(op, groups=(self.group,))
+        self._prefetched[id(op)] = node
+        self.background.append(Stream("prefetch", [node], CRITICAL, self.nodes[-1] if self.nodes else None, self.group))
+        return node
+
+    def await_op(self, op: Op) -> None:
+        """Wait here for the prefetched `op` (an :class:`Await`)."""
+        self.nodes.append(Node(None, [self._prefetched.pop(id(op))], (self.group,), wait_category=op.category))
 
 
 def critical_stream(schedule: StepSchedule, name: str = "main", group: int = 0) -> tuple[Stream, list[Stream]]:

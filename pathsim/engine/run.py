@@ -53,17 +53,21 @@ class Span:
         """How long it waited for its resources before it started."""
         return sum(got - asked for _, asked, got in self.waits)
 
-    def pieces(self) -> list["Span"]:
-        """This span op by op: a fused op's parts laid end to end (its waits go to the first), else itself."""
-        parts = self.op.parts
-        if not parts:
-            return [self]
-        out, at = [], self.start_s
+    def part_times(self) -> list[tuple[float, float]]:
+        """(start, end) of each part of a fused op, laid end to end (the last ends with the span)."""
+        parts, out, at = self.op.parts, [], self.start_s
         for k, part in enumerate(parts):
             end = self.end_s if k == len(parts) - 1 else at + part.duration_s
-            out.append(Span(part, self.stream, at, end, self.waits if k == 0 else (), self.group, self.held))
+            out.append((at, end))
             at = end
         return out
+
+    def pieces(self) -> list["Span"]:
+        """This span op by op: a fused op's parts laid end to end (its waits go to the first), else itself."""
+        if not self.op.parts:
+            return [self]
+        return [Span(part, self.stream, start, end, self.waits if k == 0 else (), self.group, self.held)
+                for k, (part, (start, end)) in enumerate(zip(self.op.parts, self.part_times()))]
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,7 @@ def run_graph(graph: Graph) -> StepRun:
             break
         events += 1
     run.events = events
-    stuck = [stream.name for stream in graph.streams if id(stream) not in executor.finished]
+    stuck = [stream.name for stream in graph.streams if stream not in executor.finished]
     if stuck:  # a builder's bug (a cycle of waits), never a user's: a step that silently ends early would be a lie
         raise RuntimeError(f"the graph deadlocked: {len(stuck)} of {len(graph.streams)} streams never finished "
                            f"(first: {', '.join(stuck[:3])})")
@@ -152,38 +156,40 @@ class _Executor:
     def __init__(self, graph: Graph):
         self.env = env = simpy.Environment()
         kinds: dict[tuple, tuple[str, ...]] = {}  # resource keys by (op's resources, groups): few distinct ones
-        self.held_by: dict[int, tuple[str, ...]] = {}
+        self.held_by: dict[Node, tuple[str, ...]] = {}  # (nodes and streams hash by identity)
         users: dict[str, int] = {}  # streams using each resource
-        depended: set[int] = set()
-        self.launches: dict[int, list[Stream]] = {}
+        depended: set[Node] = set()
+        self.launches: dict[Node, list[Stream]] = {}
+        held_by, depend = self.held_by, depended.add
         for stream in graph.streams:
             used = set()
             for node in stream.nodes:
                 for dep in node.deps:
-                    depended.add(id(dep))
-                if node.op is None:
-                    self.held_by[id(node)] = ()
+                    depend(dep)
+                op = node.op
+                if op is None:
+                    held_by[node] = ()
                     continue
-                kind = (node.op.resource, node.op.also, node.groups)
+                kind = (op.resource, op.also, node.groups)
                 keys = kinds.get(kind)
                 if keys is None:
                     keys = kinds[kind] = node.resources
-                self.held_by[id(node)] = keys
+                held_by[node] = keys
                 used.add(keys)
             for key in {key for keys in used for key in keys}:
                 users[key] = users.get(key, 0) + 1
             if stream.after is not None:
-                self.launches.setdefault(id(stream.after), []).append(stream)
+                self.launches.setdefault(stream.after, []).append(stream)
         # A resource only one stream uses is never contended (a stream runs its nodes one at a time): it needs no
         # SimPy resource, whose requests are most of a large graph's events.
         self.resources = {key: _Lock(env) for key in sorted(users) if users[key] > 1}
         self.contended = {keys: any(key in self.resources for key in keys) for keys in [*kinds.values(), ()]}
         self.run = StepRun(groups=graph.groups, critical=graph.critical)
-        self.done: dict[int, simpy.Event] = {node: env.event() for node in depended}
-        self.asked_at: dict[int, float] = {}  # when each node waited for got under way
+        self.done: dict[Node, simpy.Event] = {node: env.event() for node in depended}
+        self.asked_at: dict[Node, float] = {}  # when each node waited for got under way
         self.exposed: dict[int, Op] = {}  # the exposed copy of an op waited for (one per op, however often it is)
         self.observed = depended | self.launches.keys()  # nodes another stream waits for or starts after
-        self.finished: set[int] = set()
+        self.finished: set[Stream] = set()
         self.starting: deque[_StreamRun] = deque()  # launched, to start once the current event is processed
 
     def launch(self, stream: Stream) -> None:
@@ -194,16 +200,18 @@ class _Executor:
         where no other stream waits for, or is launched by, any but the last, and only the first waits for
         dependencies (nothing outside the chain can tell it from op after op). Each other node is a chain of its
         own."""
+        if len(stream.nodes) == 1:  # (most streams: a prefetch, a send)
+            return [stream.nodes]
         out: list[list[Node]] = []
         open_chain = False  # whether the last chain may take the next node
         held_by, contended, observed = self.held_by, self.contended, self.observed
         for node in stream.nodes:
-            free = node.op is not None and not contended[held_by[id(node)]]
+            free = node.op is not None and not contended[held_by[node]]
             if open_chain and free and not node.deps:
                 out[-1].append(node)
             else:
                 out.append([node])
-            open_chain = free and id(node) not in observed
+            open_chain = free and node not in observed
         return out
 
 
@@ -230,17 +238,17 @@ class _StreamRun:
         while self.at < len(segments):
             node = segments[self.at][0]
             if node.deps:
-                pending = [dep for dep in node.deps if not done[id(dep)].triggered]
+                pending = [dep for dep in node.deps if not done[dep].triggered]
                 if pending:
                     self.pending, self.since = pending, ex.env.now
-                    event = (done[id(pending[0])] if len(pending) == 1
-                             else simpy.AllOf(ex.env, [done[id(dep)] for dep in pending]))
+                    event = (done[pending[0]] if len(pending) == 1
+                             else simpy.AllOf(ex.env, [done[dep] for dep in pending]))
                     event.callbacks.append(self.waited)
                     return
             if self.begin():
                 return
             self.end()
-        ex.finished.add(id(self.stream))
+        ex.finished.add(self.stream)
 
     def waited(self, _) -> None:
         """The dependencies are done: record the wait where the node asks for it, then go on."""
@@ -251,8 +259,8 @@ class _StreamRun:
             # Blame the dependency that got under way last (builders give recorded waits a single dependency, so
             # this is the one the stream waited for).
             asked_at = ex.asked_at
-            last = pending[0] if len(pending) == 1 else max(pending, key=lambda dep: (asked_at[id(dep)], pending.index(dep)))
-            under_way = max(since, asked_at[id(last)])
+            last = pending[0] if len(pending) == 1 else max(pending, key=lambda dep: (asked_at[dep], pending.index(dep)))
+            under_way = max(since, asked_at[last])
             stream = self.stream
             if under_way > since:
                 ex.run.idle.append(Idle(stream.name, stream.group, since, under_way, node.wait_category))
@@ -276,9 +284,9 @@ class _StreamRun:
             spans, name, held_by = ex.run.spans, self.stream.name, ex.held_by
             for node in nodes:
                 begin, end = end, end + node.op.duration_s
-                spans.append(Span(node.op, name, begin, end, (), node.groups[0], held_by[id(node)]))
-            if id(node) in ex.done:
-                ex.asked_at[id(node)] = begin
+                spans.append(Span(node.op, name, begin, end, (), node.groups[0], held_by[node]))
+            if node in ex.done:
+                ex.asked_at[node] = begin
             delay = end - start
             while start + delay < end:  # the difference can round: nudge it until the sum lands on the end
                 delay = math.nextafter(delay, math.inf)
@@ -286,11 +294,11 @@ class _StreamRun:
                 delay = math.nextafter(delay, -math.inf)
             env.timeout(delay).callbacks.append(self.chained)
             return True
-        if id(node) in ex.done:
-            ex.asked_at[id(node)] = env.now
+        if node in ex.done:
+            ex.asked_at[node] = env.now
         if node.op is None:
             return False
-        keys = ex.held_by[id(node)]
+        keys = ex.held_by[node]
         if ex.contended[keys]:
             self.wanted = [key for key in keys if key in ex.resources]
             self.locks, self.waits = [], []
@@ -326,7 +334,7 @@ class _StreamRun:
                 lock.release()
             waits = tuple(self.waits)
         ex.run.spans.append(Span(node.op, self.stream.name, self.start, ex.env.now, waits, node.groups[0],
-                                 ex.held_by[id(node)]))
+                                 ex.held_by[node]))
         self.end()
         self.advance()
 
@@ -338,7 +346,7 @@ class _StreamRun:
         """The current chain is over: signal the streams waiting for its last node, launch those after it."""
         ex, node = self.ex, self.segments[self.at][-1]
         self.at += 1
-        if id(node) in ex.done:
-            ex.done[id(node)].succeed()
-        for later in ex.launches.get(id(node), ()):
+        if node in ex.done:
+            ex.done[node].succeed()
+        for later in ex.launches.get(node, ()):
             ex.launch(later)

@@ -16,7 +16,6 @@ the phase as its model would route it (every non-zero weight set to one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -54,26 +53,31 @@ class PhaseBasis:
             raise ValueError(f"weights must be (phases × {self.size}), got {weights.shape}")
         loads = weights @ self.loads
         drain = np.max(loads / self._bandwidth, axis=1, initial=0.0)
-        latency = np.array([self.latency(row) if d > 0 else 0.0 for row, d in zip(weights, drain)])
+        used = weights > 0
+        packed = np.packbits(used, axis=1)  # (one key per phase: which weights are non-zero)
+        latency = np.zeros(len(weights))
+        for row in np.flatnonzero(drain > 0):
+            key = packed[row].tobytes()
+            known = self._latency.get(key)
+            latency[row] = known if known is not None else self._route_latency(used[row], key)
         return drain + latency, [LinkBytes(row, self) for row in weights]
 
-    def latency(self, weights: np.ndarray) -> float:
+    def _route_latency(self, used: np.ndarray, key: bytes) -> float:
         """The longest route latency among the phase's flows: a function of which weights are non-zero only."""
-        used = weights > 0
-        key = np.packbits(used).tobytes()
-        if key not in self._latency:
-            loads = np.zeros(self.topology.num_links)
-            loads[self.links] = used.astype(np.float64) @ self.loads
-            self._latency[key] = float(self.topology.max_path_latency(self.traffic_of(used.astype(np.float64)), loads))
+        loads = np.zeros(self.topology.num_links)
+        loads[self.links] = used.astype(np.float64) @ self.loads
+        self._latency[key] = float(self.topology.max_path_latency(self.traffic_of(used.astype(np.float64)), loads))
         return self._latency[key]
 
 
-@dataclass(frozen=True, eq=False)
 class LinkBytes:
-    """One phase's bytes per link, held as its weights over a basis (see :class:`PhaseBasis`)."""
+    """One phase's bytes per link, held as its weights over a basis (see :class:`PhaseBasis`). (A plain class: a
+    step makes tens of thousands.)"""
 
-    weights: np.ndarray
-    basis: PhaseBasis
+    __slots__ = ("weights", "basis")
+
+    def __init__(self, weights: np.ndarray, basis: PhaseBasis):
+        self.weights, self.basis = weights, basis
 
     def dense(self) -> np.ndarray:
         out = np.zeros(self.basis.topology.num_links)
