@@ -92,7 +92,7 @@ def fuse_runs(items: list) -> list:
     out: list = []
     run: list[Op] = []
     for item in items:
-        if fusable(item):
+        if type(item) is Op and item.resource == COMPUTE and item.category == "compute" and not item.also:  # fusable
             run.append(item)
             continue
         if run:
