@@ -462,11 +462,17 @@ def _cmd_presets(args) -> int:
 
 
 def _is_workload(ref: str) -> bool:
-    """A workload preset name, or a YAML file with a `model:` section (clusters have `topology:`)."""
+    """A workload preset name, or a YAML file with a workload's sections (clusters have `topology:`) or extending
+    a workload preset."""
     if preset_path("workloads", ref) is not None:
         return True
     path = Path(ref)
-    return path.suffix in (".yaml", ".yml") and path.is_file() and "model" in read_yaml_mapping(path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        return False
+    mapping = read_yaml_mapping(path)
+    base = mapping.get("extends")
+    return (any(key in mapping for key in ("model", "training", "parallelism", "tasks"))
+            or (isinstance(base, str) and preset_path("workloads", base) is not None))
 
 
 def _cmd_validate(args) -> int:

@@ -5,7 +5,9 @@ and gradients in the model dtype, plus optimizer state per parameter — Adam
 keeps an fp32 master copy, momentum and variance (12 bytes); Adafactor an fp32
 master copy plus factored second moments (≈4 bytes); SGD the fp32 master copy.
 With ``shard_optimizer`` (ZeRO-1) that state is split over the replicas of each
-parameter; with ``shard_parameters`` (ZeRO-3 / FSDP) the dense weights and
+parameter, with ``shard_gradients`` (ZeRO-2) the gradients too (a chip keeps the
+shard it updates: each bucket is reduce-scattered as it completes, and the
+bucket in flight is not counted); with ``shard_parameters`` (ZeRO-3 / FSDP) the dense weights and
 their gradients are split too, over the data ranks of a slice, and a chip holds
 two layers' gathered weights at a time (the one computing, the one
 prefetched). Activations follow :mod:`pathsim.model_math` for one micro-batch
@@ -115,7 +117,9 @@ def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int,
     params = dense / layout.parameter_shards + experts
     gathered = gathered_weight_params(workload, layout)
     dtype = model.dtype_bytes
-    optimizer = OPTIMIZER_STATE_BYTES[workload.training.optimizer] * optimizer_params_per_chip(workload, layout, expert_slots, held)
+    updated = optimizer_params_per_chip(workload, layout, expert_slots, held)
+    optimizer = OPTIMIZER_STATE_BYTES[workload.training.optimizer] * updated
+    gradients = (updated if workload.training.shard_gradients else params) * dtype
     layer_bytes = {moe: activation_bytes_per_token(model, moe, workload.training.recompute, layout.tensor,
                                                    workload.parallelism.sequence_parallel)
                    for moe in {model.is_moe(i) for i in range(model.layers)}}
@@ -124,9 +128,9 @@ def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int,
     else:
         per_token = sum(count * layer_bytes[model.is_moe(i)] for i, count in zip(held.layers, held.in_flight))
     activations = per_token * layout.tokens_per_chip(workload) * (dtype / 2.0)
-    total = (params + gathered) * dtype + params * dtype + optimizer + activations
+    total = (params + gathered) * dtype + gradients + optimizer + activations
     return MemoryReport(
-        parameters_bytes=(params + gathered) * dtype, gradients_bytes=params * dtype, optimizer_bytes=optimizer,
+        parameters_bytes=(params + gathered) * dtype, gradients_bytes=gradients, optimizer_bytes=optimizer,
         activations_bytes=activations, total_bytes=total, hbm_bytes=hbm_bytes, headroom_bytes=hbm_bytes - total,
         fits=total <= hbm_bytes,
         note=((f"pipeline stage with layers {format_id_ranges(held.layers)}, up to {max(held.in_flight)} micro-batch(es) "
@@ -135,6 +139,7 @@ def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int,
               f"{len(model.moe_layers) if held is None else sum(model.is_moe(i) for i in held.layers)} MoE layers; "
               f"{workload.training.optimizer} state "
               f"{'sharded (ZeRO-1)' if workload.training.shard_optimizer else 'replicated'}; "
+              + ("gradients sharded with it (ZeRO-2); " if workload.training.shard_gradients else "")
               + (f"dense weights sharded {layout.parameter_shards}-way (ZeRO-3), two layers gathered; "
                  if layout.parameter_shards > 1 else "") +
               f"recompute {workload.training.recompute}"),

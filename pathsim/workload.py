@@ -123,6 +123,9 @@ class TrainingSpec(StrictModel):
     recompute: Literal["none", "selective", "full"] = "none"
     grad_sync_overlap: bool = Field(True, description="overlap gradient sync with the backward pass")
     shard_optimizer: bool = Field(True, description="ZeRO-1: optimizer state sharded over data-parallel replicas")
+    shard_gradients: bool = Field(
+        False, description="ZeRO-2: gradients sharded too, over the same replicas as the optimizer state (each bucket "
+                           "reduce-scattered as it completes, so a chip keeps only its shard); needs shard_optimizer")
     shard_parameters: bool = Field(
         False, description="ZeRO-3 / fully sharded data parallelism: dense parameters and their gradients sharded over the "
                            "data-parallel ranks of each slice, each layer's weights all-gathered (one layer ahead) before its "
@@ -269,6 +272,9 @@ class WorkloadConfig(StrictModel):
                 if reach is not None and np.setdiff1d(ids, reach).size:
                     raise ValueError(f"tasks[{i}].affinity.experts names expert {np.setdiff1d(ids, reach)[0]}, which is not among "
                                      f"the task's reachable_experts")
+        if self.training.shard_gradients and not self.training.shard_optimizer:
+            raise ValueError("training.shard_gradients (ZeRO-2) keeps each chip's gradient shard beside its optimizer "
+                             "state shard: set training.shard_optimizer: true too, or shard_gradients: false")
         if self.training.tokens_per_step % self.training.micro_batches:
             raise ValueError(f"training.tokens_per_step ({self.training.tokens_per_step}) is not a multiple of "
                              f"training.micro_batches ({self.training.micro_batches})")

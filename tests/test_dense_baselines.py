@@ -11,6 +11,7 @@ import json
 import pytest
 
 import pathsim
+from pathsim.errors import PathsimConfigError
 from pathsim.memory import dense_params_of_layer
 from pathsim.model_math import model_totals
 from pathsim.run_setup import prepare_run
@@ -39,6 +40,24 @@ def test_sharded_parameters_hold_a_shard_plus_two_gathered_layers():
     assert b.gradients_bytes == pytest.approx(dense / 16 * 2, rel=1e-12)
     assert b.parameters_bytes == pytest.approx((dense / 16 + 2 * largest) * 2, rel=1e-12)
     assert b.optimizer_bytes == a.optimizer_bytes  # ZeRO-1 already shards Adam's state over all 32 data ranks
+
+
+def test_sharded_gradients_are_the_shard_a_chip_updates_and_need_a_sharded_optimizer():
+    """ZeRO-2: a chip keeps the gradients of the parameters whose optimizer state it holds (Adam: 12 bytes of
+    state per parameter, so gradients in bf16 are 2/12 of it); nothing else changes, the step time included."""
+    whole = dense_workload(shard=False)
+    sharded = json.loads(json.dumps(whole))
+    sharded["training"]["shard_gradients"] = True
+    a, b = (pathsim.simulate(tpu_slices(1), w) for w in (whole, sharded))
+    assert b.memory.gradients_bytes == pytest.approx(b.memory.optimizer_bytes * 2 / 12, rel=1e-12)
+    assert b.memory.gradients_bytes == pytest.approx(a.memory.gradients_bytes / 16, rel=1e-12)  # 16 data ranks
+    assert a.memory.total_bytes - b.memory.total_bytes == pytest.approx(a.memory.gradients_bytes * 15 / 16, rel=1e-12)
+    assert (b.step_time.mean_s, b.memory.parameters_bytes) == (a.step_time.mean_s, a.memory.parameters_bytes)
+    assert "ZeRO-2" in b.memory.note and "ZeRO-2" not in a.memory.note
+    sharded["training"]["shard_optimizer"] = False
+    with pytest.raises(PathsimConfigError, match="shard_optimizer: true") as err:
+        pathsim.simulate(tpu_slices(1), sharded)
+    assert "training.shard_gradients" in str(err.value)
 
 
 def test_every_layer_is_gathered_before_its_forward_and_its_backward(tmp_path):

@@ -187,6 +187,18 @@ def test_validate_summarises_workloads_and_clusters(tmp_path, capsys):
     assert "46.7B parameters" in out and "512 x TPU v4" not in out and "64 x TPU v4" in out
 
 
+def test_validate_reads_a_file_extending_a_workload_preset_as_a_workload(tmp_path, capsys):
+    """A file with only `extends:` and an override is a workload, and its error names the workload's field."""
+    variant = tmp_path / "v.yaml"
+    variant.write_text("extends: llama3-405b\nname: llama3-405b-variant\n")
+    assert main(["validate", str(variant)]) == 0
+    assert "workload llama3-405b-variant: 405.8B parameters" in capsys.readouterr().out
+    variant.write_text("extends: llama3-405b\ntraining:\n  shard_optimizer: false\n")
+    assert main(["validate", str(variant)]) == 2
+    err = capsys.readouterr().err
+    assert "training.shard_gradients" in err and "topology" not in err
+
+
 def test_console_script_simulate_error_has_no_traceback(tmp_path):
     wl = tmp_path / "w.yaml"
     wl.write_text(GOOD.replace("top_k: 2", "top_k: 0"))
