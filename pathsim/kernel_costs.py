@@ -78,6 +78,17 @@ def attention_core(tokens, seq_len, heads, head_dim, dtype_bytes) -> KernelCost:
     return KernelCost(4.0 * tokens * seq_len * heads * head_dim, 4.0 * tokens * heads * head_dim * dtype_bytes)
 
 
+def attention_scores(tokens, seq_len, heads, dtype_bytes, dropout: bool, backward: bool) -> KernelCost:
+    """Unfused attention's s×s tensors through HBM (no flash attention): per query token, head and key, the
+    forward writes Q·Kᵀ's scores, the (fused scale-mask-)softmax reads them and writes the probabilities, dropout
+    reads those and writes the dropped ones and a one-byte mask, and P·V reads the result: 4 + 2 passes and the
+    mask (8 bytes in bf16 without dropout, 13 with). The backward writes dP (dO·Vᵀ) and reads P for dV, runs
+    dropout's backward (read, mask, write), the softmax's (dP and P read, dS written) and reads dS for dQ and for
+    dK: 7 + 2 passes and the mask (14 or 19 bytes). The matmuls' FLOPs are :func:`attention_core`'s."""
+    passes = (7.0 if backward else 4.0) + (2.0 if dropout else 0.0)
+    return KernelCost(0.0, tokens * seq_len * heads * (passes * dtype_bytes + (1.0 if dropout else 0.0)))
+
+
 def elementwise(tokens, d_model, passes, dtype_bytes) -> KernelCost:
     """A memory-bound op making `passes` reads or writes of a [tokens, d_model] tensor (norms, residuals, copies)."""
     return KernelCost(0.0, passes * tokens * d_model * dtype_bytes)

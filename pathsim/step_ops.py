@@ -79,10 +79,11 @@ class StepCoster:
         self._moe_fixed: dict[tuple[int, bool], tuple] = {}
 
     # ---- helpers ----------------------------------------------------------------------
-    def _compute(self, name, family, cost: kc.KernelCost, layer, backward=False, category="compute") -> Op:
+    def _compute(self, name, family, cost: kc.KernelCost, layer, backward=False, category="compute", scale=None) -> Op:
         """An op on every chip from its per-chip cost (backward: data and weight gradients, twice the forward; of a
-        layer with weights, half of it is the weight gradients, which zero-bubble schedules run apart)."""
-        scale = 2.0 if backward else 1.0
+        layer with weights, half of it is the weight gradients, which zero-bubble schedules run apart). `scale`:
+        the cost's multiple to run, where the cost is not the forward's (default 2 in backward, else 1)."""
+        scale = (2.0 if backward else 1.0) if scale is None else scale
         duration = self.device.time_s(family, scale * cost.flops, scale * cost.nbytes)
         return Op(name, category, COMPUTE, float(duration), layer, flops=scale * cost.flops,
                   weight_share=0.5 if backward and family in WEIGHTED_FAMILIES else 0.0)
@@ -138,6 +139,11 @@ class StepCoster:
                              kc.dense(td, s.attention_params / tp, 2 * d + 4 * d / tp, self.dtype), layer, backward)
         core = self._compute(f"L{layer} attention core {tag}", "attention",
                              kc.attention_core(td, self.model.seq_len, self.model.heads / tp, s.head_dim, self.dtype), layer, backward)
+        if not self.model.flash_attention:  # the s×s scores and probabilities go through HBM, a memory-bound pass each
+            scores = self._compute(f"L{layer} attention softmax {tag}", "elementwise",
+                                   kc.attention_scores(td, self.model.seq_len, self.model.heads / tp, self.dtype,
+                                                       self.model.dropout, backward), layer, backward, scale=1.0)
+            core = fuse([core, scores])
         # Layer norms, dropout and residuals run on a tensor rank's share of the sequence only with sequence parallelism.
         norm_tokens = t if self.workload.parallelism.sequence_parallel else td
         norm = self._compute(f"L{layer} norms+residual {tag}", "elementwise", kc.elementwise(norm_tokens, d, 8, self.dtype),

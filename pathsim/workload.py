@@ -69,7 +69,8 @@ class ModelSpec(StrictModel):
     tied_embeddings: bool = Field(False, description="the output head reuses the input embedding matrix (PaLM, T5)")
     ffn_kind: Literal["gelu", "relu", "swiglu"] = "gelu"
     flash_attention: bool = Field(False, description="fused (flash) attention: the s×s scores and softmax are never "
-                                                     "stored, so activations have no 5as/h term (as with selective recompute)")
+                                                     "stored, so activations have no 5as/h term (as with selective recompute) "
+                                                     "and no pass over them goes through HBM; unfused, each pass is timed")
     dropout: bool = Field(True, description="trained with dropout after attention and the MLP: its masks are kept for "
                                             "backward (Korthikanti et al.'s GPT-3 layers); Llama-style pre-training has none")
     parallel_layers: bool = Field(False, description="attention and a dense FFN read the same layer norm and their outputs "
