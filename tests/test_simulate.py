@@ -317,3 +317,27 @@ def test_expert_tensor_parallelism_splits_expert_weights_over_the_tensor_ranks()
     with pytest.raises(PathsimConfigError) as err:
         simulate("dgx-h100-32", w)
     assert err.value.field == "parallelism.expert_tensor"
+
+
+@pytest.mark.parametrize("dropout, forward_bytes, backward_bytes", [(True, 13, 19), (False, 8, 14)])
+def test_unfused_attention_pays_for_its_score_tensors_in_hbm(dropout, forward_bytes, backward_bytes):
+    """Without flash attention each query token's s × heads scores pass through HBM: in bf16, 13 bytes per
+    element forward and 19 backward with dropout (8 and 14 without), at the elementwise kernels' bandwidth."""
+    from pathsim.run_setup import prepare_run
+    from pathsim.step_ops import StepCoster
+    base = load_workload("megatron-gpt-1.7b").model_dump(mode="json")
+    base["model"]["dropout"] = dropout
+    base["training"]["recompute"] = "none"  # (full recompute would run the forward's pass again in backward)
+    durations = {}
+    for flash in (False, True):
+        w = json.loads(json.dumps(base))
+        w["model"]["flash_attention"] = flash
+        setup = prepare_run("dgx-a100-1", w)
+        coster = StepCoster(setup.workload, setup.layout, setup.topology, setup.network, setup.device, None)
+        durations[flash] = [sum(op.duration_s for op in coster.attention(3, backward)) for backward in (False, True)]
+    model, tokens = setup.workload.model, coster.tokens_per_data_rank
+    elements = tokens * model.seq_len * model.heads / setup.layout.tensor
+    kernel = setup.device.kernels["elementwise"]
+    for k, per_element in enumerate((forward_bytes, backward_bytes)):
+        expected = kernel.overhead_s + elements * per_element / (setup.device.hbm_bandwidth * kernel.memory_efficiency)
+        assert durations[False][k] - durations[True][k] == pytest.approx(expected, rel=1e-9)
