@@ -171,6 +171,10 @@ class ParallelismSpec(StrictModel):
         "1f1b", description="the order each stage runs its micro-batches (pathsim/builders/schedules.py); "
                             "training.micro_batches are the pipeline's micro-batches")
     virtual_stages: PositiveInt = Field(1, description="model chunks per stage (interleaved schedule: at least 2)")
+    pipeline_overlap_p2p: bool = Field(
+        True, description="a stage goes on while its activations or gradients are sent (batched isend/irecv overlapped "
+                          "with compute, Megatron-LM's overlap_p2p_comm, DualPipe); false: it waits for each send to "
+                          "finish first, as Megatron-LM of 2021 did (its exchanges waited on every request)")
     microbatch_group: PositiveInt | None = Field(
         None, description="interleaved schedule: micro-batches a stage runs through one chunk before the next (Megatron-LM's "
                           "microbatch group per virtual stage, the Llama 3 paper's N): from the stages (the default, SC'21's "

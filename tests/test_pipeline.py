@@ -396,7 +396,8 @@ def test_grouped_query_attention_and_no_dropout_keep_less_than_table_2():
 
 
 def test_sequence_parallelism_off_runs_norms_on_whole_sequences():
-    w = load_workload("megatron-gpt-18.4b").model_dump(mode="json")
+    w = load_workload("megatron-gpt-18.4b").model_dump(mode="json")  # (its preset runs without, as SC'21 did)
+    w["parallelism"]["sequence_parallel"] = True
     on = simulate("dgx-a100-32", w, detail=True)
     w["parallelism"]["sequence_parallel"] = False
     off = simulate("dgx-a100-32", w, detail=True)
@@ -508,3 +509,28 @@ def test_all_to_alls_priced_from_a_basis_give_the_step_routing_each_gives(sampli
     assert basis.breakdown.all_to_all_s == pytest.approx(direct.breakdown.all_to_all_s, rel=1e-12)
     assert basis.max_link_utilisation == pytest.approx(direct.max_link_utilisation, rel=1e-12)
     assert [h.link for h in basis.hottest_links] == [h.link for h in direct.hottest_links]
+
+
+def test_a_stage_waits_for_its_sends_only_when_they_block():
+    """GPipe on 2 uniform stages: stage 0 runs its m forwards back to back. Overlapped, its last activations arrive one
+    send after its last forward, at m·F + t; blocking (Megatron-LM of 2021), each send holds the stage: m·(F + t)."""
+    m, runs = 4, {}
+    for overlap in (True, False):
+        w = uniform_model(2, m, "gpipe")
+        w["parallelism"]["pipeline_overlap_p2p"] = overlap
+        result = simulate("dgx-h100-1", w, detail=True)
+        forward = [s for s in result.detail.timeline if s.stream == "stage 0" and s.category == "compute"
+                   and s.name.endswith("fwd")]
+        sends = sorted((s for s in result.detail.timeline if "activations stage 0 -> 1" in s.name
+                        and "(exposed)" not in s.name), key=lambda s: s.end_s)
+        t = sends[-1].end_s - sends[-1].start_s
+        assert len(sends) == m and all(s.end_s - s.start_s == pytest.approx(t, rel=1e-12) for s in sends)
+        runs[overlap] = (sum(s.end_s - s.start_s for s in forward), t, sends[-1].end_s, result)
+    (busy, t, last, plain), (busy_b, t_b, last_b, blocking) = runs[True], runs[False]
+    assert (busy_b, t_b) == (pytest.approx(busy, rel=1e-12), pytest.approx(t, rel=1e-12))
+    assert last == pytest.approx(busy + t, rel=1e-9)
+    assert last_b == pytest.approx(busy + m * t, rel=1e-9)
+    # What the stages waited for their own sends shows as exposed pipeline p2p, and lengthens the step.
+    assert blocking.breakdown.pipeline_p2p_s > plain.breakdown.pipeline_p2p_s
+    assert blocking.step_time.mean_s > plain.step_time.mean_s
+    assert blocking.breakdown.total_s() == pytest.approx(blocking.step_time.mean_s, rel=1e-9)

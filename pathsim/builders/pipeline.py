@@ -26,7 +26,8 @@ done (overlapped with its remaining backwards, as in the training builder) and
 runs its own optimizer step; the step ends when the last stage's does.
 Sends are asynchronous (a stage does not wait for its send to finish), as
 Megatron-LM's batched isend/irecv overlap with compute when communication
-overlap is on.
+overlap is on; with ``pipeline_overlap_p2p: false`` a stage waits for each of
+its sends before going on, as Megatron-LM of 2021 did.
 """
 
 from __future__ import annotations
@@ -217,6 +218,7 @@ class Pipeline:
 
         streams: list[Stream] = []
         background: list[Stream] = []
+        overlap_p2p = self.workload.parallelism.pipeline_overlap_p2p
         for s, order in enumerate(self.orders):
             stage = ItemStream(s)  # ops in turn; a context-parallel ring's K/V pass runs beside the attention core
             grad_ends: list[Node] = []
@@ -243,8 +245,10 @@ class Pipeline:
                 for (j, unit), end in zip(group, ends):
                     target = self.neighbour(s, unit.chunk, 1 if unit.kind == "F" else -1)
                     if target is not None and unit.kind != "W":
-                        background.append(Stream("p2p", [send(unit.kind, unit.mb, (s, unit.chunk), target)], CRITICAL,
-                                                 end, s))
+                        sent = send(unit.kind, unit.mb, (s, unit.chunk), target)
+                        background.append(Stream("p2p", [sent], CRITICAL, end, s))
+                        if not overlap_p2p:  # the stage waits for its send (exposed pipeline_p2p while it runs)
+                            stage.nodes.append(Node(None, [sent], (s,), wait_category="pipeline_p2p"))
                 k += len(group)
             stage.nodes.append(Node(fixed[s]["optimizer"], grad_ends, (s,)))
             background += stage.background
