@@ -209,7 +209,10 @@ class DeviceModel:
     `chip` may be None for it (calibration predicts kernels this way).
     """
 
-    def __init__(self, chip: ChipSpec | None, dtype: str, profile: DeviceProfile | None = None, source: str = "<workload>"):
+    def __init__(self, chip: ChipSpec | None, dtype: str, profile: DeviceProfile | None = None, source: str = "<workload>",
+                 compute_share: float = 1.0):
+        """`compute_share`: the share of the chip's arithmetic units its compute kernels get (the rest running
+        communication kernels), which scales the peak FLOP/s and leaves the HBM bandwidth."""
         self.profile = profile or default_profile()
         self.kernels, peak_override, bandwidth_override = self.profile.for_dtype(dtype, source)
         if peak_override is not None:
@@ -225,6 +228,7 @@ class DeviceModel:
         if bandwidth_override is None and chip is None:
             raise ValueError(f"profile {self.profile.name!r} has no measured bandwidth for {dtype!r}; pass the chip")
         self.hbm_bandwidth = bandwidth_override or chip.hbm_bandwidth
+        self.peak_flops *= compute_share
 
     def time_s(self, family: str, flops, nbytes=0.0):
         """Seconds for a kernel of `flops` FLOPs moving `nbytes` HBM bytes (numpy arrays broadcast)."""

@@ -128,7 +128,8 @@ def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | P
     topology = build_topology(cluster_config)
     layout = layout_on(workload_config, topology, source, chips)
     device_profile = load_profile(profile if profile is not None else cluster_config.profile)
-    device = DeviceModel(cluster_config.chip, workload_config.model.dtype, device_profile, source)
+    device = DeviceModel(cluster_config.chip, workload_config.model.dtype, device_profile, source,
+                         workload_config.training.compute_share)
     plan = build_plan(workload_config, layout, seed, sampling, source) if workload_config.model.moe else None
     if placement is not None and plan is None:
         raise PathsimConfigError("<arguments>", "placement", f"{workload_config.name} has no experts to place", "drop --placement")

@@ -123,6 +123,11 @@ class TrainingSpec(StrictModel):
     optimizer: Literal["adam", "adafactor", "sgd"] = "adam"
     recompute: Literal["none", "selective", "full"] = "none"
     grad_sync_overlap: bool = Field(True, description="overlap gradient sync with the backward pass")
+    compute_share: float = Field(
+        1.0, gt=0, le=1, allow_inf_nan=False,
+        description="share of each chip's arithmetic throughput its compute kernels get: below 1 where the run gives "
+                    "cores to communication kernels for the whole step (DeepSeek-V3: 20 of an H800's 132 SMs for its "
+                    "all-to-all and pipeline kernels, so 112/132); memory-bound kernels still reach full bandwidth")
     shard_optimizer: bool = Field(True, description="ZeRO-1: optimizer state sharded over data-parallel replicas")
     shard_gradients: bool = Field(
         False, description="ZeRO-2: gradients sharded too, over the same replicas as the optimizer state (each bucket "

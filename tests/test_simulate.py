@@ -341,3 +341,22 @@ def test_unfused_attention_pays_for_its_score_tensors_in_hbm(dropout, forward_by
     for k, per_element in enumerate((forward_bytes, backward_bytes)):
         expected = kernel.overhead_s + elements * per_element / (setup.device.hbm_bandwidth * kernel.memory_efficiency)
         assert durations[False][k] - durations[True][k] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_compute_share_slows_arithmetic_not_memory_traffic():
+    """DeepSeek-V3 gives 20 of an H800's 132 SMs to communication kernels: its compute kernels run at 112/132 of the
+    arithmetic rate, while a memory-bound kernel still reaches the bandwidth."""
+    from pathsim.cluster import load_cluster
+    from pathsim.device import DeviceModel
+    from pathsim.errors import PathsimConfigError
+    chip = load_cluster("h800-2048").chip
+    whole, shared = DeviceModel(chip, "bf16"), DeviceModel(chip, "bf16", compute_share=112 / 132)
+    k = whole.kernels["matmul"]
+    flops = 1e13  # compute-bound: time = overhead + (F + F_half) / (peak × efficiency)
+    assert shared.time_s("matmul", flops) - k.overhead_s == pytest.approx((whole.time_s("matmul", flops) - k.overhead_s) * 132 / 112, rel=1e-12)
+    assert shared.time_s("copy", 0.0, 1e9) == whole.time_s("copy", 0.0, 1e9)
+    w = load_workload("deepseek-v3").model_dump(mode="json")
+    assert w["training"]["compute_share"] == pytest.approx(112 / 132)
+    w["training"]["compute_share"] = 0.0
+    with pytest.raises(PathsimConfigError, match="compute_share"):
+        simulate("h800-2048", w)

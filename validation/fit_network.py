@@ -36,8 +36,11 @@ def at_full_efficiency(cluster: str):
     return config.model_copy(update={"links": links})
 
 
-def main() -> None:
+def fits() -> list[tuple[str, str, list[str], np.ndarray, float, dict[str, float]]]:
+    """Per fitted share: (link class, share, its entries, their measured / predicted-at-efficiency-1 ratios, the fit,
+    each entry's leave-one-out error: predicted from the others' fit / measured − 1)."""
     entries = {e.name: e for e in suite_entries(slow=True)}
+    out = []
     for (link, share), names in FITTED.items():
         ratios = []
         for name in names:
@@ -46,15 +49,22 @@ def main() -> None:
             full = run_collective(at_full_efficiency(e.cluster), spec.op, spec.bytes, groups=spec.groups,
                                   algorithm=spec.algorithm)
             ratios.append(e.measured / (full.busbw_bytes_per_s / 1e9))
-            print(f"{link:7s} {name:34s} measured {e.measured:7.1f}  at efficiency 1: {full.busbw_bytes_per_s / 1e9:7.1f}"
-                  f"  ratio {ratios[-1]:.4f}")
         ratios = np.array(ratios)
         fit = float(np.exp(np.log(ratios).mean()))
+        held_out = {name: float(np.exp(np.log(np.delete(ratios, k)).mean())) / ratios[k] - 1 for k, name in enumerate(names)}
+        out.append((link, share, names, ratios, fit, held_out))
+    return out
+
+
+def main() -> None:
+    entries = {e.name: e for e in suite_entries(slow=True)}
+    for link, share, names, ratios, fit, held_out in fits():
+        for name, ratio in zip(names, ratios):
+            print(f"{link:7s} {name:34s} measured {entries[name].measured:7.1f}  at efficiency 1: "
+                  f"{entries[name].measured / ratio:7.1f}  ratio {ratio:.4f}")
         print(f"{link}: {share} {fit:.3f} (geometric mean of {len(ratios)}; spread {ratios.min():.3f}-{ratios.max():.3f})")
-        for k, name in enumerate(names):
-            others = np.delete(ratios, k)
-            held_out = float(np.exp(np.log(others).mean()))
-            print(f"    leave-one-out {name:34s} predicted / measured - 1 = {held_out / ratios[k] - 1:+.1%}")
+        for name in names:
+            print(f"    leave-one-out {name:34s} predicted / measured - 1 = {held_out[name]:+.1%}")
 
 
 if __name__ == "__main__":
