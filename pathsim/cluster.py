@@ -79,6 +79,10 @@ class LinkSpec(StrictModel):
     all_to_all_efficiency: float | None = Field(
         None, gt=0.0, le=1.0, description="the same share for all-to-alls, whose many concurrent peer-to-peer "
                                           "transfers reach less than a collective's ring steps (default: efficiency)")
+    in_switch_efficiency: float | None = Field(
+        None, gt=0.0, le=1.0, description="the share an all-reduce reduced inside the switch reaches (NVLink SHARP, "
+                                          "NCCL's NVLS on NVSwitch 3 nodes: each GPU sends its buffer up once and reads "
+                                          "the sum back once); None: the switch cannot reduce")
     efficiency_source: str = ""  # where the efficiencies come from (a fit to measurements: say which)
 
     @property
@@ -89,6 +93,11 @@ class LinkSpec(StrictModel):
     def all_to_all_share(self) -> float:
         """What an all-to-all reaches of the achieved bandwidth."""
         return 1.0 if self.all_to_all_efficiency is None else self.all_to_all_efficiency / self.efficiency
+
+    @property
+    def in_switch_share(self) -> float:
+        """What an in-switch all-reduce reaches of the achieved bandwidth (0: the switch cannot reduce)."""
+        return 0.0 if self.in_switch_efficiency is None else self.in_switch_efficiency / self.efficiency
 
 
 class HostSpec(StrictModel):

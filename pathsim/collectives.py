@@ -24,6 +24,11 @@ Algorithms (``bytes`` is the per-rank buffer S; conventions as NCCL-tests):
 - ``hierarchical``: the multi-axis scheme over (GPUs in a node, nodes): NVLink
   reduce-scatter, inter-node all-reduce per local rank, NVLink all-gather, one
   after the other.
+- ``nvls``: all-reduce in the switch (NVLink SHARP, NCCL's NVLS on NVSwitch 3
+  nodes): each rank sends its buffer up to the switch once, which sums and
+  multicasts the result back, so every GPU's links carry S each way, at the
+  share ``in_switch_efficiency`` of the NVLink bandwidth. ``auto`` picks it for
+  an all-reduce inside one node whose switch reduces, as NCCL does by default.
 - ``multi_slice``: groups spanning slices of a multi-slice cluster: the slice's
   own scheme reduce-scatters inside every slice, a ring across the slices
   all-reduces each shard over the DCN (the chips at the same position of every
@@ -48,7 +53,7 @@ from pathsim.traffic import Traffic
 from pathsim.units import parse_bytes
 
 OPS = ("all_to_all", "all_reduce", "reduce_scatter", "all_gather")
-ALGORITHMS = ("auto", "direct", "ring", "bidir_ring", "torus", "rings", "hierarchical", "multi_slice")
+ALGORITHMS = ("auto", "direct", "ring", "bidir_ring", "torus", "rings", "hierarchical", "nvls", "multi_slice")
 # Bus-bandwidth factor: bytes each rank's links must move per byte of S (NCCL-tests convention).
 _BUS_FACTOR = {
     "all_to_all": lambda p: (p - 1) / p,
@@ -64,6 +69,7 @@ class Phase:
     traffic: Traffic
     repeat: int
     tier: str = "slice"  # "dcn" when the phase's traffic crosses slices over the data-center network
+    in_switch: bool = False  # reduced in the switch (nvls): timed at the bandwidth in-switch reductions reach
 
 
 class LinkUsage(BaseModel):
@@ -306,6 +312,23 @@ def _all_to_all_phase(num_chips: int, groups: np.ndarray, nbytes: float, matrix:
     return Phase("all-to-all", Traffic.from_matrix(full), 1)
 
 
+def _in_switch_phase(topology: Topology, groups: np.ndarray, nbytes: float) -> Phase | None:
+    """NVLS: every rank's buffer up to the switch and the sum back, as traffic that loads each rank's links with S
+    each way (S/(p−1) to every other rank through the one switch); None unless every link it loads reduces in the
+    switch (one NVSwitch 3 node per group)."""
+    if not isinstance(topology, FatTree) or (topology.node_of[groups] != topology.node_of[groups[:, :1]]).any():
+        return None  # (an NVSwitch reduces inside its node only)
+    p = groups.shape[1]
+    src = np.repeat(groups, p, axis=1).ravel()  # every ordered pair of each group's ranks (flows, not a matrix:
+    dst = np.tile(groups, (1, p)).ravel()  # the groups of a 16K-GPU cluster would make a 2 GB one)
+    other = src != dst
+    traffic = Traffic.from_flows(topology.num_chips, src[other], dst[other], np.full(int(other.sum()), nbytes / (p - 1)))
+    loads = topology.link_loads(traffic)
+    if not (topology.in_switch_share[loads > 0] > 0).all():
+        return None
+    return Phase(f"all-reduce in the switch ({p} ranks)", traffic, 1, in_switch=True)
+
+
 def collective_phases(topology: Topology, op: str, nbytes: float, groups: np.ndarray,
                       algorithm: str = "auto", matrix: np.ndarray | None = None, network=None) -> tuple[str, list[Phase]]:
     """The algorithm chosen and the phases it runs. With ``auto`` on GPU nodes, NCCL's rings or the hierarchical
@@ -322,6 +345,13 @@ def collective_phases(topology: Topology, op: str, nbytes: float, groups: np.nda
         return "direct", [_all_to_all_phase(topology.num_chips, groups, nbytes, matrix)]
     if algorithm == "direct":
         raise PathsimConfigError("<arguments>", "algorithm", f"'direct' is for all_to_all, not {op}", "use auto, ring, bidir_ring, torus or hierarchical")
+    if algorithm in ("auto", "nvls") and op == "all_reduce" and topology.in_switch_share.any():
+        in_switch = _in_switch_phase(topology, groups, nbytes)
+        if in_switch is not None:
+            return "nvls", [in_switch]
+    if algorithm == "nvls":
+        raise PathsimConfigError("<arguments>", "algorithm", "'nvls' reduces an all_reduce inside one node whose NVSwitch "
+                                 "reduces (a cluster whose nvlink sets in_switch_efficiency)", "use --algorithm auto or ring")
     chosen, grids, axes = _grids(topology, groups, algorithm)
     if chosen != "rings":
         return chosen, _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
@@ -331,7 +361,7 @@ def collective_phases(topology: Topology, op: str, nbytes: float, groups: np.nda
     stepped = _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
 
     def seconds(phases: list[Phase]) -> float:
-        return sum(phase.repeat * network.phase(phase.traffic).time_s for phase in phases)
+        return sum(phase.repeat * network.phase(phase.traffic, in_switch=phase.in_switch).time_s for phase in phases)
 
     return ("rings", rings) if seconds(rings) <= seconds(stepped) else ("hierarchical", stepped)
 
@@ -357,7 +387,7 @@ def run_collective(cluster: "ClusterConfig | str", op: str, nbytes: "float | str
     link_bytes = np.zeros(topology.num_links)
     summaries = []
     for phase in phases:
-        timing = network.phase(phase.traffic, all_to_all=op == "all_to_all")
+        timing = network.phase(phase.traffic, all_to_all=op == "all_to_all", in_switch=phase.in_switch)
         total += phase.repeat * timing.time_s
         drain += phase.repeat * timing.bandwidth_time_s
         latency += phase.repeat * timing.latency_s

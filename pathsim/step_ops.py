@@ -97,7 +97,7 @@ class StepCoster:
             if nbytes > 0 and groups.shape[1] >= 2:
                 _, phases = collective_phases(self.topology, op, nbytes, groups, network=self.network)
                 for phase in phases:
-                    timing = self.network.phase(phase.traffic)
+                    timing = self.network.phase(phase.traffic, in_switch=phase.in_switch)
                     if not segments or segments[-1][0] != phase.tier:
                         segments.append((phase.tier, 0.0, np.zeros(self.topology.num_links)))
                     tier, time_s, link_bytes = segments[-1]

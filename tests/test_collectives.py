@@ -159,3 +159,23 @@ def test_an_all_to_all_efficiency_slows_all_to_alls_only():
     after = {op: run_collective(cluster, op, S) for op in ("all_to_all", "all_reduce")}
     assert after["all_to_all"].bandwidth_time_s == pytest.approx(2 * before["all_to_all"].bandwidth_time_s, rel=1e-12)
     assert after["all_reduce"].time_s == before["all_reduce"].time_s
+
+
+def test_nvls_reduces_in_the_switch_inside_one_node_only():
+    """NVLink SHARP: each GPU sends S up and reads the sum back once, at the in-switch share of NVLink, so
+    busbw = 2(p − 1)/p × bandwidth × in_switch_efficiency; NCCL (auto) uses it inside an NVSwitch 3 node."""
+    from pathsim.cluster import load_cluster
+    nvlink = load_cluster("dgx-h100-1").links["nvlink"]
+    nvls = run_collective("dgx-h100-1", "all_reduce", S)
+    assert nvls.algorithm == "nvls" and [p.repeat for p in nvls.phases] == [1]
+    assert nvls.bandwidth_time_s == pytest.approx(S / (nvlink.bandwidth * nvlink.in_switch_efficiency), rel=1e-12)
+    ring_ = run_collective("dgx-h100-1", "all_reduce", S, algorithm="ring")
+    assert ring_.bandwidth_time_s == pytest.approx(2 * 7 / 8 * S / (nvlink.bandwidth * nvlink.efficiency), rel=1e-12)
+    # Only all-reduce, only inside a node, only where the switch reduces.
+    assert run_collective("dgx-h100-1", "reduce_scatter", S).algorithm == "ring"
+    assert run_collective("dgx-h100-32", "all_reduce", S, groups=32).algorithm == "nvls"
+    assert run_collective("dgx-h100-32", "all_reduce", S).algorithm == "rings"
+    assert run_collective("dgx-a100-1", "all_reduce", S).algorithm == "ring"
+    with pytest.raises(PathsimConfigError, match="in_switch_efficiency") as err:
+        run_collective("dgx-a100-1", "all_reduce", S, algorithm="nvls")
+    assert err.value.field == "algorithm"

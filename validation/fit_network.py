@@ -1,13 +1,13 @@
-"""Fit the achieved shares of link bandwidth (``links.<class>.efficiency`` and ``all_to_all_efficiency``) to the
-suite's nccl-tests entries.
+"""Fit the achieved shares of link bandwidth (``links.<class>.efficiency``, ``all_to_all_efficiency`` and
+``in_switch_efficiency``) to the suite's nccl-tests entries.
 
 For a large buffer a collective's bus bandwidth is its bottleneck links' bandwidth, so measured / predicted at
 efficiency 1 is the share the library reaches on those links. One share per link technology, whatever the chip:
 NVLink (NCCL's ring protocol inside a node: one-node all-reduce rings, all-gathers and reduce-scatters) and the
 InfiniBand NIC (multi-node all-reduces, bound by the nodes' NICs); and, apart, what NCCL's all-to-all (concurrent
-peer-to-peer sends) reaches on each: one-node all-to-alls for NVLink, multi-node ones for the NIC. NVLS
-(in-switch reduction, not modelled) is left out. Prints each entry's ratio, the fit (geometric mean) and a
-leave-one-out check: each entry predicted from the others.
+peer-to-peer sends) reaches on each: one-node all-to-alls for NVLink, multi-node ones for the NIC; and what NVLink
+SHARP's in-switch all-reduce (NVLS) reaches, from its one entry. Prints each entry's ratio, the fit (geometric mean)
+and a leave-one-out check: each entry predicted from the others (NVLS, measured once, by the model without it).
 
     python validation/fit_network.py
 """
@@ -26,12 +26,14 @@ FITTED = {  # (link class, share) fitted -> the entries that measure it
     ("nic", "efficiency"): ["nccl-a100-4node-all-reduce", "nccl-h100-4node-all-reduce"],
     ("nvlink", "all_to_all_efficiency"): ["nccl-a100-node-all-to-all", "nccl-h100-node-all-to-all"],
     ("nic", "all_to_all_efficiency"): ["nccl-a100-4node-all-to-all", "nccl-h100-4node-all-to-all"],
+    ("nvlink", "in_switch_efficiency"): ["nccl-h100-node-all-reduce-nvls"],
 }
 
 
 def at_full_efficiency(cluster: str):
     config = load_cluster(cluster)
-    links = {name: spec.model_copy(update={"efficiency": 1.0, "all_to_all_efficiency": None})
+    links = {name: spec.model_copy(update={"efficiency": 1.0, "all_to_all_efficiency": None,
+                                           "in_switch_efficiency": None if spec.in_switch_efficiency is None else 1.0})
              for name, spec in config.links.items()}
     return config.model_copy(update={"links": links})
 
@@ -51,7 +53,19 @@ def fits() -> list[tuple[str, str, list[str], np.ndarray, float, dict[str, float
             ratios.append(e.measured / (full.busbw_bytes_per_s / 1e9))
         ratios = np.array(ratios)
         fit = float(np.exp(np.log(ratios).mean()))
-        held_out = {name: float(np.exp(np.log(np.delete(ratios, k)).mean())) / ratios[k] - 1 for k, name in enumerate(names)}
+        # Held out, an entry is predicted by the others' fit; a share only one entry measures has no other fit, and
+        # the model without it is the one before the share existed (for the in-switch share: NCCL's rings).
+        if len(names) > 1:
+            held_out = {name: float(np.exp(np.log(np.delete(ratios, k)).mean())) / ratios[k] - 1
+                        for k, name in enumerate(names)}
+        else:
+            e = entries[names[0]]
+            config = load_cluster(e.cluster)
+            links = dict(config.links, **{link: config.links[link].model_copy(update={share: None})})
+            spec = e.collective
+            alone = run_collective(config.model_copy(update={"links": links}), spec.op, spec.bytes, groups=spec.groups,
+                                   algorithm=spec.algorithm)
+            held_out = {names[0]: alone.busbw_bytes_per_s / 1e9 / e.measured - 1}
         out.append((link, share, names, ratios, fit, held_out))
     return out
 

@@ -26,11 +26,13 @@ class FastModel:
     def __init__(self, topology: Topology):
         self.topology = topology
 
-    def phase(self, traffic: Traffic, all_to_all: bool = False) -> PhaseTiming:
-        """`all_to_all`: the phase is an all-to-all's, timed at the bandwidth those reach."""
+    def phase(self, traffic: Traffic, all_to_all: bool = False, in_switch: bool = False) -> PhaseTiming:
+        """`all_to_all`: the phase is an all-to-all's, timed at the bandwidth those reach; `in_switch`: an in-switch
+        reduction's (its traffic may use only links whose switch reduces)."""
         link_bytes = self.topology.link_loads(traffic)
-        bandwidth = self.topology.all_to_all_bandwidth if all_to_all else self.topology.link_bandwidth
-        drain = float(np.max(link_bytes / bandwidth, initial=0.0))
+        bandwidth = self.topology.reached_bandwidth(all_to_all, in_switch)
+        loaded = link_bytes > 0
+        drain = float(np.max(link_bytes[loaded] / bandwidth[loaded], initial=0.0))
         latency = self.topology.max_path_latency(traffic, link_bytes) if drain > 0 else 0.0
         return PhaseTiming(drain, latency, link_bytes)
 

@@ -72,11 +72,11 @@ class FluidModel:
     def __init__(self, topology: Topology):
         self.topology = topology
 
-    def phase(self, traffic: Traffic, all_to_all: bool = False) -> PhaseTiming:
+    def phase(self, traffic: Traffic, all_to_all: bool = False, in_switch: bool = False) -> PhaseTiming:
         src, dst, nbytes = traffic.flows()
         if len(src) == 0:
             return PhaseTiming(0.0, 0.0, np.zeros(self.topology.num_links), np.zeros(0))
         routes = self.topology.incidence(src, dst)
-        drain = completion_times(routes, nbytes, self.topology.all_to_all_bandwidth if all_to_all else self.topology.link_bandwidth)
+        drain = completion_times(routes, nbytes, self.topology.reached_bandwidth(all_to_all, in_switch))
         latency = self.topology.path_latency(src, dst)
         return PhaseTiming(float(drain.max()), float(latency.max()), routes.T @ nbytes, drain + latency)

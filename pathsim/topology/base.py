@@ -38,6 +38,7 @@ class Topology(ABC):
         self.link_latency = np.asarray(link_latency, dtype=np.float64)
         self.link_class = np.asarray(link_class)
         self.all_to_all_share = np.ones(len(self.link_src))  # of each link's bandwidth an all-to-all reaches
+        self.in_switch_share = np.zeros(len(self.link_src))  # ... and an all-reduce reduced in the switch (0: cannot)
         if np.any(self.link_bandwidth <= 0):
             bad = int(np.argmin(self.link_bandwidth))
             raise ValueError(f"link {self.link_label(bad)} has non-positive bandwidth")
@@ -55,6 +56,14 @@ class Topology(ABC):
     def all_to_all_bandwidth(self) -> np.ndarray:
         """Per link, the bandwidth an all-to-all's transfers reach (see LinkSpec.all_to_all_efficiency)."""
         return self.link_bandwidth * self.all_to_all_share
+
+    def reached_bandwidth(self, all_to_all: bool = False, in_switch: bool = False) -> np.ndarray:
+        """Per link, the bandwidth a phase's transfers reach: a collective's steps, an all-to-all's concurrent sends
+        (LinkSpec.all_to_all_efficiency) or an in-switch reduction's (LinkSpec.in_switch_efficiency; 0 where the
+        switch cannot reduce)."""
+        if in_switch:
+            return self.link_bandwidth * self.in_switch_share
+        return self.all_to_all_bandwidth if all_to_all else self.link_bandwidth
 
     @property
     def num_nodes(self) -> int:
