@@ -15,6 +15,10 @@ Metrics are computed from the simulated step the way each source counts:
   ``96 B s l h² (1 + s/6h + V/16lh)`` FLOPs per step (recompute included) over
   the predicted step time and the GPUs (so its error is the step time's, inverted);
 - ``gpu_hours_per_trillion_tokens``: chips × step time per token × 10¹² / 3600;
+- ``model_tflops_per_chip``: the model's FLOPs per step over the step time and the chips (Patterson et al.
+  2021 Table 4's measured performance: total FLOPs over chips × days);
+- ``it_w_per_chip``: the step's IT energy (chips, hosts, network; no PUE) over its time, per chip (Patterson et
+  al. 2021 Table 4's measured system power per accelerator, host included);
 - ``layer_forward_s``, ``layer_backward_s``: one middle layer's ops on the critical stream per micro-batch
   (backward with any recompute), as Korthikanti et al. 2022 Table 4 times one layer;
 - ``busbw_gb_per_s``: nccl-tests' bus bandwidth of one collective (``pathsim collective``).
@@ -88,6 +92,11 @@ STEP_METRICS: dict[str, Callable[[SimulationResult, WorkloadConfig], float]] = {
     "hfu": lambda r, w: r.hfu,
     "megatron_tflops_per_gpu": _megatron_tflops,
     "gpu_hours_per_trillion_tokens": _gpu_hours_per_trillion,
+    # Patterson et al. 2021 Table 4's "measured performance": the model's FLOPs over chips x training time.
+    "model_tflops_per_chip": lambda r, w: r.model_flops_per_step / r.step_time.mean_s / r.chips / 1e12,
+    # ... and its "measured system average power per accelerator, including memory, network interface, fans, host
+    # CPU" (no PUE): the step's IT energy (chips, hosts, network) over its time, per chip.
+    "it_w_per_chip": lambda r, w: r.energy.average_it_w() / r.chips,
 }
 def _layer_seconds(result: SimulationResult, workload: WorkloadConfig, backward: bool) -> float:
     """One middle layer's ops on the critical stream(s) of the simulated step, per micro-batch: forward, or

@@ -25,7 +25,7 @@ MIN_ENTRIES = 3  # below this a narrower regime falls back to the chip kind alon
 # Metrics whose error is the step time's: step_time_s-like (ratio measured / predicted = 1 / (1 + error)) or
 # throughput-like (ratio = 1 + error). HFU counts rematerialisation by its own accounting: left out.
 STEP_LIKE = {"step_time_s": -1, "gpu_hours_per_trillion_tokens": -1, "tokens_per_s": 1, "mfu": 1,
-             "megatron_tflops_per_gpu": 1}
+             "megatron_tflops_per_gpu": 1, "model_tflops_per_chip": 1}
 
 
 class StepTimeBand(BaseModel):

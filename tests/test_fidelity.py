@@ -13,10 +13,11 @@ from pathsim.fidelity import GOALS, METRICS, load_entry, run_suite, suite_entrie
 from pathsim.simulation import simulate
 from pathsim.workload import load_workload
 
-# Median |error| of the default (fast) entries with today's models: 1.6 % over 37 entries (p90 7.9 %; the 12 nccl-tests
+# Median |error| of the default (fast) entries with today's models: 1.8 % over 41 entries (p90 10.7 %; the 12 nccl-tests
 # entries are in sample for the link efficiencies, and validation/leave_one_out.py holds them out). Issue 21's goal is 8 %;
 # this bound moves down as fitted models land (and up only when new evidence is added: Korthikanti et al.'s per-layer
-# times took it from 6 % to 10 %; unfused attention's HBM passes, the 2021 Megatron-LM presets and NVLS brought it to 1.6 %).
+# times took it from 6 % to 10 %; unfused attention's HBM passes, the 2021 Megatron-LM presets and NVLS brought it to 1.6 %,
+# Patterson et al.'s TPU v3 power, 30-48 % off, back to 1.8 %).
 REGRESSION_MEDIAN = 0.04
 
 
@@ -46,7 +47,8 @@ def test_the_fast_suite_errors_are_predicted_over_measured_and_stay_in_bound():
     from pathsim.uncertainty import step_ratio
     shipped = {e["name"]: e["step_ratio"] for e in json.loads((preset_dir("validation") / "residuals.json").read_text())["entries"]}
     assert set(shipped) == {e.name for e in suite_entries(slow=True) if e.metric in (
-        "step_time_s", "gpu_hours_per_trillion_tokens", "tokens_per_s", "mfu", "megatron_tflops_per_gpu")}
+        "step_time_s", "gpu_hours_per_trillion_tokens", "tokens_per_s", "mfu", "megatron_tflops_per_gpu",
+        "model_tflops_per_chip")}
     for e in suite.entries:
         if step_ratio(e.metric, e.error) is not None:
             assert shipped[e.name] == pytest.approx(step_ratio(e.metric, e.error), rel=1e-9), e.name
@@ -77,7 +79,10 @@ def test_a_run_carries_the_band_of_its_regime_s_residuals():
     T = result.step_time.mean_s
     assert (band.p10_s, band.p90_s) == pytest.approx((T * np.percentile(ratios, 10), T * np.percentile(ratios, 90)))
     assert band.p10_s < band.p90_s
-    assert simulate("tpu-v4-4x4x4", "switch-base-128").step_time_band is None  # two TPU entries: too few for a band
+    # TPU runs: the suite's TPU step entries (PaLM 540B's, Patterson et al.'s GShard and Switch throughputs) back them.
+    tpu = simulate("tpu-v4-4x4x4", "switch-base-128").step_time_band
+    assert tpu.regime == ["tpu"] and tpu.entries == sorted(r["name"] for r in rows if "tpu" in r["tags"])
+    assert len(tpu.entries) == 4 and tpu.p10_s < tpu.p90_s
 
 
 def test_layer_metrics_sum_a_middle_layer_s_ops_per_micro_batch():
