@@ -265,7 +265,8 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
     utilisation = link_bytes / topology.link_bandwidth / times.sum()
     hottest = np.argsort(-utilisation, kind="stable")[:5]
 
-    tasks, modalities, layers, dropped_fraction = _loads(workload, plan, routings)
+    routed = _summed_routed(routings) if plan is not None and routings and routings[0] else None
+    tasks, modalities, layers, dropped_fraction = _loads(workload, routings, routed)
     # The mean chip's states: each group of chips (pipeline stage) from its own ops, all groups equal in size.
     timelines = [state_timeline(group, run.step_time_s) for run, groups in zip(runs, by_group) for group in groups]
     energy = step_energy(ChipActivity.mean_of(timelines), power_inputs(cluster, topology, layout.all_chips()))
@@ -305,14 +306,15 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
         events_per_step=int(np.mean([r.events for r in runs])),
         step_time_band=band,
         energy=energy,
-        detail=_detail(runs, timelines[::runs[0].groups], times, utilisation, workload, routings, n) if detail else None,
+        detail=_detail(runs, timelines[::runs[0].groups], times, utilisation, workload, routed, n) if detail else None,
         inputs={"cluster": cluster.model_dump(mode="json"), "workload": workload.model_dump(mode="json"),
                 "device_profile": profile.model_dump(mode="json")},
     )
 
 
 def _detail(runs: list[StepRun], timelines, times: np.ndarray, utilisation: np.ndarray, workload: WorkloadConfig,
-            routings: list[list[LoadSample]], steps: int) -> SimulationDetail:
+            routed: np.ndarray | None, steps: int) -> SimulationDetail:
+    """`routed`: :func:`_summed_routed` of the run's routing samples (None for a dense model)."""
     shown = int(np.argmin(np.abs(times - np.median(times))))
     spans = [TimelineSpan(name=s.op.name, category=s.op.category, resource=s.op.resource, stream=s.stream, layer=s.op.layer,
                           start_s=s.start_s, end_s=s.end_s, straggler_s=s.op.straggler_s, waited_s=s.waited_s,
@@ -320,10 +322,10 @@ def _detail(runs: list[StepRun], timelines, times: np.ndarray, utilisation: np.n
              for s in sorted(runs[shown].op_spans(), key=lambda s: (s.start_s, s.end_s))]
     expert_load: list[list[float]] = []
     hottest_layer = -1
-    if routings and routings[0]:
-        routed = _summed_routed(routings) / steps  # (layers, tasks, experts)
-        j = int(np.argmax(_max_over_mean(routed.sum(axis=1))))
-        hottest_layer, expert_load = workload.model.moe_layers[j], routed[j].tolist()
+    if routed is not None:
+        per_step = routed / steps  # (layers, tasks, experts)
+        j = int(np.argmax(_max_over_mean(per_step.sum(axis=1))))
+        hottest_layer, expert_load = workload.model.moe_layers[j], per_step[j].tolist()
     states = timelines[shown]
     return SimulationDetail(timeline_step=shown, timeline=spans, state_boundaries_s=states.boundaries_s.tolist(),
                             states=[STATES[i] for i in states.states], link_utilisation=utilisation.tolist(),
@@ -346,17 +348,17 @@ def _max_over_mean(load: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.divide(load.max(axis=axis), mean, out=np.ones_like(mean), where=mean > 0)
 
 
-def _loads(workload: WorkloadConfig, plan, routings: list[list[LoadSample]]):
-    """Per task, per modality and per layer: routed load, skew and drops, over all steps and micro-batches."""
+def _loads(workload: WorkloadConfig, routings: list[list[LoadSample]], routed: np.ndarray | None):
+    """Per task, per modality and per layer: routed load, skew and drops, over all steps and micro-batches.
+    `routed`: :func:`_summed_routed` of `routings` (None for a dense model)."""
     names = [t.name for t in workload.tasks]
     step_tokens = np.array([float(t.share * workload.training.tokens_per_step) for t in workload.tasks])
-    if plan is None or not routings or not routings[0]:
+    if routed is None:
         tasks = [TaskLoad(task=t.name, modality=t.modality, tokens_per_step=step_tokens[i], assignments_routed=0.0,
                           dropped_fraction=0.0, max_over_mean_expert_load=1.0) for i, t in enumerate(workload.tasks)]
         modalities = [ModalityLoad(modality=m, tasks=[t.name for t in workload.tasks if t.modality == m],
                                    dropped_fraction=0.0, max_over_mean_expert_load=1.0) for m in workload.modalities]
         return tasks, modalities, [], 0.0
-    routed = _summed_routed(routings)  # (layers, tasks, experts), over the samples
     dropped = np.array([[r.dropped for r in batch] for batch in routings])  # (samples, layers, tasks)
     chip_skew = np.array([[r.chip_max_over_mean for r in batch] for batch in routings])  # (samples, layers)
     per_task_routed = routed.sum(axis=(0, 2))

@@ -61,7 +61,7 @@ def fits() -> list[tuple[str, str, list[str], np.ndarray, float, dict[str, float
         else:
             e = entries[names[0]]
             config = load_cluster(e.cluster)
-            links = dict(config.links, **{link: config.links[link].model_copy(update={share: None})})
+            links = {**config.links, link: config.links[link].model_copy(update={share: None})}
             spec = e.collective
             alone = run_collective(config.model_copy(update={"links": links}), spec.op, spec.bytes, groups=spec.groups,
                                    algorithm=spec.algorithm)

@@ -1,9 +1,9 @@
 """The validation suite's leave-one-out check: each entry's error when predicted by models fitted without it.
 
 pathsim's parameters fitted to the suite are the link efficiencies (``validation/fit_network.py``, each a geometric
-mean over the nccl-tests entries that measure it): an entry those fits use is predicted from the fit of the others.
-Every other entry (training steps, layer times, PaLM, DeepSeek-V3, NVLS) is fitted by nothing, so its held-out error
-is its error. The device model's efficiencies are the documented defaults, fitted to no entry.
+mean over the nccl-tests entries that measure it): an entry those fits use is predicted from the fit of the others
+(NVLS, the only entry of its share, by the model without that share). Every other entry (training steps, layer
+times, throughputs, power) is fitted by nothing, so its held-out error is its error. The device model's efficiencies are the documented defaults, fitted to no entry.
 
     pathsim fidelity --slow --json suite.json      # every entry (minutes); or without --slow, the fast ones
     python validation/leave_one_out.py suite.json

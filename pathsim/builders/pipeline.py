@@ -183,7 +183,7 @@ class Pipeline:
                 for i, items in out:
                     kept = []
                     for item in items:
-                        half = (halves.get(id(item)) or _halved(item, halves))[part]
+                        half = _halved(item, halves)[part]
                         if half is not None:
                             kept.append(half)
                     split.append((i, kept))

@@ -167,7 +167,7 @@ class ItemStream:
         """Start `op` in the background after the stream's latest node (a :class:`Prefetch`); its node."""
         node = Node(op, groups=(self.group,))
         self._prefetched[id(op)] = node
-        self.background.append(Stream("prefetch", [node], CRITICAL, self.nodes[-1] if self.nodes else None, self.group))
+        self.background.append(Stream("prefetch", [node], CRITICAL, self.last(), self.group))
         return node
 
     def await_op(self, op: Op) -> None:

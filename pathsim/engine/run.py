@@ -271,9 +271,7 @@ class _StreamRun:
                     exposed = ex.exposed[id(op)] = Op(op.name + " (exposed)", op.category, op.resource, op.duration_s,
                                                       op.layer, op.straggler_s, op.flops, None, op.also, op.weight_share)
                 ex.run.spans.append(Span(exposed, stream.name, under_way, now, group=stream.group))
-        if not self.begin():
-            self.end()
-            self.advance()
+        self.advance()  # (its dependencies are done now: it goes straight to the node's work)
 
     def begin(self) -> bool:
         """Start the current chain's work; False if there is none (a barrier): it is over at once."""
