@@ -48,9 +48,9 @@ class StateTimeline:
 
 def _coverage(boundaries: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """How many of the intervals cover each elementary segment between consecutive boundaries."""
-    delta = np.zeros(len(boundaries))
-    np.add.at(delta, np.searchsorted(boundaries, starts), 1)
-    np.add.at(delta, np.searchsorted(boundaries, ends), -1)
+    size = len(boundaries)
+    delta = (np.bincount(np.searchsorted(boundaries, starts), minlength=size)
+             - np.bincount(np.searchsorted(boundaries, ends), minlength=size))
     return np.cumsum(delta)[:-1]
 
 

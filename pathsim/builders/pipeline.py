@@ -248,11 +248,11 @@ class Pipeline:
                         sent = send(unit.kind, unit.mb, (s, unit.chunk), target)
                         background.append(Stream("p2p", [sent], CRITICAL, end, s))
                         if not overlap_p2p:  # the stage waits for its send (exposed pipeline_p2p while it runs)
-                            stage.nodes.append(Node(None, [sent], (s,), wait_category="pipeline_p2p"))
+                            stage.append(Node(None, [sent], (s,), wait_category="pipeline_p2p"))
                 k += len(group)
-            stage.nodes.append(Node(fixed[s]["optimizer"], grad_ends, (s,)))
+            stage.append(Node(fixed[s]["optimizer"], grad_ends, (s,)))
             background += stage.background
-            streams.append(Stream(f"stage {s}", stage.nodes, CRITICAL, None, s))
+            streams.append(Stream(f"stage {s}", stage.nodes(), CRITICAL, None, s))
         return Graph(streams + background, groups=P, critical=tuple(st.name for st in streams)), routings
 
 
@@ -303,7 +303,7 @@ def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stre
     cursor = [0] * len(chains)
     turn = 0
 
-    overlapped, nodes, groups = len(chains) > 1, stage.nodes, (group,)
+    overlapped = len(chains) > 1
 
     def take(c: int) -> None:
         """Chain c's next run: its pending communication awaited, its compute ops, its next communication started."""
@@ -322,11 +322,9 @@ def _run_overlapped(stage: ItemStream, chains: list[list], background: list[Stre
                     if k < len(items) and not (type(items[k]) is Op and items[k].resource != COMPUTE):
                         break  # hand over to the other unit until this one's next compute
                     continue
-                node = Node(item, groups=groups)
-                nodes.append(node)
-                ends[c] = node
+                ends[c] = stage.run(item)
             elif isinstance(item, _Input):
-                nodes.append(Node(None, [item.node], groups, wait_category="pipeline_bubble"))
+                stage.wait_for(item.node, "pipeline_bubble")
             elif isinstance(item, _GradSync):
                 if stage.last() is not None:
                     here = grad_streams(item.chains, stage.last(), group)

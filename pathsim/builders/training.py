@@ -28,7 +28,7 @@ import numpy as np
 
 from pathsim.engine import Graph, Node, Op, Stream, StepRun, run_graph
 from pathsim.engine.graph import Await, Item, Prefetch
-from pathsim.routing import LoadSample, draw_micro_batch, route_batch, route_layer
+from pathsim.routing import LoadSample, draw_micro_batch, load_samples, route_batch, route_layer
 from pathsim.step_ops import StepCoster
 
 CRITICAL, GRAD = 0, 1  # priorities: lower value is served first
@@ -103,8 +103,8 @@ def moe_micro_batches(plan, placement, rng, micro_batches: int, layers: list[int
     for (_, i), (coster, mbs, draws) in pending.items():
         j = coster.moe_index[i]
         routings = route_batch(plan, placement, j, np.stack(draws), coster.dispatch_map(plan))
-        for mb, routing, pair in zip(mbs, routings, coster.moe_layer(i, routings)):
-            samples[mb][j] = routing.load_sample()
+        for mb, sample, pair in zip(mbs, load_samples(routings), coster.moe_layer(i, routings)):
+            samples[mb][j] = sample
             ops[mb, i] = pair
     return ops, samples
 
@@ -143,16 +143,24 @@ def grad_streams(chains: list[list[Op]], after: Node | None, group: int = 0) -> 
 
 class ItemStream:
     """A critical stream built from items: ops run in turn, a :class:`Prefetch` starts its op in a background stream
-    launched after the stream's latest node, an :class:`Await` waits for that op (the wait recorded as its cause)."""
+    launched after the stream's latest node, an :class:`Await` waits for that op (the wait recorded as its cause).
+
+    A wait is held until the next op and becomes that op's dependency, not a node of its own: the executor then
+    waits for it, records the wait and runs the op exactly as it would after a barrier (a pipelined MoE step awaits
+    tens of thousands of overlapped all-to-alls). Anything that needs the stream's latest node — something launched
+    after it, a node added as it is, the finished stream — first turns held waits into barriers."""
 
     def __init__(self, group: int = 0):
         self.group = group
-        self.nodes: list[Node] = []
         self.background: list[Stream] = []
+        self._nodes: list[Node] = []
         self._prefetched: dict[int, Node] = {}
+        self._waits: list[tuple[Node, str]] = []  # (dependency, the wait's category), not yet a node's
 
     def last(self) -> Node | None:
-        return self.nodes[-1] if self.nodes else None
+        if self._waits:
+            self._barriers(len(self._waits))
+        return self._nodes[-1] if self._nodes else None
 
     def add(self, item: Item) -> None:
         kind = type(item)  # (not isinstance: a large graph adds millions of items, most of them plain ops)
@@ -161,7 +169,28 @@ class ItemStream:
         elif kind is Await:
             self.await_op(item.op)
         else:
-            self.nodes.append(Node(item, groups=(self.group,)))
+            self.run(item)
+
+    def run(self, op: Op) -> Node:
+        """Run `op` next, after the last held wait (those before it as barriers); its node."""
+        if not self._waits:
+            node = Node(op, groups=(self.group,))
+        else:
+            self._barriers(len(self._waits) - 1)
+            dep, category = self._waits.pop()
+            node = Node(op, [dep], (self.group,), wait_category=category)
+        self._nodes.append(node)
+        return node
+
+    def append(self, node: Node) -> None:
+        """Add a node as it is (a barrier of its own, the optimizer after its gradients), after any held waits."""
+        if self._waits:
+            self._barriers(len(self._waits))
+        self._nodes.append(node)
+
+    def wait_for(self, dep: Node, category: str) -> None:
+        """Wait here for `dep` (the time before it is under way recorded as `category`)."""
+        self._waits.append((dep, category))
 
     def prefetch(self, op: Op) -> Node:
         """Start `op` in the background after the stream's latest node (a :class:`Prefetch`); its node."""
@@ -172,13 +201,24 @@ class ItemStream:
 
     def await_op(self, op: Op) -> None:
         """Wait here for the prefetched `op` (an :class:`Await`)."""
-        self.nodes.append(Node(None, [self._prefetched.pop(id(op))], (self.group,), wait_category=op.category))
+        self.wait_for(self._prefetched.pop(id(op)), op.category)
+
+    def nodes(self) -> list[Node]:
+        """The stream's nodes, held waits ended as barriers."""
+        self.last()
+        return self._nodes
+
+    def _barriers(self, count: int) -> None:
+        """The first `count` held waits as barriers of their own."""
+        for dep, category in self._waits[:count]:
+            self._nodes.append(Node(None, [dep], (self.group,), wait_category=category))
+        del self._waits[:count]
 
 
 def critical_stream(schedule: StepSchedule, name: str = "main", group: int = 0) -> tuple[Stream, list[Stream]]:
     """The critical stream of `schedule` on one group of chips, and the background streams it launches."""
     stream = ItemStream(group)
-    main, background, add, last = stream.nodes, stream.background, stream.add, stream.last
+    background, add, last = stream.background, stream.add, stream.last
     pending: list[Stream] = []  # gradient chains started after the backward pass (no overlap)
 
     final = len(schedule.micro_batches) - 1
@@ -197,8 +237,8 @@ def critical_stream(schedule: StepSchedule, name: str = "main", group: int = 0) 
     for chains in pending:
         background += grad_streams(chains, end_of_backward, group)
     grad_ends = [s.nodes[-1] for s in background if s.name == "grad_sync"]
-    main.append(Node(schedule.optimizer, grad_ends, (group,)))
-    return Stream(name, main, CRITICAL, None, group), background
+    stream.append(Node(schedule.optimizer, grad_ends, (group,)))
+    return Stream(name, stream.nodes(), CRITICAL, None, group), background
 
 
 class TrainingStep:

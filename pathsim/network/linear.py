@@ -35,13 +35,17 @@ class PhaseBasis:
         self.topology, self.size, self.traffic_of = topology, size, traffic_of
         moves = src != dst
         src, dst, component = src[moves], dst[moves], component[moves]
-        loads = np.zeros((size, topology.num_links))
         if len(src):
-            # One routing of every flow: the (k × flows) membership times the (flows × links) route shares.
+            # One routing of every flow: the (k × flows) membership times the (flows × links) route shares, kept
+            # sparse until only the links some flow uses are left (a fat tree of thousands of GPUs has tens of
+            # thousands of links; one basis uses a few of them).
             members = sp.csr_matrix((np.ones(len(src)), (component, np.arange(len(src)))), shape=(size, len(src)))
-            loads = np.asarray((members @ topology.incidence(src, dst)).todense())
-        self.links = np.flatnonzero(loads.any(axis=0))  # the links any of them uses
-        self.loads = loads[:, self.links]
+            loads = (members @ topology.incidence(src, dst)).tocsr()
+            loads.eliminate_zeros()
+            self.links = np.unique(loads.indices)  # the links any of them uses
+            self.loads = loads[:, self.links].toarray(order="F")  # (column-major: products over it round as they always have)
+        else:
+            self.links, self.loads = np.zeros(0, dtype=np.int64), np.zeros((size, 0))
         self._bandwidth = (topology.all_to_all_bandwidth if all_to_all else topology.link_bandwidth)[self.links]
         self._latency: dict[bytes, float] = {}
 
