@@ -160,37 +160,55 @@ class _Executor:
         users: dict[str, int] = {}  # streams using each resource
         depended: set[Node] = set()
         self.launches: dict[Node, list[Stream]] = {}
-        held_by, depend = self.held_by, depended.add
+        held_by = self.held_by
+
+        def keys_of(node: Node) -> tuple[str, ...]:
+            op = node.op
+            if op is None:
+                return ()
+            kind = (op.resource, op.also, node.groups)
+            keys = kinds.get(kind)
+            if keys is None:
+                keys = kinds[kind] = node.resources
+            return keys
+
         for stream in graph.streams:
-            used = set()
-            for node in stream.nodes:
-                for dep in node.deps:
-                    depend(dep)
-                op = node.op
-                if op is None:
-                    held_by[node] = ()
-                    continue
-                kind = (op.resource, op.also, node.groups)
-                keys = kinds.get(kind)
-                if keys is None:
-                    keys = kinds[kind] = node.resources
-                held_by[node] = keys
-                used.add(keys)
-            for key in {key for keys in used for key in keys}:
-                users[key] = users.get(key, 0) + 1
             if stream.after is not None:
                 self.launches.setdefault(stream.after, []).append(stream)
+            if len(stream.nodes) == 1:  # (most streams: a prefetch, a send; a node's keys are distinct)
+                node = stream.nodes[0]
+                depended.update(node.deps)
+                used = held_by[node] = keys_of(node)
+            else:
+                used = set()
+                for node in stream.nodes:
+                    depended.update(node.deps)
+                    held_by[node] = keys = keys_of(node)
+                    used.update(keys)
+            for key in used:
+                users[key] = users.get(key, 0) + 1
         # A resource only one stream uses is never contended (a stream runs its nodes one at a time): it needs no
         # SimPy resource, whose requests are most of a large graph's events.
         self.resources = {key: _Lock(env) for key in sorted(users) if users[key] > 1}
         self.contended = {keys: any(key in self.resources for key in keys) for keys in [*kinds.values(), ()]}
         self.run = StepRun(groups=graph.groups, critical=graph.critical)
-        self.done: dict[Node, simpy.Event] = {node: env.event() for node in depended}
+        self.depended = depended  # nodes some node waits for
+        self.ended: set[Node] = set()  # those of them that have finished
+        # The event a node's waiters wait on, made when the first one has to: most dependencies have finished by
+        # the time their dependents ask, and an event no one waits on would still cost a turn of the event loop.
+        self.waited_on: dict[Node, simpy.Event] = {}
         self.asked_at: dict[Node, float] = {}  # when each node waited for got under way
         self.exposed: dict[int, Op] = {}  # the exposed copy of an op waited for (one per op, however often it is)
         self.observed = depended | self.launches.keys()  # nodes another stream waits for or starts after
         self.finished: set[Stream] = set()
         self.starting: deque[_StreamRun] = deque()  # launched, to start once the current event is processed
+
+    def event_of(self, node: Node) -> simpy.Event:
+        """The event that fires when `node` (not yet finished) finishes."""
+        event = self.waited_on.get(node)
+        if event is None:
+            event = self.waited_on[node] = self.env.event()
+        return event
 
     def launch(self, stream: Stream) -> None:
         self.starting.append(_StreamRun(self, stream))
@@ -234,15 +252,15 @@ class _StreamRun:
         ex = self.ex
         if self.segments is None:
             self.segments = ex.segments(self.stream)
-        segments, done = self.segments, ex.done
+        segments, ended = self.segments, ex.ended
         while self.at < len(segments):
             node = segments[self.at][0]
             if node.deps:
-                pending = [dep for dep in node.deps if not done[dep].triggered]
+                pending = [dep for dep in node.deps if dep not in ended]
                 if pending:
                     self.pending, self.since = pending, ex.env.now
-                    event = (done[pending[0]] if len(pending) == 1
-                             else simpy.AllOf(ex.env, [done[dep] for dep in pending]))
+                    event = (ex.event_of(pending[0]) if len(pending) == 1
+                             else simpy.AllOf(ex.env, [ex.event_of(dep) for dep in pending]))
                     event.callbacks.append(self.waited)
                     return
             if self.begin():
@@ -283,7 +301,7 @@ class _StreamRun:
             for node in nodes:
                 begin, end = end, end + node.op.duration_s
                 spans.append(Span(node.op, name, begin, end, (), node.groups[0], held_by[node]))
-            if node in ex.done:
+            if node in ex.depended:
                 ex.asked_at[node] = begin
             delay = end - start
             while start + delay < end:  # the difference can round: nudge it until the sum lands on the end
@@ -292,7 +310,7 @@ class _StreamRun:
                 delay = math.nextafter(delay, -math.inf)
             env.timeout(delay).callbacks.append(self.chained)
             return True
-        if node in ex.done:
+        if node in ex.depended:
             ex.asked_at[node] = env.now
         if node.op is None:
             return False
@@ -344,7 +362,10 @@ class _StreamRun:
         """The current chain is over: signal the streams waiting for its last node, launch those after it."""
         ex, node = self.ex, self.segments[self.at][-1]
         self.at += 1
-        if node in ex.done:
-            ex.done[node].succeed()
+        if node in ex.depended:
+            ex.ended.add(node)
+            event = ex.waited_on.pop(node, None)
+            if event is not None:
+                event.succeed()
         for later in ex.launches.get(node, ()):
             ex.launch(later)
