@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
-from pathsim.engine import COMPUTE, Span
+from pathsim.engine import Span
+from pathsim.engine.table import SpanTable
 from pathsim.topology.base import Topology
 
 STATES = ("compute", "communication", "idle")
@@ -54,23 +55,21 @@ def _coverage(boundaries: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> n
     return np.cumsum(delta)[:-1]
 
 
-def state_timeline(spans: list[Span], step_time_s: float) -> StateTimeline:
-    """The mean chip's compute / communication / idle segments over one step, adjacent equal states merged."""
-    compute_start, compute_end, network_start, network_end = [], [], [], []
-    for span in spans:
-        op = span.op
-        if op.resource != COMPUTE:  # ICI / fabric or DCN
-            network_start.append(span.start_s)
-            network_end.append(span.end_s)
-        elif op.parts and op.straggler_s > 0:  # a fused op waits for the slowest chip inside its parts
-            for part, (start, end) in zip(op.parts, span.part_times()):
-                compute_start.append(start)
-                compute_end.append(end - part.straggler_s)
-        else:
-            compute_start.append(span.start_s)
-            compute_end.append(span.end_s - op.straggler_s)
-    c = np.column_stack([np.array(compute_start, dtype=np.float64), np.array(compute_end, dtype=np.float64)])
-    n = np.column_stack([np.array(network_start, dtype=np.float64), np.array(network_end, dtype=np.float64)])
+def state_timeline(spans: "list[Span] | SpanTable", step_time_s: float, rows: np.ndarray | None = None) -> StateTimeline:
+    """The mean chip's compute / communication / idle segments over one step, adjacent equal states merged.
+    `rows`: which spans of a :class:`SpanTable` (one group of chips' ops), by default all."""
+    table = spans if isinstance(spans, SpanTable) else SpanTable(spans)
+    rows = table.rows() if rows is None else rows
+    compute, split = table.on_compute[rows], table.split_parts[rows]
+    network, plain = rows[~compute], rows[compute & ~split]
+    compute_start, compute_end = [table.start[plain]], [table.end[plain] - table.straggler[plain]]
+    for i in rows[compute & split]:  # a fused op waits for the slowest chip inside its parts
+        span = table.spans[i]
+        times = span.part_times()
+        compute_start.append(np.array([start for start, _ in times]))
+        compute_end.append(np.array([end - part.straggler_s for part, (_, end) in zip(span.op.parts, times)]))
+    c = np.column_stack([np.concatenate(compute_start), np.concatenate(compute_end)])
+    n = np.column_stack([table.start[network], table.end[network]])
     c, n = c[c[:, 1] > c[:, 0]], n[n[:, 1] > n[:, 0]]
     boundaries = np.unique(np.concatenate([[0.0, step_time_s], c.ravel(), n.ravel()]))
     computing = _coverage(boundaries, c[:, 0], c[:, 1]) > 0

@@ -19,9 +19,10 @@ from pathsim.collectives import LinkUsage
 from pathsim.device import DeviceProfile
 from pathsim.builders.pipeline import Pipeline, bubble_fraction
 from pathsim.builders.training import TrainingStep
-from pathsim.engine import COMPUTE, Span, StepRun, run_graph
+from pathsim.engine import Span, StepRun, run_graph
 from pathsim.engine.categories import category
 from pathsim.engine.collector import collector_paused
+from pathsim.engine.table import SpanTable, added_in_order
 from pathsim.energy import STATES, ChipActivity, power_inputs, state_timeline, step_energy
 from pathsim.errors import PathsimConfigError
 from pathsim.network.linear import add_link_bytes
@@ -108,37 +109,42 @@ def _pipeline_summary(pipeline: Pipeline, paths: dict[str, dict[str, float]], st
                            tightest_stage=tightest, per_stage=stages)
 
 
-def _union_s(intervals: list[tuple[float, float]]) -> float:
-    """Total length of the union of (start, end) intervals."""
-    if not intervals:
+def _union_s(starts: np.ndarray, ends: np.ndarray) -> float:
+    """Total length of the union of the intervals [starts[i], ends[i]]."""
+    if len(starts) == 0:
         return 0.0
-    spans = np.array(sorted(intervals))
-    reach = np.maximum.accumulate(spans[:, 1])
-    starts = np.maximum(spans[:, 0], np.concatenate([[-np.inf], reach[:-1]]))  # what each adds past those before
-    return float(np.clip(spans[:, 1] - starts, 0.0, None).sum())
+    order = np.lexsort((ends, starts))  # (by start, then end)
+    starts, ends = starts[order], ends[order]
+    reach = np.maximum.accumulate(ends)
+    after = np.maximum(starts, np.concatenate([[-np.inf], reach[:-1]]))  # what each adds past those before
+    return float(np.clip(ends - after, 0.0, None).sum())
 
 
-def _holders(spans: list[Span], names: set[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _holders(table: SpanTable, names: set[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per resource (of `names`, by default all), the (start, end, category) of the spans that held it, in time
     order. A stream's own spans never overlap its own waits (it runs one op at a time), so one index serves every
     stream."""
-    on: dict[str, list[tuple[float, float, str]]] = {}
-    for span in spans:
-        for name in span.held:
-            if names is None or name in names:
-                on.setdefault(name, []).append((span.start_s, span.end_s, span.op.category))
-    held = {}
-    for name, intervals in on.items():
-        intervals.sort()
-        held[name] = (np.array([o[0] for o in intervals]), np.array([o[1] for o in intervals]),
-                      np.array([o[2] for o in intervals]))
-    return held
+    on: dict[str, list[np.ndarray]] = {}
+    for code, held in enumerate(table.helds):  # (few distinct sets of resources: one per kind of op and group)
+        wanted = [name for name in held if names is None or name in names]
+        if wanted:
+            rows = np.flatnonzero(table.held_code == code)
+            for name in wanted:
+                on.setdefault(name, []).append(rows)
+    out = {}
+    for name, parts in on.items():
+        rows = np.concatenate(parts)
+        starts, ends, categories = table.start[rows], table.end[rows], table.category_names[rows]
+        order = np.lexsort((categories, ends, starts))  # (by start, end, then category)
+        out[name] = (starts[order], ends[order], categories[order])
+    return out
 
 
 def _wait_causes(spans: list[Span], stream: str = "main", held=None) -> dict[str, float]:
     """Seconds `stream` waited for a resource, split by the category of the ops that held that resource meanwhile
-    (one op holds a resource at a time, so they fill each wait); `held`: :func:`_holders` of `spans`, if built."""
-    held = _holders(spans) if held is None else held
+    (one op holds a resource at a time, so they fill each wait); `held`: :func:`_holders` of the run's spans, if
+    built."""
+    held = _holders(SpanTable(spans)) if held is None else held
     causes: dict[str, float] = {}
     for span in spans:
         if span.stream != stream:
@@ -159,40 +165,47 @@ def _wait_causes(spans: list[Span], stream: str = "main", held=None) -> dict[str
     return causes
 
 
-def critical_path(run: StepRun, stream: str, into: dict[str, float], own: list[Span], held) -> None:
+def critical_path(run: StepRun, stream: str, into: dict[str, float], table: SpanTable, held) -> None:
     """Add where one critical stream's step went to `into`: seconds by breakdown field (they add up to the step
-    time), and its compute and all-to-all busy seconds (``compute_busy``, ``all_to_all_busy``). `own`: the stream's
-    spans; `held`: :func:`_holders` of the run's.
+    time), and its compute and all-to-all busy seconds (``compute_busy``, ``all_to_all_busy``). `table`: the
+    run's spans as a :class:`SpanTable`; `held`: :func:`_holders` of them.
 
     Its own ops count by their category (an expert FFN's wait for the slowest chip as straggler); its waits for a
     resource go to whoever held it; its recorded waits for a dependency (a pipeline stage's input) by theirs;
     whatever is left before its last op is the gradient sync it waited for before the optimizer, and after its
-    last op, waiting for the other stages to finish, a pipeline bubble. Accumulated in place, in one order, so a
-    single stream's figures are summed exactly as they always were."""
-    for cause, seconds in _wait_causes(own, stream, held).items():
+    last op, waiting for the other stages to finish, a pipeline bubble. Each figure is summed span after span,
+    in the order they ran, so it is the same float however the spans are selected."""
+    rows = table.of_stream(stream)
+    spans = table.spans
+    waiting = [spans[i] for i in rows[table.waited[rows]]]
+    for cause, seconds in _wait_causes(waiting, stream, held).items():
         into[category(cause).field] += seconds
-    busy = waited = 0.0
-    fields = {key: category(key).field for key in {span.op.category for span in own}}
-    for span in own:
-        op, duration = span.op, span.end_s - span.start_s
-        busy += duration
-        if span.waits:
-            waited += span.waited_s
-        if op.category == "compute":
-            into["compute_s"] += duration - op.straggler_s
-            into["straggler_s"] += op.straggler_s
+    duration = table.end[rows] - table.start[rows]
+    codes = table.category_code[rows]
+    busy = added_in_order(0.0, duration)
+    waited = 0.0
+    for span in waiting:
+        waited += span.waited_s
+    for code, key in enumerate(table.categories):
+        mine = codes == code
+        if not mine.any():
+            continue
+        if key == "compute":
+            straggler = table.straggler[rows][mine]
+            into["compute_s"] = added_in_order(into["compute_s"], duration[mine] - straggler)
+            into["straggler_s"] = added_in_order(into["straggler_s"], straggler)
         else:
-            into[fields[op.category]] += duration
-        if op.category == "all_to_all":
-            into["all_to_all_busy"] += duration
-        if op.resource == COMPUTE:
-            into["compute_busy"] += duration
+            field = category(key).field
+            into[field] = added_in_order(into[field], duration[mine])
+        if key == "all_to_all":
+            into["all_to_all_busy"] = added_in_order(into["all_to_all_busy"], duration[mine])
+    into["compute_busy"] = added_in_order(into["compute_busy"], duration[table.on_compute[rows]])
     idle = 0.0
     for gap in run.idle:
         if gap.stream == stream:  # few: one per bubble
             into[category(gap.category).field] += gap.end_s - gap.start_s
             idle += gap.end_s - gap.start_s
-    end = max((s.end_s for s in own), default=0.0)
+    end = float(table.end[rows].max()) if len(rows) else 0.0
     into["pipeline_bubble_s"] += run.step_time_s - end
     into["grad_sync_exposed_s"] += end - busy - waited - idle
 
@@ -209,40 +222,34 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
     # Critical path by cause of each critical stream (one per group of chips), summed over steps.
     paths = {stream: dict.fromkeys([*Breakdown.model_fields, "compute_busy", "all_to_all_busy"], 0.0)
              for stream in runs[0].critical}
-    by_group: list[list[list[Span]]] = []  # per run, per group: its spans (for the chips' states)
+    by_group: list[list[np.ndarray]] = []  # per run, per group: its rows of the run's table (for the chips' states)
+    tables: list[SpanTable] = []
     grad_total = gather_total = 0.0
     link_bytes = np.zeros(topology.num_links)
     hardware_flops = 0.0
     for run in runs:
+        table = SpanTable(run.spans)
         # Pipelined buckets overlap each other on the slice's network and the DCN: count wall time, not op time.
-        grad, gather = [], []
+        grad, gather = table.of_category("grad_sync"), table.of_category("weight_gather")
+        grad_total += _union_s(table.start[grad], table.end[grad])
+        gather_total += _union_s(table.start[gather], table.end[gather])
         # Ops priced once and run many times (a pipeline's sends, a layer's collectives) share their link bytes:
         # add each array once, times its count, rather than once per span.
         counted: dict[int, list] = {}
-        by_stream: dict[str, list[Span]] = {}
-        groups: list[list[Span]] = [[] for _ in range(run.groups)]
-        waited: set[str] = set()  # resources some op waited for
-        for span in run.spans:
-            op = span.op
-            if op.category == "grad_sync":
-                grad.append((span.start_s, span.end_s))
-            elif op.category == "weight_gather":
-                gather.append((span.start_s, span.end_s))
+        for op in table.ops:
             if op.link_bytes is not None:
                 counted.setdefault(id(op.link_bytes), [op.link_bytes, 0])[1] += 1
-            if op.resource == COMPUTE:
-                hardware_flops += op.flops / run.groups  # each group (pipeline stage) is 1/groups of the chips
-            by_stream.setdefault(span.stream, []).append(span)
-            groups[span.group].append(span)
-            if span.waits:
-                waited.update(name for name, _, _ in span.waits)
-        grad_total += _union_s(grad)
-        gather_total += _union_s(gather)
+        # each group (pipeline stage) is 1/groups of the chips
+        hardware_flops = added_in_order(hardware_flops, table.flops[table.on_compute] / run.groups)
+        waited: set[str] = set()  # resources some op waited for
+        for i in table.rows(table.waited):
+            waited.update(name for name, _, _ in run.spans[i].waits)
         add_link_bytes(link_bytes, [(record, count) for record, count in counted.values()])
-        by_group.append(groups)
-        held = _holders(run.spans, waited)
+        by_group.append([table.of_group(g) for g in range(run.groups)])
+        tables.append(table)
+        held = _holders(table, waited)
         for stream in run.critical:
-            critical_path(run, stream, paths[stream], by_stream.get(stream, []), held)
+            critical_path(run, stream, paths[stream], table, held)
     # The mean chip: each critical stream is one group of chips, all groups equal in size.
     sums = {key: sum(path[key] for path in paths.values()) / len(paths) for key in paths[runs[0].critical[0]]}
     compute_busy, a2a_total = sums.pop("compute_busy"), sums.pop("all_to_all_busy")
@@ -268,7 +275,8 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
     routed = _summed_routed(routings) if plan is not None and routings and routings[0] else None
     tasks, modalities, layers, dropped_fraction = _loads(workload, routings, routed)
     # The mean chip's states: each group of chips (pipeline stage) from its own ops, all groups equal in size.
-    timelines = [state_timeline(group, run.step_time_s) for run, groups in zip(runs, by_group) for group in groups]
+    timelines = [state_timeline(table, run.step_time_s, rows)
+                 for run, table, groups in zip(runs, tables, by_group) for rows in groups]
     energy = step_energy(ChipActivity.mean_of(timelines), power_inputs(cluster, topology, layout.all_chips()))
     summary = (_pipeline_summary(pipeline, paths, n, workload, placement, cluster.chip.hbm_bytes, mean_time)
                if pipeline else None)

@@ -128,3 +128,51 @@ def test_a_simulated_step_leaves_no_cycles_for_the_collector():
     finally:
         gc.enable()
     assert left < 100, f"{left} objects in cycles"
+
+
+def test_an_awaited_op_becomes_the_next_ops_dependency_and_runs_as_a_barrier_would():
+    from pathsim.builders.training import ItemStream
+    from pathsim.engine.graph import Await, Prefetch
+
+    gather, first, second = (Op("gather", "weight_gather", NETWORK, 2.0), Op("a", "compute", COMPUTE, 1.0),
+                             Op("b", "compute", COMPUTE, 0.5))
+    stream = ItemStream()
+    for item in (first, Prefetch(gather), Await(gather), second):
+        stream.add(item)
+    nodes = stream.nodes()
+    assert [n.op for n in nodes] == [first, second]  # no barrier node of its own
+    assert nodes[1].deps == [stream.background[0].nodes[0]] and nodes[1].wait_category == "weight_gather"
+    held = run_graph(Graph([Stream("main", nodes, 0), *stream.background]))
+
+    send = Node(gather)  # the same step with the wait as a barrier
+    a, b = Node(first), Node(second)
+    barrier = run_graph(Graph([Stream("main", [a, Node(None, [send], wait_category="weight_gather"), b], 0),
+                               Stream("prefetch", [send], 0, after=a)]))
+    def spans(run):
+        return sorted((s.op.name, s.start_s, s.end_s) for s in run.spans)
+    assert spans(held) == spans(barrier) == [("a", 0.0, 1.0), ("b", 3.0, 3.5), ("gather", 1.0, 3.0),
+                                             ("gather (exposed)", 1.0, 3.0)]
+    assert held.events == barrier.events
+
+
+def test_a_dependency_finished_before_anyone_waits_costs_no_event():
+    early = Node(Op("early", "compute", COMPUTE, 1.0), groups=(1,))
+    late = ops([2.0])
+    after = Node(Op("after", "compute", COMPUTE, 0.5), deps=[early])
+    run = run_graph(Graph([Stream("main", [*late, after], 0), Stream("other", [early], 0, group=1)], groups=2))
+    assert run.step_time_s == 2.5
+    assert run.events == 3  # three timeouts: early's end is never an event, no one having waited for it yet
+
+
+def test_sums_in_order_are_the_floats_a_loop_would_give():
+    import numpy as np
+
+    from pathsim.engine.table import added_in_order
+
+    values = np.array([1.0, 1e16, 1.0, -1e16, 1.0, 1e-3] * 50)
+    total = 0.5
+    for value in values:
+        total += value
+    assert added_in_order(0.5, values) == total
+    assert 0.5 + float(values.sum()) != total  # (numpy adds pairwise: another float)
+    assert added_in_order(0.25, values[:0]) == 0.25
