@@ -160,6 +160,7 @@ class Pipeline:
             lambda mb, layer: self.costers[self.stage_of_layer[self.path_of_mb[mb]][layer]])
 
         halves: dict[int, tuple] = {}  # (each op's halves made once a step, however many units share it)
+        fused: dict[tuple[int, ...], Op] = {}  # (each run of ops fused once a step, however many units repeat it)
 
         def ops_of(stage: int, unit: Unit) -> list[tuple[int, list]]:
             """(layer, its items) of one unit, in execution order (model.layers stands for the LM head)."""
@@ -241,7 +242,7 @@ class Pipeline:
                 group = [(k, order[k])] + ([(k + 1, order[k + 1])] if order[k].paired else [])
                 # A unit's compute ops in a row run as one (its runs never straddle a hand-over, which follows
                 # communication).
-                ends = _run_overlapped(stage, [fuse_runs(chain(j, u)) for j, u in group], background, grad_ends, s)
+                ends = _run_overlapped(stage, [fuse_runs(chain(j, u), fused) for j, u in group], background, grad_ends, s)
                 for (j, unit), end in zip(group, ends):
                     target = self.neighbour(s, unit.chunk, 1 if unit.kind == "F" else -1)
                     if target is not None and unit.kind != "W":

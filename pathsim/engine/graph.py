@@ -87,20 +87,32 @@ def fuse(ops: "list[Op] | tuple[Op, ...]", *, check: bool = True) -> Op:
               weight_share=weight_s / duration if duration > 0 else 0.0, parts=parts)
 
 
-def fuse_runs(items: list) -> list:
-    """`items` with every run of fusable ops in a row fused into one."""
+def fuse_runs(items: list, fused: "dict[tuple[int, ...], Op] | None" = None) -> list:
+    """`items` with every run of fusable ops in a row fused into one. `fused`: runs fused so far, by their ops'
+    ids, to reuse (a pipeline's units repeat the same runs of a stage's fixed ops micro-batch after micro-batch);
+    the fused ops it holds keep their parts, and so those ids, alive."""
     out: list = []
     run: list[Op] = []
+
+    def fused_run() -> Op:
+        if fused is None or len(run) == 1:
+            return fuse(run, check=False)
+        key = tuple(map(id, run))
+        op = fused.get(key)
+        if op is None:
+            op = fused[key] = fuse(run, check=False)
+        return op
+
     for item in items:
         if type(item) is Op and item.resource == COMPUTE and item.category == "compute" and not item.also:  # fusable
             run.append(item)
             continue
         if run:
-            out.append(fuse(run, check=False))
+            out.append(fused_run())
             run = []
         out.append(item)
     if run:
-        out.append(fuse(run, check=False))
+        out.append(fused_run())
     return out
 
 
