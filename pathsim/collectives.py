@@ -160,8 +160,10 @@ def _node_grid(topology: FatTree, group: np.ndarray) -> np.ndarray | None:
     return group[order].reshape(len(unique), counts[0]).T
 
 
-# Per grid axis: (bidirectional rings?, tier). Tier "dcn" marks the axis that crosses slices.
-Axes = list[tuple[bool, str]]
+# Per grid axis: (bidirectional rings?, tier, closed?). Tier "dcn" marks the axis that crosses slices; an axis is
+# closed when its last rank neighbours its first (a torus axis with its wraparound), open when it is a line of
+# chips (a mesh axis, or part of a torus axis).
+Axes = list[tuple[bool, str, bool]]
 
 
 def _grids(topology: Topology, groups: np.ndarray, algorithm: str) -> tuple[str, list[np.ndarray], Axes]:
@@ -177,7 +179,7 @@ def _grids(topology: Topology, groups: np.ndarray, algorithm: str) -> tuple[str,
     order = [algorithm] if algorithm != "auto" else ["torus", "rings", "ring"]
     for name in order:
         if name in ("ring", "bidir_ring"):
-            return name, [g.copy() for g in groups], [(name == "bidir_ring", "slice")]
+            return name, [g.copy() for g in groups], [(name == "bidir_ring", "slice", True)]
         layout = candidates.get(name)
         if layout is None:
             if algorithm != "auto":
@@ -186,7 +188,10 @@ def _grids(topology: Topology, groups: np.ndarray, algorithm: str) -> tuple[str,
             continue
         grids = [layout(g) for g in groups]
         if all(grid is not None for grid in grids) and len({grid.shape for grid in grids}) == 1:
-            return name, grids, [(name == "torus", "slice")] * grids[0].ndim
+            if name == "torus":  # an axis is closed when the group spans a torus dimension with its wraparound
+                return name, grids, [(True, "slice", bool(topology.wrap[d]) and grids[0].shape[d] == topology.dims[d])
+                                     for d in range(grids[0].ndim)]
+            return name, grids, [(False, "slice", True)] * grids[0].ndim
         if algorithm != "auto":
             what = "a box of torus coordinates" if name == "torus" else "an equal number of GPUs in each of several nodes"
             raise PathsimConfigError("<arguments>", "algorithm", f"{name!r} needs every group to be {what}", "use --algorithm ring")
@@ -222,7 +227,7 @@ def _multi_slice_grids(topology: MultiSlice, groups: np.ndarray, algorithm: str)
                                  "give every slice the same share of each group")
     members = by_slice.reshape(len(groups), count, size // count)  # (groups, slices, chips per slice)
     if members.shape[2] == 1:
-        return "multi_slice", list(members[:, :, 0]), [(False, "dcn")]
+        return "multi_slice", list(members[:, :, 0]), [(False, "dcn", True)]
     _, inner_grids, inner_axes = _grids(topology.inner, members.reshape(-1, members.shape[2]) % n, "auto")
     if len({grid.shape for grid in inner_grids}) != 1:
         raise PathsimConfigError("<arguments>", "groups", "a group's members in each slice must form the same shape",
@@ -230,31 +235,49 @@ def _multi_slice_grids(topology: MultiSlice, groups: np.ndarray, algorithm: str)
     local = np.array(inner_grids).reshape(len(groups), count, *inner_grids[0].shape)
     offset = (members[:, :, 0] // n * n).reshape(len(groups), count, *[1] * inner_grids[0].ndim)
     grids = list(np.moveaxis(local + offset, 1, -1))  # the slices are each grid's last axis
-    return "multi_slice", grids, inner_axes + [(False, "dcn")]
+    return "multi_slice", grids, inner_axes + [(False, "dcn", True)]
 
 
 def _multi_axis_phases(num_chips: int, grids: list[np.ndarray], nbytes: float, axes: Axes, op: str) -> list[Phase]:
-    """Reduce-scatter along each axis in turn (shards shrink), then all-gather back."""
+    """Reduce-scatter along each axis in turn (shards shrink), then all-gather back.
+
+    On a closed bidirectional axis (a torus ring) each rank passes shards both ways, so a shard travels at most
+    half way round: ⌊k/2⌋ steps of neighbour hops carry the (k−1) shards, half each way (the JAX scaling book's
+    bidirectional AllGather, ⌊k/2⌋ hops). On an open one (a line of chips) shards are relayed both ways along the
+    line: k−1 steps of one hop each, the end links carrying k−1 shards (the book's no-wraparound case)."""
     reduce_steps, gather_steps = [], []
     shard = nbytes
     active = [a for a in range(grids[0].ndim) if grids[0].shape[a] > 1]
     for a in active:
         size = grids[0].shape[a]
-        bidirectional, tier = axes[a]
+        bidirectional, tier, closed = axes[a]
         rings = np.concatenate([np.moveaxis(g, a, -1).reshape(-1, size) for g in grids])
         chunk = shard / size
-        step = _ring_step(num_chips, rings, chunk, bidirectional)
+        if not bidirectional:
+            step, repeat = _ring_step(num_chips, rings, chunk, False), size - 1
+        elif closed:
+            repeat = size // 2
+            step = _ring_step(num_chips, rings, 2.0 * chunk * (size - 1) / (2 * repeat), True)  # (half each way)
+        else:
+            step, repeat = _line_step(num_chips, rings, chunk), size - 1
         name = f"axis {a} ({size} ranks)" if len(active) > 1 else f"{size} ranks"
         if tier == "dcn":
             name = f"across {size} slices (DCN)"
-        reduce_steps.append(Phase(f"reduce-scatter {name}", step, size - 1, tier))
-        gather_steps.insert(0, Phase(f"all-gather {name}", step, size - 1, tier))
+        reduce_steps.append(Phase(f"reduce-scatter {name}", step, repeat, tier))
+        gather_steps.insert(0, Phase(f"all-gather {name}", step, repeat, tier))
         shard = chunk
     if op == "reduce_scatter":
         return reduce_steps
     if op == "all_gather":
         return gather_steps
     return reduce_steps + gather_steps
+
+
+def _line_step(num_chips: int, lines: np.ndarray, chunk: float) -> Traffic:
+    """Every rank of every line (row) sends `chunk` bytes to each neighbour it has along the line."""
+    src = np.concatenate([lines[:, :-1].ravel(), lines[:, 1:].ravel()])
+    dst = np.concatenate([lines[:, 1:].ravel(), lines[:, :-1].ravel()])
+    return Traffic.from_flows(num_chips, src, dst, np.full(len(src), chunk))
 
 
 def _entry_rails(nodes: int, width: int) -> list[int]:

@@ -30,7 +30,8 @@ def test_bidirectional_ring_halves_the_bandwidth_term(p):
     uni = run_collective(ring(p), "all_reduce", S, algorithm="ring")
     bidi = run_collective(ring(p), "all_reduce", S, algorithm="bidir_ring")
     assert bidi.bandwidth_time_s == pytest.approx(uni.bandwidth_time_s / 2, rel=1e-9)
-    assert bidi.latency_time_s == pytest.approx(uni.latency_time_s)
+    # Each rank passes its shard both ways, so a shard goes at most half way round: ⌊p/2⌋ steps, not p − 1.
+    assert bidi.latency_time_s == pytest.approx(uni.latency_time_s * (p // 2) / (p - 1))
 
 
 @pytest.mark.parametrize("op, factor", [("reduce_scatter", 1), ("all_gather", 1), ("all_reduce", 2)])
@@ -47,9 +48,23 @@ def test_torus_all_reduce_is_per_dimension_bidirectional_rings(dims):
     assert result.algorithm == "torus"
     expected, shard = 0.0, S
     for k in dims:  # reduce-scatter along each dimension on a shrinking shard, then all-gather back
-        expected += 2 * (k - 1) * (shard / k / 2 / B + ALPHA)
+        expected += 2 * ((k - 1) * shard / k / 2 / B + (k // 2) * ALPHA)  # bidirectional: ⌊k/2⌋ hops
         shard /= k
     assert result.time_s == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("k", [3, 4, 8])
+def test_an_axis_without_wraparound_relays_along_the_line(k):
+    # A line of k chips: shards are passed both ways, one hop a step, k − 1 steps; the end links carry k − 1
+    # shards each way (the JAX scaling book's no-wraparound AllGather).
+    line = cluster_dict(kind="torus", dims=[2, k], wraparound=False, link="ici")
+    result = run_collective(line, "all_gather", S, groups=2)
+    assert result.algorithm == "torus"
+    assert result.time_s == pytest.approx((k - 1) * (S / k / B + ALPHA), rel=1e-9)
+    assert result.latency_time_s == pytest.approx((k - 1) * ALPHA, rel=1e-9)
+    wrapped = run_collective(cluster_dict(kind="torus", dims=[2, k], wraparound=[False, True], link="ici"),
+                             "all_gather", S, groups=2)
+    assert wrapped.time_s == pytest.approx((k - 1) * S / k / 2 / B + (k // 2) * ALPHA, rel=1e-9)
 
 
 def test_nccl_rings_on_gpu_nodes_are_bound_by_the_nodes_nics_together():
