@@ -21,7 +21,7 @@ Metrics are computed from the simulated step the way each source counts:
   al. 2021 Table 4's measured system power per accelerator, host included);
 - ``layer_forward_s``, ``layer_backward_s``: one middle layer's ops on the critical stream per micro-batch
   (backward with any recompute), as Korthikanti et al. 2022 Table 4 times one layer;
-- ``busbw_gb_per_s``: nccl-tests' bus bandwidth of one collective (``pathsim collective``).
+- ``busbw_gb_per_s``: nccl-tests' bus bandwidth of one collective (``pathsim collective``); ``collective_time_us``: its time.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class ValidationEntry(BaseModel):
     unit: str
     cluster: str  # a preset name or a path relative to the entry's file
     workload: str | None = None  # for step metrics
-    collective: CollectiveSpec | None = None  # for busbw_gb_per_s
+    collective: CollectiveSpec | None = None  # for busbw_gb_per_s and collective_time_us
     steps: int = Field(1, ge=1, le=20)
     seed: int = 0
     slow: bool = False  # too slow for the default test suite
@@ -112,7 +112,8 @@ LAYER_METRICS: dict[str, Callable[[SimulationResult, WorkloadConfig], float]] = 
     "layer_backward_s": lambda r, w: _layer_seconds(r, w, True),
 }
 STEP_METRICS.update(LAYER_METRICS)
-METRICS = (*STEP_METRICS, "busbw_gb_per_s")
+COLLECTIVE_METRICS = ("busbw_gb_per_s", "collective_time_us")  # of one collective (`pathsim collective`)
+METRICS = (*STEP_METRICS, *COLLECTIVE_METRICS)
 
 
 class EntryResult(BaseModel):
@@ -153,9 +154,9 @@ def load_entry(path: "str | Path") -> ValidationEntry:
     source = str(path)
     if entry.metric not in METRICS:
         raise PathsimConfigError(source, "metric", f"unknown metric {entry.metric!r}", f"use one of {', '.join(METRICS)}")
-    if entry.metric == "busbw_gb_per_s":
+    if entry.metric in COLLECTIVE_METRICS:
         if entry.collective is None or entry.workload is not None:
-            raise PathsimConfigError(source, "collective", "a busbw_gb_per_s entry times one collective",
+            raise PathsimConfigError(source, "collective", f"a {entry.metric} entry times one collective",
                                      "give collective: {op, bytes} and no workload")
         if entry.collective.op not in OPS:
             raise PathsimConfigError(source, "collective.op", f"unknown collective {entry.collective.op!r}",
@@ -192,7 +193,8 @@ def predict(entry: ValidationEntry) -> tuple[float, str]:
     if entry.collective is not None:
         spec = entry.collective
         result = run_collective(entry.cluster, spec.op, spec.bytes, groups=spec.groups, algorithm=spec.algorithm)
-        return result.busbw_bytes_per_s / 1e9, f"{spec.op} of {spec.bytes} on {load_cluster(entry.cluster).name}"
+        value = result.busbw_bytes_per_s / 1e9 if entry.metric == "busbw_gb_per_s" else result.time_s * 1e6
+        return value, f"{spec.op} of {spec.bytes} on {load_cluster(entry.cluster).name}"
     workload = load_workload(entry.workload)
     result = simulate(entry.cluster, workload, steps=entry.steps, seed=entry.seed, detail=entry.metric in LAYER_METRICS)
     value = STEP_METRICS[entry.metric](result, workload)
