@@ -42,6 +42,12 @@ class ChipSpec(StrictModel):
     hbm_bandwidth: Annotated[BytesPerSecond, Gt(0)]
     idle_power: Annotated[Watts, Ge(0)]
     peak_power: Annotated[Watts, Gt(0)]
+    kernel_efficiency: float = Field(
+        1.0, gt=0.0, le=1.5, allow_inf_nan=False,
+        description="the share of the documented default kernel efficiencies (pathsim/device.py) this chip family's "
+                    "kernels reach: every flops_efficiency of the defaults is scaled by it (capped at 1). 1 unless "
+                    "fitted to the validation suite by validation/fit_device.py; a measured profile replaces it")
+    kernel_efficiency_source: str = ""  # the fit behind kernel_efficiency (which entries)
     communication_activity: float = Field(
         0.25, ge=0.0, le=1.0, allow_inf_nan=False,
         description="share of (peak_power - idle_power) drawn while the chip only communicates: its matrix units idle "

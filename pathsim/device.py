@@ -23,7 +23,9 @@ utilisation: large bf16 matmuls reach 60–75 % of peak on TPU v4 and H100
 cuBLAS GEMM benchmarks reach ~70 % of dense H100 peak); grouped expert GEMMs are
 less efficient (MegaBlocks, Gale et al. 2023, reports block-sparse kernels at
 ~60–90 % of cuBLAS); streaming kernels reach ~80 % of HBM bandwidth (STREAM-like
-copies on H100 and TPU). Replace them with a calibrated profile for decisions.
+copies on H100 and TPU). A cluster's ``chip.kernel_efficiency`` scales every flops efficiency for its chip
+family: fitted to the validation suite by ``validation/fit_device.py`` where a family has the entries (the A100:
+1.02 over 28 timed runs), 1 elsewhere. Replace them with a calibrated profile for decisions.
 """
 
 from __future__ import annotations
@@ -156,8 +158,22 @@ class DeviceProfile(StrictModel):
         return self.kernels, self.peak_flops, self.hbm_bandwidth
 
 
-def default_profile() -> DeviceProfile:
-    """Documented round-figure efficiencies (see the module docstring)."""
+def default_profile(chip: ChipSpec | None = None) -> DeviceProfile:
+    """Documented round-figure efficiencies (see the module docstring); for `chip`, with every flops efficiency
+    scaled by its family's fitted ``kernel_efficiency``."""
+    defaults = _documented_defaults()
+    if chip is None or chip.kernel_efficiency == 1.0:
+        return defaults
+    scale = chip.kernel_efficiency
+    kernels = {name: k.model_copy(update={"flops_efficiency": min(1.0, k.flops_efficiency * scale)})
+               for name, k in defaults.kernels.items()}
+    return defaults.model_copy(update={
+        "kernels": kernels, "name": f"defaults for {chip.name}",
+        "source": f"{defaults.source}; flops efficiencies x {scale:g} for {chip.name} "
+                  f"({chip.kernel_efficiency_source or 'the cluster file sets chip.kernel_efficiency'})"})
+
+
+def _documented_defaults() -> DeviceProfile:
     return DeviceProfile(
         name="defaults",
         device_kind="defaults",
@@ -181,10 +197,11 @@ def default_profile() -> DeviceProfile:
     )
 
 
-def load_profile(spec: "str | Path | DeviceProfile | None") -> DeviceProfile:
-    """A profile from a JSON file or a shipped profile's name (calibration/profiles/NAME.json); the defaults for None."""
+def load_profile(spec: "str | Path | DeviceProfile | None", chip: ChipSpec | None = None) -> DeviceProfile:
+    """A profile from a JSON file or a shipped profile's name (calibration/profiles/NAME.json); for None, the
+    defaults (for `chip`, if given: see :func:`default_profile`)."""
     if spec is None:
-        return default_profile()
+        return default_profile(chip)
     if isinstance(spec, DeviceProfile):
         return spec
     path = Path(spec)

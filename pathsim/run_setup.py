@@ -127,7 +127,7 @@ def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | P
         workload_config = dense_counterpart(workload_config, dense)
     topology = build_topology(cluster_config)
     layout = layout_on(workload_config, topology, source, chips)
-    device_profile = load_profile(profile if profile is not None else cluster_config.profile)
+    device_profile = load_profile(profile if profile is not None else cluster_config.profile, cluster_config.chip)
     device = DeviceModel(cluster_config.chip, workload_config.model.dtype, device_profile, source,
                          workload_config.training.compute_share)
     plan = build_plan(workload_config, layout, seed, sampling, source) if workload_config.model.moe else None

@@ -18,6 +18,9 @@ from pathsim.collectives import run_collective
 from pathsim.device import (KERNEL_FAMILIES, CollectiveSample, DeviceModel, DeviceProfile, KernelModel, KernelSample,
                             kernel_seconds, load_profile)
 from pathsim.errors import PathsimConfigError
+from pathsim.simulation import simulate
+
+from conftest import cluster_dict
 
 PEAK, BANDWIDTH = 2e12, 4e11
 
@@ -266,3 +269,33 @@ def test_quick_profile_drives_a_simulation(quick_profile, tmp_path):
     # a few host CPU cores are orders of magnitude slower than a TPU v4 chip's datasheet
     assert calibrated.step_time.mean_s > 10 * default.step_time.mean_s
     assert host_cluster_config(8, 1e9, 1e-5).num_chips == 8
+
+
+def test_a_chips_fitted_kernel_efficiency_scales_the_defaults_arithmetic_only():
+    from pathsim.cluster import load_cluster
+    from pathsim.device import default_profile, load_profile
+
+    chip = load_cluster("tpu-v4-4x4x4").chip.model_copy(update={"kernel_efficiency": 0.5})
+    plain, scaled = default_profile(), default_profile(chip)
+    for name, k in plain.kernels.items():
+        assert scaled.kernels[name].flops_efficiency == pytest.approx(k.flops_efficiency * 0.5)
+        assert scaled.kernels[name].memory_efficiency == k.memory_efficiency  # HBM streams as before
+    assert "x 0.5" in scaled.source
+    capped = default_profile(chip.model_copy(update={"kernel_efficiency": 1.5}))
+    assert max(k.flops_efficiency for k in capped.kernels.values()) == 1.0
+    assert load_profile(None, chip) == scaled  # what a run without a measured profile uses
+
+    data = cluster_dict(kind="torus", dims=[4, 4, 4], link="ici")
+    base = simulate(data, "palm-8b")
+    data["chip"]["kernel_efficiency"] = 0.5
+    slow = simulate(data, "palm-8b")
+    assert slow.breakdown.compute_s > 1.8 * base.breakdown.compute_s  # compute-bound kernels take ~twice as long
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.0, float("nan")])
+def test_a_bad_kernel_efficiency_names_the_field(value):
+    data = cluster_dict(kind="torus", dims=[4, 4, 4], link="ici")
+    data["chip"]["kernel_efficiency"] = value
+    with pytest.raises(PathsimConfigError) as error:
+        simulate(data, "palm-8b")
+    assert "kernel_efficiency" in error.value.field

@@ -168,3 +168,18 @@ def test_leave_one_out_predicts_fitted_entries_from_the_others_and_keeps_the_res
     assert f"leave-one-out median |error| {median:.1%}" in printed
     (tmp_path / "bad.json").write_text("{}")
     assert leave_one_out.main([str(tmp_path / "bad.json")]) == 2
+
+
+def test_the_device_fit_finds_a_parabolas_vertex_and_converts_ratios_to_each_metrics_error():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "validation"))
+    from fit_device import SCALES, _vertex, metric_error
+
+    rms = 0.01 + 3.0 * (SCALES - 1.013) ** 2  # least at 1.013, between grid points
+    assert _vertex(rms) == pytest.approx(1.013, abs=1e-9)
+    assert _vertex(SCALES - SCALES[0]) == SCALES[0]  # a minimum at the grid's end stays there
+    # log(measured / predicted time) = log 1.1: predicted 10 % short, so a time is 9.1 % low, a rate 10 % high
+    assert metric_error("step_time_s", np.log(1.1)) == pytest.approx(1 / 1.1 - 1)
+    assert metric_error("layer_backward_s", np.log(1.1)) == pytest.approx(1 / 1.1 - 1)
+    assert metric_error("megatron_tflops_per_gpu", np.log(1.1)) == pytest.approx(0.1)
