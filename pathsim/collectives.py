@@ -256,8 +256,8 @@ def _multi_axis_phases(num_chips: int, grids: list[np.ndarray], nbytes: float, a
         if not bidirectional:
             step, repeat = _ring_step(num_chips, rings, chunk, False), size - 1
         elif closed:
-            repeat = size // 2
-            step = _ring_step(num_chips, rings, 2.0 * chunk * (size - 1) / (2 * repeat), True)  # (half each way)
+            repeat = size // 2  # each step sends chunk·(k−1)/(2·repeat) each way (_ring_step halves what it is given)
+            step = _ring_step(num_chips, rings, chunk * (size - 1) / repeat, True)
         else:
             step, repeat = _line_step(num_chips, rings, chunk), size - 1
         name = f"axis {a} ({size} ranks)" if len(active) > 1 else f"{size} ranks"

@@ -161,16 +161,20 @@ class DeviceProfile(StrictModel):
 def default_profile(chip: ChipSpec | None = None) -> DeviceProfile:
     """Documented round-figure efficiencies (see the module docstring); for `chip`, with every flops efficiency
     scaled by its family's fitted ``kernel_efficiency``."""
-    defaults = _documented_defaults()
     if chip is None or chip.kernel_efficiency == 1.0:
-        return defaults
-    scale = chip.kernel_efficiency
+        return _documented_defaults()
+    return scaled_defaults(chip.kernel_efficiency, chip.name,
+                           chip.kernel_efficiency_source or "the cluster file sets chip.kernel_efficiency")
+
+
+def scaled_defaults(scale: float, what: str, why: str) -> DeviceProfile:
+    """The documented defaults with every flops efficiency scaled by `scale` (capped at 1), for `what` (a chip),
+    because of `why` (the fit behind the scale)."""
+    defaults = _documented_defaults()
     kernels = {name: k.model_copy(update={"flops_efficiency": min(1.0, k.flops_efficiency * scale)})
                for name, k in defaults.kernels.items()}
-    return defaults.model_copy(update={
-        "kernels": kernels, "name": f"defaults for {chip.name}",
-        "source": f"{defaults.source}; flops efficiencies x {scale:g} for {chip.name} "
-                  f"({chip.kernel_efficiency_source or 'the cluster file sets chip.kernel_efficiency'})"})
+    return defaults.model_copy(update={"kernels": kernels, "name": f"defaults for {what}",
+                                       "source": f"{defaults.source}; flops efficiencies x {scale:g} for {what} ({why})"})
 
 
 def _documented_defaults() -> DeviceProfile:

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from pathsim.device import default_profile
+from pathsim.device import scaled_defaults
 from pathsim.fidelity import LAYER_METRICS, STEP_METRICS, suite_entries
 from pathsim.simulation import simulate
 from pathsim.uncertainty import STEP_LIKE, step_ratio
@@ -29,13 +29,6 @@ SCALES = np.round(np.arange(0.90, 1.1001, 0.025), 3)
 MIN_ENTRIES = 3
 
 
-def scaled_profile(scale: float):
-    defaults = default_profile()
-    kernels = {name: k.model_copy(update={"flops_efficiency": min(1.0, k.flops_efficiency * scale)})
-               for name, k in defaults.kernels.items()}
-    return defaults.model_copy(update={"kernels": kernels, "name": f"defaults x {scale:g}"})
-
-
 def _ratio(metric: str, error: float) -> float:
     """Measured over predicted time (a layer time counts like a step time)."""
     return 1.0 / (1.0 + error) if metric in LAYER_METRICS else step_ratio(metric, error)
@@ -44,7 +37,7 @@ def _ratio(metric: str, error: float) -> float:
 def log_ratios(entries, scale: float) -> np.ndarray:
     """Each entry's log(measured / predicted step) with every flops efficiency scaled by `scale`; entries sharing
     a simulation (PaLM's three figures) share one run."""
-    profile, runs, out = scaled_profile(scale), {}, []
+    profile, runs, out = scaled_defaults(scale, "this fit", f"kernel_efficiency {scale:g} on trial"), {}, []
     for e in entries:
         key = (e.cluster, e.workload, e.metric in LAYER_METRICS)
         if key not in runs:

@@ -249,7 +249,7 @@ class Pipeline:
                         sent = send(unit.kind, unit.mb, (s, unit.chunk), target)
                         background.append(Stream("p2p", [sent], CRITICAL, end, s))
                         if not overlap_p2p:  # the stage waits for its send (exposed pipeline_p2p while it runs)
-                            stage.append(Node(None, [sent], (s,), wait_category="pipeline_p2p"))
+                            stage.wait_for(sent, "pipeline_p2p")
                 k += len(group)
             stage.append(Node(fixed[s]["optimizer"], grad_ends, (s,)))
             background += stage.background

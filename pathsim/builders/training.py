@@ -158,8 +158,7 @@ class ItemStream:
         self._waits: list[tuple[Node, str]] = []  # (dependency, the wait's category), not yet a node's
 
     def last(self) -> Node | None:
-        if self._waits:
-            self._barriers(len(self._waits))
+        self._barriers(len(self._waits))
         return self._nodes[-1] if self._nodes else None
 
     def add(self, item: Item) -> None:
@@ -183,9 +182,8 @@ class ItemStream:
         return node
 
     def append(self, node: Node) -> None:
-        """Add a node as it is (a barrier of its own, the optimizer after its gradients), after any held waits."""
-        if self._waits:
-            self._barriers(len(self._waits))
+        """Add a node as it is (the optimizer after its gradients), after any held waits."""
+        self._barriers(len(self._waits))
         self._nodes.append(node)
 
     def wait_for(self, dep: Node, category: str) -> None:

@@ -69,10 +69,10 @@ class SpanTable:
         return np.arange(len(self)) if mask is None else np.flatnonzero(mask)
 
     def of_category(self, key: str) -> np.ndarray:
-        """Rows whose op has category `key` (a boolean mask)."""
+        """Rows whose op has category `key`, in recorded order."""
         if key not in self.categories:
-            return np.zeros(len(self), dtype=bool)
-        return self.category_code == self.categories.index(key)
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.category_code == self.categories.index(key))
 
     def of_stream(self, name: str) -> np.ndarray:
         """Rows run by stream `name`, in recorded order."""

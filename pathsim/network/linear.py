@@ -46,7 +46,7 @@ class PhaseBasis:
             self.loads = loads[:, self.links].toarray(order="F")  # (column-major: products over it round as they always have)
         else:
             self.links, self.loads = np.zeros(0, dtype=np.int64), np.zeros((size, 0))
-        self._bandwidth = (topology.all_to_all_bandwidth if all_to_all else topology.link_bandwidth)[self.links]
+        self._bandwidth = topology.reached_bandwidth(all_to_all)[self.links]
         self._latency: dict[bytes, float] = {}
 
     def price(self, weights: np.ndarray) -> tuple[np.ndarray, list["LinkBytes"]]:

@@ -52,18 +52,13 @@ class Topology(ABC):
             raise ValueError(f"need one positive bandwidth per link ({self.num_links})")
         return other
 
-    @property
-    def all_to_all_bandwidth(self) -> np.ndarray:
-        """Per link, the bandwidth an all-to-all's transfers reach (see LinkSpec.all_to_all_efficiency)."""
-        return self.link_bandwidth * self.all_to_all_share
-
     def reached_bandwidth(self, all_to_all: bool = False, in_switch: bool = False) -> np.ndarray:
         """Per link, the bandwidth a phase's transfers reach: a collective's steps, an all-to-all's concurrent sends
         (LinkSpec.all_to_all_efficiency) or an in-switch reduction's (LinkSpec.in_switch_efficiency; 0 where the
         switch cannot reduce)."""
         if in_switch:
             return self.link_bandwidth * self.in_switch_share
-        return self.all_to_all_bandwidth if all_to_all else self.link_bandwidth
+        return self.link_bandwidth * self.all_to_all_share if all_to_all else self.link_bandwidth
 
     @property
     def num_nodes(self) -> int:
