@@ -133,3 +133,14 @@ def test_python_api_raises_the_same_error(tmp_path):
         load_cluster(write(tmp_path, "extends: tpu-v4-4x4x4\nname: x\nhost: {chips_per_host: 0}\n"))
     assert info.value.field == "host.chips_per_host"
 
+
+
+def test_the_package_list_ships_every_subpackage():
+    # pyproject lists packages explicitly (the presets map folders outside pathsim/): a subpackage left off it is
+    # missing from a wheel, and a non-editable install fails on import.
+    import tomllib
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "pathsim").rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
