@@ -219,6 +219,9 @@ def format_simulation(result: SimulationResult) -> str:
         ("step time", format_seconds(st.mean_s), f"p50 {format_seconds(st.p50_s)}, p99 {format_seconds(st.p99_s)}"),
         *([("  validation band", f"{format_seconds(result.step_time_band.p10_s)} - {format_seconds(result.step_time_band.p90_s)}",
             f"p10-p90 from {result.step_time_band.describe()}")] if result.step_time_band else []),
+        ("IT energy", f"{result.energy.it_j() / 3.6e6:.4g} kWh", "a step's, chips, hosts and network (no PUE)"
+         + (f"; band {result.energy_band.p10_j / 3.6e6:.4g} - {result.energy_band.p90_j / 3.6e6:.4g} kWh from "
+            f"{result.energy_band.describe()}" if result.energy_band else "")),
         ("tokens/s", f"{result.tokens_per_s:,.0f}", f"{result.tokens_per_step:,} tokens per step"),
         ("MFU", f"{100 * result.mfu:.1f} %", f"HFU {100 * result.hfu:.1f} % (with rematerialisation)"),
         ("dropped tokens", f"{100 * result.dropped_fraction:.2f} %", "of token-expert assignments"),

@@ -48,6 +48,12 @@ class ChipSpec(StrictModel):
                     "kernels reach: every flops_efficiency of the defaults is scaled by it (capped at 1). 1 unless "
                     "fitted to the validation suite by validation/fit_device.py; a measured profile replaces it")
     kernel_efficiency_source: str = ""  # the fit behind kernel_efficiency (which entries)
+    emulated_dtypes: dict[str, str] = Field(
+        default_factory=dict,
+        description="dtypes the chip has no rate of its own for, each mapped to the dtype its matrix units multiply "
+                    "them in, one pass or several (model.matmul_precision): TPUs multiply fp32 as bfloat16 passes "
+                    "(Cloud TPU docs, 'bfloat16'; JAX's matmul precision: one pass by default, 3 or 6 at high and "
+                    "highest). Tensors keep the emulated dtype's bytes")
     communication_activity: float = Field(
         0.25, ge=0.0, le=1.0, allow_inf_nan=False,
         description="share of (peak_power - idle_power) drawn while the chip only communicates: its matrix units idle "
@@ -69,7 +75,17 @@ class ChipSpec(StrictModel):
     def _idle_below_peak(self) -> "ChipSpec":
         if self.idle_power > self.peak_power:
             raise ValueError(f"idle_power ({self.idle_power} W) exceeds peak_power ({self.peak_power} W)")
+        for dtype, base in self.emulated_dtypes.items():
+            if dtype in self.peak_flops or base not in self.peak_flops:
+                raise ValueError(f"emulated_dtypes maps {dtype} to {base}: {base} needs a peak_flops rate and {dtype} "
+                                 f"none of its own (the chip's rates: {sorted(self.peak_flops)})")
         return self
+
+    def matrix_dtype(self, dtype: str) -> str | None:
+        """The dtype whose peak rate `dtype`'s matmuls run at: its own, the one it is emulated in, or None."""
+        if dtype in self.peak_flops:
+            return dtype
+        return self.emulated_dtypes.get(dtype)
 
 
 class LinkSpec(StrictModel):

@@ -223,6 +223,11 @@ def load_profile(spec: "str | Path | DeviceProfile | None", chip: ChipSpec | Non
     return validate_model(DeviceProfile, data, str(path))
 
 
+# Passes of the matrix units' dtype one matmul of an emulated dtype takes, by model.matmul_precision: fp32 on a TPU
+# as one bfloat16 pass (XLA's default), bfloat16_3x or bfloat16_6x (JAX's matmul precision docs; jax-ml/jax #18934).
+EMULATION_PASSES = {"default": 1, "high": 3, "highest": 6}
+
+
 class DeviceModel:
     """Kernel times on one chip from a ChipSpec and a DeviceProfile.
 
@@ -231,21 +236,25 @@ class DeviceModel:
     """
 
     def __init__(self, chip: ChipSpec | None, dtype: str, profile: DeviceProfile | None = None, source: str = "<workload>",
-                 compute_share: float = 1.0):
+                 compute_share: float = 1.0, matmul_precision: str = "default"):
         """`compute_share`: the share of the chip's arithmetic units its compute kernels get (the rest running
-        communication kernels), which scales the peak FLOP/s and leaves the HBM bandwidth."""
+        communication kernels), which scales the peak FLOP/s and leaves the HBM bandwidth. `matmul_precision`: the
+        passes an emulated dtype's matmuls take (:data:`EMULATION_PASSES`); every kernel's arithmetic is priced at
+        that rate, the rest being memory-bound."""
         self.profile = profile or default_profile()
         self.kernels, peak_override, bandwidth_override = self.profile.for_dtype(dtype, source)
+        base = chip.matrix_dtype(dtype) if chip is not None else None
         if peak_override is not None:
             self.peak_flops = peak_override
-        elif chip is not None and dtype in chip.peak_flops:
-            self.peak_flops = chip.peak_flops[dtype]
+        elif base is not None:
+            self.peak_flops = chip.peak_flops[base] / (1 if base == dtype else EMULATION_PASSES[matmul_precision])
         elif chip is None:
             raise ValueError(f"profile {self.profile.name!r} has no measured peak for {dtype!r}; pass the chip")
         else:
             raise PathsimConfigError(source, "model.dtype", f"the cluster's chip ({chip.name}) has no peak rate for {dtype!r}",
                                      f"set model.dtype to one of {sorted(chip.peak_flops)} (a workload file with `extends:` "
-                                     f"and `model: {{dtype: bf16}}` will do), or add {dtype} to the cluster's chip.peak_flops")
+                                     f"and `model: {{dtype: bf16}}` will do), or add {dtype} to the cluster's chip.peak_flops "
+                                     f"(or, if its matrix units multiply it as passes of another dtype, to chip.emulated_dtypes)")
         if bandwidth_override is None and chip is None:
             raise ValueError(f"profile {self.profile.name!r} has no measured bandwidth for {dtype!r}; pass the chip")
         self.hbm_bandwidth = bandwidth_override or chip.hbm_bandwidth

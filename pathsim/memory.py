@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from pathsim.model_math import activation_bytes_per_token, layer_shapes
+from pathsim.model_math import layer_activation_bytes, layer_params, layer_shapes
 from pathsim.placement import Placement
 from pathsim.units import format_id_ranges
 from pathsim.workload import Layout, ModelSpec, WorkloadConfig
@@ -76,10 +76,7 @@ def parameters_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: 
         dense = (sum(dense_params_of_layer(model, i) for i in held.layers)
                  + table * (int(held.embedding) + int(held.head))) / layout.tensor
         return dense, expert_slots * s.expert_params / layout.expert_shard
-    n_moe = len(model.moe_layers)
-    n_dense = model.layers - n_moe
-    dense = (model.layers * s.attention_params + n_dense * s.dense_ffn_params
-             + n_moe * (s.router_params + s.shared_params) + s.embedding_params) / layout.tensor
+    dense = sum(layer_params(model, i, s) for i in range(model.layers + 1)) / layout.tensor
     return dense, expert_slots * s.expert_params / layout.expert_shard
 
 
@@ -94,10 +91,7 @@ def optimizer_params_per_chip(workload: WorkloadConfig, layout: Layout, expert_s
 
 def dense_params_of_layer(model: ModelSpec, layer: int) -> float:
     """Dense (non-expert) parameters of one layer; ``layer == model.layers`` stands for the embeddings and head."""
-    s = layer_shapes(model)
-    if layer == model.layers:
-        return s.embedding_params
-    return s.attention_params + ((s.router_params + s.shared_params) if model.is_moe(layer) else s.dense_ffn_params)
+    return layer_params(model, layer)
 
 
 def gathered_weight_params(workload: WorkloadConfig, layout: Layout) -> float:
@@ -120,13 +114,15 @@ def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int,
     updated = optimizer_params_per_chip(workload, layout, expert_slots, held)
     optimizer = OPTIMIZER_STATE_BYTES[workload.training.optimizer] * updated
     gradients = (updated if workload.training.shard_gradients else params) * dtype
-    layer_bytes = {moe: activation_bytes_per_token(model, moe, workload.training.recompute, layout.tensor,
-                                                   workload.parallelism.sequence_parallel)
-                   for moe in {model.is_moe(i) for i in range(model.layers)}}
+    # Layers of one kind (MoE or not, encoder or decoder) keep the same bytes: computed once per kind.
+    kinds = {i: (model.is_moe(i), model.is_decoder_with_encoder(i)) for i in range(model.layers)}
+    first = {kind: i for i, kind in sorted(kinds.items(), reverse=True)}
+    layer_bytes = {kind: layer_activation_bytes(model, i, workload.training.recompute, layout.tensor,
+                                                workload.parallelism.sequence_parallel) for kind, i in first.items()}
     if held is None:
-        per_token = sum(layer_bytes[model.is_moe(i)] for i in range(model.layers))
+        per_token = sum(layer_bytes[kinds[i]] for i in range(model.layers))
     else:
-        per_token = sum(count * layer_bytes[model.is_moe(i)] for i, count in zip(held.layers, held.in_flight))
+        per_token = sum(count * layer_bytes[kinds[i]] for i, count in zip(held.layers, held.in_flight))
     activations = per_token * layout.tokens_per_chip(workload) * (dtype / 2.0)
     total = (params + gathered) * dtype + gradients + optimizer + activations
     return MemoryReport(

@@ -8,6 +8,10 @@ Conventions (cited so figures can be compared with papers):
 - Expert FFN: 2 × matrices × d_model × d_ff per token per expert (2 matrices
   for GELU/ReLU, 3 for SwiGLU); router: 2 × d_model × experts per token
   (../shared/REFERENCES.md). Training = 3 × forward (backward = 2 × forward).
+- Encoder-decoder models: figures are per input (encoder) token; a decoder
+  layer runs on target/input of them and adds cross-attention (Q and output
+  projections on its tokens, K and V projections on the encoder's, scores over
+  the input length), as in T5 (Raffel et al. 2020, Sec. 3.1).
 - Activation bytes per token per layer follow Korthikanti et al. 2022
   ("Reducing Activation Recomputation in Large Transformer Models", §4):
   attention 11·h + 5·a·s bytes (16-bit), MLP 19·h at d_ff = 4h, layer norms
@@ -37,9 +41,10 @@ class LayerShapes:
     expert_params: int  # one routed expert
     shared_params: int  # all shared experts together
     head_dim: int
-    attention_core_flops: float  # per token, forward
+    attention_core_flops: float  # per token of a decoder-only model or an encoder layer, forward
     embedding_params: int
     head_flops: float  # LM head per token, forward
+    query_params: int  # of an attention block: its Q and output projections (the rest, K and V, read the keys' side)
 
 
 def layer_shapes(model: ModelSpec) -> LayerShapes:
@@ -63,7 +68,35 @@ def layer_shapes(model: ModelSpec) -> LayerShapes:
         attention_core_flops=4.0 * model.seq_len * model.heads * head_dim,
         embedding_params=(1 if model.tied_embeddings else 2) * model.vocab * model.d_model,  # input embedding (+ untied head)
         head_flops=2.0 * model.vocab * model.d_model,
+        query_params=2 * model.d_model * head_dim * model.heads,
     )
+
+
+def layer_params(model: ModelSpec, layer: int, shapes: LayerShapes | None = None) -> int:
+    """Dense (non-expert) parameters of one layer — attention (and a decoder's cross-attention), router and shared
+    experts or the dense FFN; ``layer == model.layers`` stands for the embeddings and head."""
+    s = shapes or layer_shapes(model)
+    if layer == model.layers:
+        return s.embedding_params
+    cross = s.attention_params if model.is_decoder_with_encoder(layer) else 0
+    return s.attention_params + cross + ((s.router_params + s.shared_params) if model.is_moe(layer) else s.dense_ffn_params)
+
+
+def layer_forward_flops(model: ModelSpec) -> list[float]:
+    """Forward FLOPs of each layer per input token (active experts only), the LM head's added to the last layer."""
+    s = layer_shapes(model)
+    moe = model.moe
+    flops = []
+    for i in range(model.layers):
+        ffn = (s.router_params + s.shared_params + moe.top_k * s.expert_params) if model.is_moe(i) else s.dense_ffn_params
+        share = model.token_share(i)
+        own = share * (2.0 * (s.attention_params + ffn) + 4.0 * model.self_attention_len(i) * model.heads * s.head_dim)
+        if model.is_decoder_with_encoder(i):  # cross-attention: Q, O and scores on the targets, K and V on the inputs
+            own += (share * (2.0 * s.query_params + 4.0 * model.seq_len * model.heads * s.head_dim)
+                    + 2.0 * (s.attention_params - s.query_params))
+        flops.append(own)
+    flops[-1] += model.token_share(model.layers) * s.head_flops
+    return flops
 
 
 @dataclass(frozen=True)
@@ -77,18 +110,13 @@ class ModelTotals:
 def model_totals(model: ModelSpec) -> ModelTotals:
     s = layer_shapes(model)
     n_moe = len(model.moe_layers)
-    n_dense = model.layers - n_moe
     moe = model.moe
     routed_total = n_moe * moe.experts * s.expert_params if moe else 0
     routed_active = n_moe * moe.top_k * s.expert_params if moe else 0
-    per_moe_layer_fixed = s.router_params + s.shared_params
-    total = (model.layers * s.attention_params + n_dense * s.dense_ffn_params
-             + n_moe * per_moe_layer_fixed + routed_total + s.embedding_params)
-    active_matmul = (model.layers * s.attention_params + n_dense * s.dense_ffn_params
-                     + n_moe * per_moe_layer_fixed + routed_active)
-    forward = 2.0 * active_matmul + model.layers * s.attention_core_flops + s.head_flops
-    return ModelTotals(total_params=total, active_params_per_token=active_matmul + s.embedding_params,
-                       expert_params=routed_total, forward_flops_per_token=forward)
+    dense = sum(layer_params(model, i, s) for i in range(model.layers))
+    return ModelTotals(total_params=dense + routed_total + s.embedding_params,
+                       active_params_per_token=dense + routed_active + s.embedding_params,
+                       expert_params=routed_total, forward_flops_per_token=sum(layer_forward_flops(model)))
 
 
 def mlp_activation_bytes(d_model: int, d_ff: int, matrices: int, dropout: bool = True) -> float:
@@ -104,7 +132,7 @@ REPLICATED_WITHOUT_SEQUENCE_PARALLELISM = 10.0
 
 
 def activation_bytes_per_token(model: ModelSpec, layer_is_moe: bool, recompute: str, tensor: int = 1,
-                               sequence_parallel: bool = True) -> float:
+                               sequence_parallel: bool = True, keys: int | None = None) -> float:
     """Activation bytes of one layer kept for backward (16-bit activations), per token of a tensor rank's share of
     the sequence (tokens / tensor): multiplied by a chip's tokens, Table 2 of Korthikanti et al. 2022 —
     sbh(34/t + 5as/(ht)) with sequence parallelism, sbh(10 + 24/t + 5as/(ht)) without; selective recompute or
@@ -114,7 +142,8 @@ def activation_bytes_per_token(model: ModelSpec, layer_is_moe: bool, recompute: 
     Table 2 is of GPT-3-shaped layers: multi-head attention and dropout. Its attention term, 11h, is the input
     (2h), Q, K and V (2h each), the output projection's input (2h) and the dropout mask (h): with grouped-query
     attention K and V are kv_heads/heads of that, and a model trained without dropout keeps no masks (h after
-    attention, h after the MLP, as per score in the 5as) and no dropped-out scores (2as of the 5as)."""
+    attention, h after the MLP, as per score in the 5as) and no dropped-out scores (2as of the 5as). `keys`: the
+    self-attention's keys per query (default seq_len)."""
     h = model.d_model
     masks = 1.0 if model.dropout else 0.0
     whole = 1.0 if sequence_parallel else float(tensor)  # what a tensor rank holds of the parts TP alone leaves whole
@@ -125,7 +154,7 @@ def activation_bytes_per_token(model: ModelSpec, layer_is_moe: bool, recompute: 
     head_dim = model.head_dim or h // model.heads
     q, kv = model.heads * head_dim, (model.kv_heads or model.heads) * head_dim
     attention = 2.0 * h + 4.0 * q + 4.0 * kv + masks * h
-    attention += (2.0 + 3.0 * masks) * model.heads * model.seq_len if scores_kept else 0.0
+    attention += (2.0 + 3.0 * masks) * model.heads * (keys or model.seq_len) if scores_kept else 0.0
     norms = 4.0 * h
     m = model.ffn_matrices
     if layer_is_moe:
@@ -136,3 +165,24 @@ def activation_bytes_per_token(model: ModelSpec, layer_is_moe: bool, recompute: 
     else:
         mlp = mlp_activation_bytes(h, model.dense_ffn, m, model.dropout)
     return attention + norms + mlp + replicated
+
+
+def layer_activation_bytes(model: ModelSpec, layer: int, recompute: str, tensor: int = 1,
+                           sequence_parallel: bool = True) -> float:
+    """:func:`activation_bytes_per_token` of one layer per input token: a decoder layer of an encoder-decoder model
+    keeps its share of target tokens' activations and its cross-attention's — the input of its layer norm and of
+    the Q projection, Q and the output projection's input, the dropout mask, the scores over the input length
+    (unless recomputed or fused), and K and V of every input token."""
+    own = activation_bytes_per_token(model, model.is_moe(layer), recompute, tensor, sequence_parallel,
+                                     model.self_attention_len(layer))
+    share = model.token_share(layer)
+    if not model.is_decoder_with_encoder(layer) or recompute == "full":  # full: the layer's input only, counted above
+        return share * own
+    h, masks = model.d_model, (1.0 if model.dropout else 0.0)
+    whole = 1.0 if sequence_parallel else float(tensor)
+    head_dim = model.head_dim or h // model.heads
+    q, kv = model.heads * head_dim, (model.kv_heads or model.heads) * head_dim
+    cross = 4.0 * h + 4.0 * q + masks * h + (whole - 1.0) * (4.0 + masks) * h
+    if recompute == "none" and not model.flash_attention:
+        cross += (2.0 + 3.0 * masks) * model.heads * model.seq_len
+    return share * (own + cross) + 4.0 * kv

@@ -15,7 +15,7 @@ from pathsim.collectives import LinkUsage
 from pathsim.energy import StepEnergy
 from pathsim.engine.categories import CATEGORIES
 from pathsim.memory import MemoryReport
-from pathsim.uncertainty import StepTimeBand
+from pathsim.uncertainty import EnergyBand, StepTimeBand
 from pathsim.version import __version__
 
 
@@ -153,6 +153,7 @@ class SimulationResult(BaseModel):
     memory: MemoryReport
     events_per_step: int
     step_time_band: StepTimeBand | None = None  # p10-p90 from the validation suite's residuals in the run's regime
+    energy_band: EnergyBand | None = None  # p10-p90 of the step's IT energy, from the step and power residuals
     energy: StepEnergy  # IT energy of the mean step (chips, hosts, network), with its inputs
     inputs: dict[str, Any]  # the full cluster, workload and device-profile configs
     pathsim_version: str = __version__

@@ -39,7 +39,7 @@ draw 2.3·10⁸ a step).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -64,13 +64,37 @@ class RoutingPlan:
     capacity_factor: float | None  # None: dropless
     sampling: str  # exact | mean_field
     padded: bool = False  # einsum dispatch: every source sends and every expert computes whole capacity buffers
+    # Encoder-decoder models: the (chips, tasks) target tokens entering the decoder's MoE layers, which start at MoE
+    # layer `decoder_from`; the decoder's plan (:meth:`at`) is this one with those tokens.
+    decoder_tokens: np.ndarray | None = None
+    decoder_from: int = 0
+    encoder_plan: "RoutingPlan | None" = None  # set on a decoder's plan: the plan it was made from
+
+    def at(self, layer: int) -> "RoutingPlan":
+        """The plan of MoE layer `layer`: the decoder's where it runs on target tokens, else this one."""
+        return self.decoder if self.decoder_tokens is not None and layer >= self.decoder_from else self
+
+    @cached_property
+    def decoder(self) -> "RoutingPlan":
+        return replace(self, task_tokens=self.decoder_tokens, decoder_tokens=None, encoder_plan=self)
+
+    @cached_property
+    def _classes_of_both(self) -> tuple[np.ndarray, np.ndarray]:
+        both = self.task_tokens if self.decoder_tokens is None else np.hstack([self.task_tokens, self.decoder_tokens])
+        classes, row_of = np.unique(both, axis=0, return_inverse=True)
+        return classes, row_of.ravel()
 
     @cached_property
     def source_classes(self) -> tuple[np.ndarray, np.ndarray]:
         """The distinct rows of ``task_tokens`` (classes × tasks) and each chip's class: chips of one class send
-        alike under the mean field."""
-        classes, row_of = np.unique(self.task_tokens, axis=0, return_inverse=True)
-        return classes, row_of.ravel()
+        alike under the mean field. An encoder-decoder model's chips are classed by their encoder and decoder
+        tokens together, so every MoE layer has the same classes (a class's rows may repeat in one of them)."""
+        tasks = self.task_tokens.shape[1]
+        if self.encoder_plan is not None:
+            classes, row_of = self.encoder_plan._classes_of_both
+            return classes[:, tasks:], row_of
+        classes, row_of = self._classes_of_both
+        return classes[:, :tasks], row_of
 
     @cached_property
     def pick_shares(self) -> np.ndarray:
@@ -99,7 +123,7 @@ class RoutingPlan:
         sd = np.sqrt(mean * (1.0 - q))
         return mean, sd, np.divide(1.0 - 2.0 * q, 6.0 * sd, out=np.zeros_like(sd), where=sd > 0), n
 
-    def draw_routed(self, rng: np.random.Generator, layer: int | None = None) -> np.ndarray:
+    def draw_routed(self, rng: np.random.Generator, layer: "int | slice | None" = None) -> np.ndarray:
         """Routed assignments of each task to each expert of MoE layer `layer` (tasks × experts; None: every layer,
         layers × tasks × experts): Binomial(task tokens, pick share), drawn element after element, so all layers at
         once draw what layer after layer would. With :attr:`normal_draws`, the Cornish–Fisher approximation
@@ -257,13 +281,15 @@ def _largest_remainder(total: int, shares: np.ndarray) -> np.ndarray:
     return base
 
 
-def split_tokens(workload: WorkloadConfig, layout: Layout, source: str = "<workload>") -> np.ndarray:
-    """(chips, tasks) tokens per micro-batch entering each MoE layer on each chip.
+def split_tokens(workload: WorkloadConfig, layout: Layout, source: str = "<workload>", tokens: int | None = None) -> np.ndarray:
+    """(chips, tasks) tokens per micro-batch entering each MoE layer on each chip (`tokens`: the micro-batch's,
+    by default its input tokens).
 
     A data-parallel rank's tokens are split over its tensor-parallel chips
     (sequence parallelism), so every chip dispatches its own share.
     """
-    tokens = workload.training.tokens_per_step // workload.training.micro_batches
+    if tokens is None:
+        tokens = workload.training.tokens_per_step // workload.training.micro_batches
     shares = np.array([t.share for t in workload.tasks])
     n_tasks = len(shares)
     per_chip = _largest_remainder(tokens, np.ones(layout.chips))
@@ -368,9 +394,14 @@ def build_plan(workload: WorkloadConfig, layout: Layout, seed: int, sampling: st
         per_layer = layout.chips * active_tasks * moe.experts
         per_step = per_layer * workload.training.micro_batches * len(workload.model.moe_layers)
         sampling = "exact" if per_layer <= EXACT_LIMIT and per_step <= EXACT_STEP_LIMIT else "mean_field"
+    model, decoder_tokens = workload.model, None
+    decoder_from = sum(1 for i in model.moe_layers if not model.is_decoder_with_encoder(i))
+    if decoder_from < len(model.moe_layers) and model.encoder_layers:
+        inputs = workload.training.tokens_per_step // workload.training.micro_batches
+        decoder_tokens = split_tokens(workload, layout, source, workload.decoder_tokens(inputs))
     return RoutingPlan(task_tokens=task_tokens, probabilities=probabilities, top_k=moe.top_k,
                        capacity_factor=None if moe.dropless else moe.capacity_factor, sampling=sampling,
-                       padded=moe.dispatch == "einsum")
+                       padded=moe.dispatch == "einsum", decoder_tokens=decoder_tokens, decoder_from=decoder_from)
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:
@@ -409,6 +440,7 @@ def _sources(plan: RoutingPlan, layer: int, rng: np.random.Generator | None):
 
     ``rng=None`` gives the expectation (no batch noise): what planners balance.
     """
+    plan = plan.at(layer)
     n = plan.task_tokens
     q = plan.pick_shares[layer]
     if plan.sampling == "exact" and rng is not None:
@@ -441,7 +473,11 @@ def draw_micro_batch(plan: RoutingPlan, rng: np.random.Generator) -> np.ndarray 
     draws as :func:`route_layer` would make layer after layer. Exact sampling draws per layer (None)."""
     if plan.sampling == "exact":
         return None
-    return plan.draw_routed(rng)
+    if plan.decoder_tokens is None:
+        return plan.draw_routed(rng)
+    # Layer after layer: the encoder's MoE layers come first.
+    return np.concatenate([plan.draw_routed(rng, slice(0, plan.decoder_from)),
+                           plan.decoder.draw_routed(rng, slice(plan.decoder_from, None))])
 
 
 def _mean_field(plan: RoutingPlan, routed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -471,7 +507,8 @@ def expected_sources(plan: RoutingPlan, layer: int) -> tuple[np.ndarray, np.ndar
 def route_layer(plan: RoutingPlan, layout: Layout, placement: Placement, layer: int,
                 rng: np.random.Generator | None, dispatch_map: DispatchMap | None = None) -> LayerRouting:
     """Sample one MoE layer of one micro-batch (``rng=None``: its expectation): loads, drops and the dispatch.
-    `dispatch_map`: ``plan.dispatch_map(layout)``, built once by callers that route many layers."""
+    `dispatch_map`: ``plan.at(layer).dispatch_map(layout)``, built once by callers that route many layers."""
+    plan = plan.at(layer)
     kept, row_of, routed, dropped = _sources(plan, layer, rng)
     if dispatch_map is None or dispatch_map.row_of is not row_of:  # built for other rows (an exact draw's, say)
         dispatch_map = plan.dispatch_map(layout, sampled=rng is not None)
@@ -482,6 +519,7 @@ def route_batch(plan: RoutingPlan, placement: Placement, layer: int, routed: np.
                 dispatch_map: DispatchMap) -> list[LayerRouting]:
     """Mean field: one layer of several micro-batches at once, from their draws (micro-batches × tasks × experts,
     rows of :func:`draw_micro_batch`)."""
+    plan = plan.at(layer)
     kept, dropped = _mean_field(plan, routed)
     return _through_placement(plan, placement, layer, dispatch_map, kept, routed, dropped)
 

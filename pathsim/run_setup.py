@@ -129,7 +129,7 @@ def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | P
     layout = layout_on(workload_config, topology, source, chips)
     device_profile = load_profile(profile if profile is not None else cluster_config.profile, cluster_config.chip)
     device = DeviceModel(cluster_config.chip, workload_config.model.dtype, device_profile, source,
-                         workload_config.training.compute_share)
+                         workload_config.training.compute_share, workload_config.model.matmul_precision)
     plan = build_plan(workload_config, layout, seed, sampling, source) if workload_config.model.moe else None
     if placement is not None and plan is None:
         raise PathsimConfigError("<arguments>", "placement", f"{workload_config.name} has no experts to place", "drop --placement")

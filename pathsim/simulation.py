@@ -36,7 +36,7 @@ from pathsim.run_setup import RunSetup, prepare_run
 from pathsim.step_ops import StepCoster
 from pathsim.topology import FatTree, MultiSlice, Torus
 from pathsim.trace import write_trace
-from pathsim.uncertainty import run_regime, step_time_band
+from pathsim.uncertainty import energy_band, run_regime, step_time_band
 from pathsim.workload import WorkloadConfig
 
 MAX_STEPS = 10_000
@@ -267,7 +267,9 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
         dropped_assignments = sum(float(r.dropped.sum()) for batch in routings for r in batch) / len(runs)
         model_flops -= 3.0 * 2.0 * coster.shapes.expert_params * dropped_assignments
     # MFU is against the datasheet peak, whatever a measured profile says the chip reaches.
-    datasheet_peak = cluster.chip.peak_flops.get(workload.model.dtype, coster.device.peak_flops)
+    # (an emulated dtype's against the rate of the dtype its matrix units multiply it in)
+    matrix_dtype = cluster.chip.matrix_dtype(workload.model.dtype)
+    datasheet_peak = cluster.chip.peak_flops[matrix_dtype] if matrix_dtype else coster.device.peak_flops
     peak = datasheet_peak * layout.total_chips
     utilisation = link_bytes / topology.link_bandwidth / times.sum()
     hottest = np.argsort(-utilisation, kind="stable")[:5]
@@ -286,7 +288,9 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
         memory = memory_per_chip(workload, layout, expert_slots_on_busiest_chip(workload, placement), cluster.chip.hbm_bytes)
     gpu = isinstance(topology, FatTree)
     kind, extra = run_regime(gpu, layout.pipeline > 1, plan is not None, gpu and layout.total_chips > topology.gpus_per_node)
-    band = step_time_band(mean_time, kind, extra) if gpu or isinstance(topology, (Torus, MultiSlice)) else None
+    banded = gpu or isinstance(topology, (Torus, MultiSlice))
+    band = step_time_band(mean_time, kind, extra) if banded else None
+    joules_band = energy_band(energy.it_j(), kind, extra) if banded else None
     parallelism = dict(data=layout.data // layout.context, tensor=layout.tensor, expert=layout.expert,
                        expert_groups=layout.expert_groups, slices=layout.slices)
     if layout.context > 1:
@@ -313,6 +317,7 @@ def _result(cluster, workload: WorkloadConfig, profile, topology, layout, coster
         memory=memory, pipeline=summary,
         events_per_step=int(np.mean([r.events for r in runs])),
         step_time_band=band,
+        energy_band=joules_band,
         energy=energy,
         detail=_detail(runs, timelines[::runs[0].groups], times, utilisation, workload, routed, n) if detail else None,
         inputs={"cluster": cluster.model_dump(mode="json"), "workload": workload.model_dump(mode="json"),

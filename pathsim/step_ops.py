@@ -120,28 +120,34 @@ class StepCoster:
     def _tensor_allreduce(self, name: str, layer: int) -> list[Op]:
         if self.layout.tensor == 1:
             return []
-        nbytes = self.tokens_per_data_rank * self.model.d_model * self.dtype
+        nbytes = self.tokens_per_data_rank * self.model.token_share(layer) * self.model.d_model * self.dtype
         time_s, link_bytes = self.collective("all_reduce", nbytes, self.tensor_groups)
         return [self._network_op(name, "tensor_parallel", time_s, layer, link_bytes)]
 
     # ---- forward / backward ops of one layer -------------------------------------------
     def attention(self, layer: int, backward: bool) -> list[Item]:
-        """The attention block's items, its compute ops in a row fused (:func:`fuse_runs`)."""
-        return fuse_runs(self._attention(layer, backward))
+        """The attention block's items (a decoder layer's cross-attention after its self-attention, before it in
+        backward), its compute ops in a row fused (:func:`fuse_runs`)."""
+        blocks = [self._attention(layer, backward)]
+        if self.model.is_decoder_with_encoder(layer):
+            blocks.insert(0 if backward else 1, self._cross_attention(layer, backward))
+        return fuse_runs([item for block in blocks for item in block])
 
     def _attention(self, layer: int, backward: bool) -> list[Item]:
-        s, t = self.shapes, self.tokens_per_chip
+        s, share = self.shapes, self.model.token_share(layer)
+        t = self.tokens_per_chip * share
         tag = "bwd" if backward else "fwd"
-        d, tp, td = self.model.d_model, self.layout.tensor, self.tokens_per_data_rank
+        d, tp, td = self.model.d_model, self.layout.tensor, self.tokens_per_data_rank * share
+        keys = self.model.self_attention_len(layer)
         # A tensor rank runs its data rank's tokens through its shard of the heads: the input is read whole,
         # q/k/v/attention outputs are its shard, and the output projection writes partial sums of width d.
         proj = self._compute(f"L{layer} attention proj {tag}", "matmul",
                              kc.dense(td, s.attention_params / tp, 2 * d + 4 * d / tp, self.dtype), layer, backward)
         core = self._compute(f"L{layer} attention core {tag}", "attention",
-                             kc.attention_core(td, self.model.seq_len, self.model.heads / tp, s.head_dim, self.dtype), layer, backward)
+                             kc.attention_core(td, keys, self.model.heads / tp, s.head_dim, self.dtype), layer, backward)
         if not self.model.flash_attention:  # the s×s scores and probabilities go through HBM, a memory-bound pass each
             scores = self._compute(f"L{layer} attention softmax {tag}", "elementwise",
-                                   kc.attention_scores(td, self.model.seq_len, self.model.heads / tp, self.dtype,
+                                   kc.attention_scores(td, keys, self.model.heads / tp, self.dtype,
                                                        self.model.dropout, backward), layer, backward, scale=1.0)
             core = fuse([core, scores])
         # Layer norms, dropout and residuals run on a tensor rank's share of the sequence only with sequence parallelism.
@@ -157,6 +163,36 @@ class StepCoster:
             # as Megatron-LM's full recompute re-runs it) or the attention core with its K/V exchange (selective).
             forward = self._attention(layer, False)
             again = forward if self.workload.training.recompute == "full" else forward[1:1 + len(core_items)]
+            ops = _renamed(again, "fwd", "recompute") + ops
+        return ops
+
+    def _cross_attention(self, layer: int, backward: bool) -> list[Item]:
+        """A decoder layer's attention to the encoder's output: Q and the output projection on its target tokens,
+        K and V projected from every input token, scores over the input length, then its norm, residual and
+        tensor-parallel all-reduce; recomputed like self-attention."""
+        s, model, tp = self.shapes, self.model, self.layout.tensor
+        tag = "bwd" if backward else "fwd"
+        d, inputs = model.d_model, self.tokens_per_data_rank
+        targets = inputs * model.token_share(layer)
+        q, kv = s.query_params / d, (s.attention_params - s.query_params) / d  # Q + O widths, K + V widths
+        queries = self._compute(f"L{layer} cross-attention Q/O proj {tag}", "matmul",
+                                kc.dense(targets, s.query_params / tp, 2 * d + q / tp, self.dtype), layer, backward)
+        keys = self._compute(f"L{layer} cross-attention K/V proj {tag}", "matmul",
+                             kc.dense(inputs, (s.attention_params - s.query_params) / tp, d + kv / tp, self.dtype),
+                             layer, backward)
+        core = self._compute(f"L{layer} cross-attention core {tag}", "attention",
+                             kc.attention_core(targets, model.seq_len, model.heads / tp, s.head_dim, self.dtype), layer, backward)
+        if not model.flash_attention:
+            core = fuse([core, self._compute(f"L{layer} cross-attention softmax {tag}", "elementwise",
+                                             kc.attention_scores(targets, model.seq_len, model.heads / tp, self.dtype,
+                                                                 model.dropout, backward), layer, backward, scale=1.0)])
+        norm_tokens = self.tokens_per_chip * model.token_share(layer) if self.workload.parallelism.sequence_parallel else targets
+        norm = self._compute(f"L{layer} cross-attention norm+residual {tag}", "elementwise",
+                             kc.elementwise(norm_tokens, d, 8, self.dtype), layer, backward)
+        ops: list[Item] = [queries, keys, core, norm, *self._tensor_allreduce(f"L{layer} cross-attention all-reduce {tag}", layer)]
+        if backward and self.workload.training.recompute != "none":
+            forward = self._cross_attention(layer, False)
+            again = forward if self.workload.training.recompute == "full" else [forward[2]]
             ops = _renamed(again, "fwd", "recompute") + ops
         return ops
 
@@ -192,7 +228,7 @@ class StepCoster:
     def _dense_ffn(self, layer: int, backward: bool) -> list[Op]:
         tag = "bwd" if backward else "fwd"
         ffn = self._compute(f"L{layer} dense FFN {tag}", "ffn",
-                            kc.ffn(self.tokens_per_data_rank, self.model.d_model, self.model.dense_ffn / self.layout.tensor,
+                            kc.ffn(self.tokens_per_data_rank * self.model.token_share(layer), self.model.d_model, self.model.dense_ffn / self.layout.tensor,
                                    self.model.ffn_matrices, self.dtype),
                             layer, backward)
         label = "attention+FFN" if self.model.parallel_layers else "FFN"
@@ -308,7 +344,8 @@ class StepCoster:
         key = (layer, backward)
         if key in self._moe_fixed:
             return self._moe_fixed[key]
-        s, t, d = self.shapes, self.tokens_per_chip, self.model.d_model
+        s, d, share = self.shapes, self.model.d_model, self.model.token_share(layer)
+        t = self.tokens_per_chip * share
         moe = self.model.moe
         tag = "bwd" if backward else "fwd"
         router = self._compute(f"L{layer} router {tag}", "router", kc.router(t, d, moe.experts, self.dtype), layer, backward)
@@ -325,7 +362,8 @@ class StepCoster:
         if s.shared_params:
             shared_ffn = (moe.shared_ffn or moe.expert_ffn) * moe.shared_experts / self.layout.tensor
             shared.append(self._compute(f"L{layer} shared experts {tag}", "ffn",
-                                        kc.ffn(self.tokens_per_data_rank, d, shared_ffn, self.model.ffn_matrices, self.dtype),
+                                        kc.ffn(self.tokens_per_data_rank * share, d, shared_ffn, self.model.ffn_matrices,
+                                               self.dtype),
                                         layer, backward))
         before, after = [router, permute], [unpermute, *shared]
         self._moe_fixed[key] = (fuse(before[::-1]), fuse(after[::-1])) if backward else (fuse(before), fuse(after))
@@ -352,7 +390,8 @@ class StepCoster:
 
     def head(self, backward: bool) -> Op:
         return self._compute(f"LM head {'bwd' if backward else 'fwd'}", "matmul",
-                             kc.matmul(self.tokens_per_data_rank, self.model.d_model, self.model.vocab / self.layout.tensor, self.dtype),
+                             kc.matmul(self.tokens_per_data_rank * self.model.token_share(self.model.layers), self.model.d_model,
+                                       self.model.vocab / self.layout.tensor, self.dtype),
                              self.model.layers, backward)
 
     # ---- gradient sync and optimizer ---------------------------------------------------

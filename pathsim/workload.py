@@ -76,8 +76,20 @@ class ModelSpec(StrictModel):
     parallel_layers: bool = Field(False, description="attention and a dense FFN read the same layer norm and their outputs "
                                                      "are summed (GPT-J, PaLM): one tensor-parallel all-reduce per layer, not two")
     dense_ffn: PositiveInt = Field(description="d_ff of the dense (non-MoE) FFN layers")
-    dtype: str = Field("bf16", description="compute dtype: a key of the chip's peak_flops")
+    dtype: str = Field("bf16", description="compute dtype: a key of the chip's peak_flops (or of its emulated_dtypes)")
+    matmul_precision: Literal["default", "high", "highest"] = Field(
+        "default", description="passes of the matrix units' dtype an emulated dtype's matmul takes (fp32 on a TPU: "
+                               "one bfloat16 pass by default, 3 at high, 6 at highest, as XLA's precision levels); "
+                               "ignored where the chip has a rate for model.dtype")
     moe: MoESpec | None = None
+    encoder_layers: NonNegativeInt = Field(
+        0, description="encoder-decoder models (T5, Switch, GShard's translation models): the first encoder_layers of "
+                       "`layers` are an encoder over seq_len input tokens, the rest a decoder over decoder_seq_len target "
+                       "tokens whose layers add cross-attention to the encoder's output; tokens_per_step then counts "
+                       "input tokens. 0: decoder-only")
+    decoder_seq_len: PositiveInt | None = Field(
+        None, description="target tokens per sequence of an encoder-decoder model (T5's span corruption: 114 for 512 "
+                          "inputs); default seq_len")
 
     @model_validator(mode="after")
     def _shapes(self) -> "ModelSpec":
@@ -85,6 +97,11 @@ class ModelSpec(StrictModel):
             raise ValueError(f"d_model ({self.d_model}) is not a multiple of heads ({self.heads}); set head_dim")
         if self.kv_heads is not None and self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if self.encoder_layers >= self.layers:
+            raise ValueError(f"encoder_layers ({self.encoder_layers}) leaves no decoder layer among {self.layers}; "
+                             f"layers counts encoder and decoder layers together")
+        if self.decoder_seq_len is not None and not self.encoder_layers:
+            raise ValueError("decoder_seq_len applies to encoder-decoder models: set encoder_layers too, or drop it")
         if self.moe is not None and not self.moe_layers:
             raise ValueError(f"moe.every={self.moe.every} and moe.first_dense={self.moe.first_dense} leave no MoE layer "
                              f"among {self.layers}")
@@ -112,6 +129,26 @@ class ModelSpec(StrictModel):
 
     def is_moe(self, layer: int) -> bool:
         return layer in self._moe_layer_set
+
+    def is_decoder_with_encoder(self, layer: int) -> bool:
+        """Whether `layer` (``layers``: the LM head) runs on an encoder-decoder model's target tokens, with
+        cross-attention to the encoder (the head has none)."""
+        return self.encoder_layers > 0 and layer >= self.encoder_layers
+
+    @property
+    def target_len(self) -> int:
+        """Tokens per sequence the decoder runs on: decoder_seq_len, or seq_len for a decoder-only model."""
+        return self.decoder_seq_len or self.seq_len
+
+    def token_share(self, layer: int) -> float:
+        """Tokens `layer` (``layers``: the LM head) runs on per input token: target / input length on an
+        encoder-decoder model's decoder, else 1."""
+        return self.target_len / self.seq_len if self.is_decoder_with_encoder(layer) else 1.0
+
+    def self_attention_len(self, layer: int) -> int:
+        """Keys each query of `layer`'s self-attention sees (the whole sequence, non-causal, as the FLOP count
+        convention has it)."""
+        return self.target_len if self.is_decoder_with_encoder(layer) else self.seq_len
 
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "f16": 2, "fp32": 4, "f32": 4, "fp8": 1, "int8": 1}
@@ -288,6 +325,25 @@ class WorkloadConfig(StrictModel):
         if self.training.tokens_per_step % self.training.micro_batches:
             raise ValueError(f"training.tokens_per_step ({self.training.tokens_per_step}) is not a multiple of "
                              f"training.micro_batches ({self.training.micro_batches})")
+        model, par = self.model, self.parallelism
+        if model.encoder_layers:
+            per_micro_batch = self.training.tokens_per_step // self.training.micro_batches
+            if per_micro_batch % model.seq_len:
+                raise ValueError(f"training.tokens_per_step ({self.training.tokens_per_step}) over "
+                                 f"{self.training.micro_batches} micro-batch(es) is not a whole number of {model.seq_len}-token "
+                                 f"input sequences, which an encoder-decoder model's target tokens are counted from: "
+                                 f"use a multiple of {model.seq_len * self.training.micro_batches}")
+            for field, degree in (("pipeline", par.pipeline), ("context", par.context)):
+                if degree > 1:
+                    raise ValueError(f"parallelism.{field} ({degree}) is not modelled for encoder-decoder models (a stage or "
+                                     f"context rank would need the encoder's output as well as its own inputs): set "
+                                     f"parallelism.{field}: 1, or model.encoder_layers: 0")
+        return self
+
+    def decoder_tokens(self, tokens: int) -> int:
+        """Target tokens of `tokens` input tokens (whole sequences) of an encoder-decoder model; `tokens` otherwise."""
+        model = self.model
+        return tokens // model.seq_len * model.target_len if model.encoder_layers else tokens
         return self
 
     @property

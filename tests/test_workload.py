@@ -206,3 +206,18 @@ def test_console_script_simulate_error_has_no_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "model.moe.top_k" in proc.stderr and "Traceback" not in proc.stderr
+
+
+ENCODER_DECODER_BAD = [
+    ("all-encoder", GOOD.replace("layers: 4,", "layers: 4, encoder_layers: 4,"), "model", "leaves no decoder layer"),
+    ("targets-alone", GOOD.replace("seq_len: 128,", "seq_len: 128, decoder_seq_len: 32,"), "model", "set encoder_layers too"),
+    ("part-sequences", GOOD.replace("layers: 4,", "layers: 4, encoder_layers: 2,").replace("65536", "65600"), "",
+     "not a whole number of 128-token input sequences"),
+    ("pipelined", GOOD.replace("layers: 4,", "layers: 4, encoder_layers: 2,") + "parallelism: {pipeline: 2}\n", "",
+     "parallelism.pipeline (2) is not modelled for encoder-decoder models"),
+]
+
+
+@pytest.mark.parametrize("case, text, field, needle", ENCODER_DECODER_BAD, ids=[c[0] for c in ENCODER_DECODER_BAD])
+def test_bad_encoder_decoder_workloads_exit_2(tmp_path, capsys, case, text, field, needle):
+    test_bad_workloads_exit_2_naming_file_and_field(tmp_path, capsys, case, text, field, needle)

@@ -41,23 +41,11 @@ from pathsim.builders.training import ItemStream, CRITICAL, fixed_ops, grad_stre
 from pathsim.engine import NETWORK, Graph, Node, Op, Stream
 from pathsim.engine.graph import COMPUTE, Await, Prefetch, fuse, fuse_runs
 from pathsim.memory import Held
-from pathsim.model_math import layer_shapes
+from pathsim.model_math import layer_forward_flops
 from pathsim.routing import LoadSample
 from pathsim.step_ops import StepCoster
 from pathsim.traffic import Traffic
 from pathsim.workload import ModelSpec, WorkloadConfig
-
-
-def layer_forward_flops(model: ModelSpec) -> np.ndarray:
-    """Forward FLOPs per token of each layer (active experts only), the LM head's added to the last."""
-    s = layer_shapes(model)
-    moe = model.moe
-    flops = np.empty(model.layers)
-    for i in range(model.layers):
-        ffn = (s.router_params + s.shared_params + moe.top_k * s.expert_params) if model.is_moe(i) else s.dense_ffn_params
-        flops[i] = 2.0 * (s.attention_params + ffn) + s.attention_core_flops
-    flops[-1] += s.head_flops
-    return flops
 
 
 def partition_layers(model: ModelSpec, parts: int, explicit: list[int] | None = None) -> list[range]:

@@ -93,7 +93,8 @@ def moe_micro_batches(plan, placement, rng, micro_batches: int, layers: list[int
         for j, i in enumerate(layers):
             coster = coster_of(mb, i)
             if drawn is None:
-                routing = route_layer(plan, coster.layout, placement, coster.moe_index[i], rng, coster.dispatch_map(plan))
+                routing = route_layer(plan, coster.layout, placement, coster.moe_index[i], rng,
+                                      coster.dispatch_map(plan.at(coster.moe_index[i])))
                 samples[mb][j] = routing.load_sample()
                 ops[mb, i] = coster.moe_ops(i, routing)
             else:
@@ -102,7 +103,7 @@ def moe_micro_batches(plan, placement, rng, micro_batches: int, layers: list[int
                 draws.append(drawn[j])
     for (_, i), (coster, mbs, draws) in pending.items():
         j = coster.moe_index[i]
-        routings = route_batch(plan, placement, j, np.stack(draws), coster.dispatch_map(plan))
+        routings = route_batch(plan, placement, j, np.stack(draws), coster.dispatch_map(plan.at(j)))
         for mb, sample, pair in zip(mbs, load_samples(routings), coster.moe_layer(i, routings)):
             samples[mb][j] = sample
             ops[mb, i] = pair

@@ -10,7 +10,7 @@ import base64
 import html
 from pathlib import Path
 
-from pathsim.fidelity import GOALS, SuiteResult
+from pathsim.fidelity import GOALS, SETUP_ASSUMED, SuiteResult
 from pathsim.report.figures import fidelity_figure, png_bytes
 from pathsim.report.render import _STYLE, _csv, _html_table, write_files
 from pathsim.version import __version__
@@ -18,8 +18,8 @@ from pathsim.version import __version__
 
 def fidelity_html(suite: SuiteResult, png: bytes) -> str:
     headers = ["entry", "metric", "measured", "predicted", "error", "set-up", "source"]
-    rows = [[e.name, e.metric, f"{e.measured:.4g} {e.unit}", f"{e.predicted:.4g}", f"{e.error:+.1%}", e.setup, e.source]
-            for e in suite.entries]
+    rows = [[e.name + (" (set-up assumed)" if SETUP_ASSUMED in e.tags else ""), e.metric, f"{e.measured:.4g} {e.unit}",
+             f"{e.predicted:.4g}", f"{e.error:+.1%}", e.setup, e.source] for e in suite.entries]
     verdict = "meets" if suite.meets_goals() else "misses"
     encoded = base64.b64encode(png).decode("ascii")
     title = "pathsim against published measurements"
@@ -31,7 +31,9 @@ def fidelity_html(suite: SuiteResult, png: bytes) -> str:
         f'<p class="note">pathsim {html.escape(__version__)}, default models (no per-entry adjustment). '
         f"{len(suite.entries)} entries: median |error| {suite.median_abs_error:.1%}, p90 {suite.p90_abs_error:.1%} "
         f"({verdict} the goals: median at most {GOALS['median']:.0%}, p90 at most {GOALS['p90']:.0%}). "
-        "Error is predicted / measured − 1. Every number is in <code>fidelity.json</code>.</p>",
+        "Error is predicted / measured − 1. Entries marked <em>set-up assumed</em> reproduce a run whose cluster or "
+        "layout their source does not publish: scored, but left out of the fits and the error bars. "
+        "Every number is in <code>fidelity.json</code>.</p>",
         f'<figure id="fidelity"><img alt="predicted against measured" src="data:image/png;base64,{encoded}" />'
         "<figcaption>Points on the diagonal are exact; the grey band is ±10 %. Data: <code>data/fidelity.csv</code>."
         "</figcaption></figure>",

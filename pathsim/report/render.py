@@ -97,16 +97,24 @@ def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _band_sentence(quantity: str, how: str, span: "tuple[float, float, str] | None", band, evidence: str) -> str:
+    """A validation band in words, or why there is none."""
+    if band is None:
+        return f" No validation band for {quantity}: the suite has too few {evidence} of this kind of chip."
+    low, high, unit = span
+    return f" Validation band of {quantity} (p10–p90 of {how}, from {band.describe()}): {fmt(low)} – {fmt(high)} {unit}."
+
+
 def _sections(report: Report) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
     """(heading, text before the table, table) for every tabular section, shared by the HTML and the Markdown."""
     run = (f"The run: {fmt(report.run_steps)} steps, {fmt(report.run_tokens)} tokens." if report.run_steps else
            "No run size given (`--run-tokens` or `--run-steps`): per-run figures are left out.")
-    band = report.main.result.step_time_band
-    if band is not None:
-        run += (f" Validation band of the step time (p10–p90 of the measured / predicted ratios of "
-                f"{band.describe()}): {fmt(band.p10_s)} – {fmt(band.p90_s)} s.")
-    else:
-        run += " No validation band: the suite has too few measured runs of this kind of chip."
+    result = report.main.result
+    step, energy = result.step_time_band, result.energy_band
+    run += _band_sentence("the step time", "the measured / predicted ratios", step and (step.p10_s, step.p90_s, "s"),
+                          step, "measured runs")
+    run += _band_sentence("a step's IT energy", "the step band times measured / predicted power",
+                          energy and (energy.p10_j / 3.6e6, energy.p90_j / 3.6e6, "kWh"), energy, "measured powers")
     sections = [("Headline", run, _headline_rows(report))]
     if len(report.variants) > 1:
         sections.append(("Sparse against dense", report.comparison.statement if report.comparison else "", _variant_rows(report)))
