@@ -2,10 +2,10 @@
 
 pathsim's parameters fitted to the suite are the link efficiencies and TPU v5e's per-hop latency
 (``validation/fit_network.py``) and each chip family's kernel efficiency (``validation/fit_device.py``, for the
-families with at least three timed training entries: the A100's). An entry a fit uses is predicted from the fit
-of the others (NVLS, the only entry of its share, by the model without that share). Every other entry is fitted
-by nothing, so its held-out error is its error. Refitting the kernel efficiency once per A100 entry takes about
-ten minutes.
+families with at least three timed training entries: the A100's, the V100's and TPU v3's; entries whose set-up
+is assumed are in no fit). An entry a fit uses is predicted from the fit of the others (NVLS, the only entry of
+its share, by the model without that share). Every other entry is fitted by nothing, so its held-out error is
+its error. The fits' grids take most of the time (about twenty minutes on 2 cores).
 
     pathsim fidelity --slow --json suite.json      # every entry (minutes); or without --slow, the fast ones
     python validation/leave_one_out.py suite.json
