@@ -186,10 +186,12 @@ class StepCoster:
             core = fuse([core, self._compute(f"L{layer} cross-attention softmax {tag}", "elementwise",
                                              kc.attention_scores(targets, model.seq_len, model.heads / tp, self.dtype,
                                                                  model.dropout, backward), layer, backward, scale=1.0)])
-        norm_tokens = self.tokens_per_chip * model.token_share(layer) if self.workload.parallelism.sequence_parallel else targets
+        sequence_parallel = self.workload.parallelism.sequence_parallel
+        norm_tokens = self.tokens_per_chip * model.token_share(layer) if sequence_parallel else targets
         norm = self._compute(f"L{layer} cross-attention norm+residual {tag}", "elementwise",
                              kc.elementwise(norm_tokens, d, 8, self.dtype), layer, backward)
-        ops: list[Item] = [queries, keys, core, norm, *self._tensor_allreduce(f"L{layer} cross-attention all-reduce {tag}", layer)]
+        ops: list[Item] = [queries, keys, core, norm,
+                           *self._tensor_allreduce(f"L{layer} cross-attention all-reduce {tag}", layer)]
         if backward and self.workload.training.recompute != "none":
             forward = self._cross_attention(layer, False)
             again = forward if self.workload.training.recompute == "full" else [forward[2]]
@@ -227,8 +229,9 @@ class StepCoster:
 
     def _dense_ffn(self, layer: int, backward: bool) -> list[Op]:
         tag = "bwd" if backward else "fwd"
+        tokens = self.tokens_per_data_rank * self.model.token_share(layer)
         ffn = self._compute(f"L{layer} dense FFN {tag}", "ffn",
-                            kc.ffn(self.tokens_per_data_rank * self.model.token_share(layer), self.model.d_model, self.model.dense_ffn / self.layout.tensor,
+                            kc.ffn(tokens, self.model.d_model, self.model.dense_ffn / self.layout.tensor,
                                    self.model.ffn_matrices, self.dtype),
                             layer, backward)
         label = "attention+FFN" if self.model.parallel_layers else "FFN"

@@ -4,7 +4,7 @@
 keeps, for every training entry of the suite, the ratio of the measured step time to the predicted one
 (throughput metrics inverted: a predicted 20 % too high throughput is a step 1/1.2 of the measured). A run
 falls in a regime by its chip kind (``gpu`` on a GPU fat tree, ``tpu`` on a torus or multi-slice cluster; no
-band with fewer than three entries of the kind: today's TPU entries are two) and, where the suite has at least
+band with fewer than three entries of the kind) and, where the suite has at least
 three such entries, also by what else it is (``pipeline``, ``moe``,
 ``multi-node``). The band is the p10–p90 of those entries' ratios applied to the predicted step time: where
 the model is optimistic on its regime, the whole band lies above the prediction. It is evidence, not a

@@ -344,7 +344,6 @@ class WorkloadConfig(StrictModel):
         """Target tokens of `tokens` input tokens (whole sequences) of an encoder-decoder model; `tokens` otherwise."""
         model = self.model
         return tokens // model.seq_len * model.target_len if model.encoder_layers else tokens
-        return self
 
     @property
     def modalities(self) -> list[str]:

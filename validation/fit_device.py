@@ -9,8 +9,8 @@ log ratio (the vertex of the parabola through the best fine-grid points).
 A family with fewer than MIN_ENTRIES such entries is not fitted. Prints each family's curve, its fit and a
 leave-one-out check: each entry's error at the scale fitted without it.
 
-    python validation/fit_device.py            # the fast entries (about a minute)
-    python validation/fit_device.py --slow     # every entry (about ten minutes)
+    python validation/fit_device.py            # the fast entries (a few minutes)
+    python validation/fit_device.py --slow     # every entry (about twenty minutes on 2 cores)
 """
 
 from __future__ import annotations
