@@ -27,8 +27,10 @@ Algorithms (``bytes`` is the per-rank buffer S; conventions as NCCL-tests):
 - ``nvls``: all-reduce in the switch (NVLink SHARP, NCCL's NVLS on NVSwitch 3
   nodes): each rank sends its buffer up to the switch once, which sums and
   multicasts the result back, so every GPU's links carry S each way, at the
-  share ``in_switch_efficiency`` of the NVLink bandwidth. ``auto`` picks it for
-  an all-reduce inside one node whose switch reduces, as NCCL does by default.
+  share ``in_switch_efficiency`` of the NVLink bandwidth, after a fixed latency
+  (``in_switch_latency``). ``auto`` picks it for an all-reduce inside one node
+  whose switch reduces where it beats the rings — large buffers; small ones pay
+  less latency on the rings — as NCCL's tuner does.
 - ``multi_slice``: groups spanning slices of a multi-slice cluster: the slice's
   own scheme reduce-scatters inside every slice, a ring across the slices
   all-reduces each shard over the DCN (the chips at the same position of every
@@ -368,25 +370,32 @@ def collective_phases(topology: Topology, op: str, nbytes: float, groups: np.nda
         return "direct", [_all_to_all_phase(topology.num_chips, groups, nbytes, matrix)]
     if algorithm == "direct":
         raise PathsimConfigError("<arguments>", "algorithm", f"'direct' is for all_to_all, not {op}", "use auto, ring, bidir_ring, torus or hierarchical")
+    in_switch = None
     if algorithm in ("auto", "nvls") and op == "all_reduce" and topology.in_switch_share.any():
         in_switch = _in_switch_phase(topology, groups, nbytes)
-        if in_switch is not None:
+        if in_switch is not None and (algorithm == "nvls" or network is None):
             return "nvls", [in_switch]
     if algorithm == "nvls":
         raise PathsimConfigError("<arguments>", "algorithm", "'nvls' reduces an all_reduce inside one node whose NVSwitch "
                                  "reduces (a cluster whose nvlink sets in_switch_efficiency)", "use --algorithm auto or ring")
-    chosen, grids, axes = _grids(topology, groups, algorithm)
-    if chosen != "rings":
-        return chosen, _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
-    rings = _rings_phases(topology.num_chips, grids, nbytes, op)
-    if algorithm != "auto" or network is None:
-        return chosen, rings
-    stepped = _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
 
     def seconds(phases: list[Phase]) -> float:
         return sum(phase.repeat * network.phase(phase.traffic, in_switch=phase.in_switch).time_s for phase in phases)
 
-    return ("rings", rings) if seconds(rings) <= seconds(stepped) else ("hierarchical", stepped)
+    chosen, grids, axes = _grids(topology, groups, algorithm)
+    if chosen != "rings":
+        phases = _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
+    else:
+        phases = _rings_phases(topology.num_chips, grids, nbytes, op)
+        if algorithm == "auto" and network is not None:
+            stepped = _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
+            if seconds(stepped) < seconds(phases):
+                chosen, phases = "hierarchical", stepped
+    # NVLS wins where its one pass through the switch outruns the rings: large buffers; its fixed latency
+    # (in_switch_latency) leaves small ones to the rings, as NCCL's tuner does.
+    if in_switch is not None and seconds([in_switch]) <= seconds(phases):
+        return "nvls", [in_switch]
+    return chosen, phases
 
 
 def run_collective(cluster: "ClusterConfig | str", op: str, nbytes: "float | str", *, model: str = "fast",

@@ -194,3 +194,22 @@ def test_nvls_reduces_in_the_switch_inside_one_node_only():
     with pytest.raises(PathsimConfigError, match="in_switch_efficiency") as err:
         run_collective("dgx-a100-1", "all_reduce", S, algorithm="nvls")
     assert err.value.field == "algorithm"
+
+
+def test_nvls_pays_its_fixed_latency_and_leaves_small_buffers_to_the_rings(tmp_path):
+    # NCCL's cost model charges NVLS a fixed 25 us on NVLink: a small all-reduce in the switch takes no less, and
+    # where the rings are faster (small buffers against a slow switch) auto takes them, as NCCL's tuner does.
+    from pathsim.cluster import load_cluster
+    tiny = run_collective("dgx-h100-1", "all_reduce", 1024)
+    assert tiny.algorithm == "nvls" and tiny.time_s == pytest.approx(25e-6 + tiny.bandwidth_time_s, rel=1e-12)
+    slow = tmp_path / "slow-switch.yaml"
+    slow.write_text("extends: dgx-h100-1\nname: slow-switch\nlinks:\n  nvlink:\n    in_switch_latency: 1ms\n")
+    ring_small = run_collective(str(slow), "all_reduce", 1024, algorithm="ring")
+    assert run_collective(str(slow), "all_reduce", 1024).algorithm == "ring"
+    assert run_collective(str(slow), "all_reduce", 1024).time_s == ring_small.time_s < 1e-3
+    assert run_collective(str(slow), "all_reduce", S).algorithm == "nvls"  # 1 ms is nothing against 8 GiB's drain
+    no_reduce = tmp_path / "no-reduce.yaml"
+    no_reduce.write_text("extends: dgx-a100-1\nname: no-reduce\nlinks:\n  nvlink:\n    in_switch_latency: 25us\n")
+    with pytest.raises(PathsimConfigError, match="set in_switch_efficiency too") as err:
+        load_cluster(str(no_reduce))
+    assert err.value.field.startswith("links.nvlink") and err.value.source == str(no_reduce)

@@ -34,6 +34,8 @@ class FastModel:
         loaded = link_bytes > 0
         drain = float(np.max(link_bytes[loaded] / bandwidth[loaded], initial=0.0))
         latency = self.topology.max_path_latency(traffic, link_bytes) if drain > 0 else 0.0
+        if in_switch and drain > 0:
+            latency = max(latency, self.topology.in_switch_floor(loaded))
         return PhaseTiming(drain, latency, link_bytes)
 
     def basis(self, src: np.ndarray, dst: np.ndarray, component: np.ndarray, size: int,

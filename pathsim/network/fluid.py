@@ -79,4 +79,7 @@ class FluidModel:
         routes = self.topology.incidence(src, dst)
         drain = completion_times(routes, nbytes, self.topology.reached_bandwidth(all_to_all, in_switch))
         latency = self.topology.path_latency(src, dst)
-        return PhaseTiming(float(drain.max()), float(latency.max()), routes.T @ nbytes, drain + latency)
+        link_bytes = routes.T @ nbytes
+        if in_switch:
+            latency = np.maximum(latency, self.topology.in_switch_floor(link_bytes > 0))
+        return PhaseTiming(float(drain.max()), float(latency.max()), link_bytes, drain + latency)
