@@ -22,10 +22,15 @@ utilisation: large bf16 matmuls reach 60–75 % of peak on TPU v4 and H100
 (PaLM reports 57.8 % model FLOPs utilisation end-to-end on TPU v4; NVIDIA's
 cuBLAS GEMM benchmarks reach ~70 % of dense H100 peak); grouped expert GEMMs are
 less efficient (MegaBlocks, Gale et al. 2023, reports block-sparse kernels at
-~60–90 % of cuBLAS); streaming kernels reach ~80 % of HBM bandwidth (STREAM-like
-copies on H100 and TPU). A cluster's ``chip.kernel_efficiency`` scales every flops efficiency for its chip
-family: fitted to the validation suite by ``validation/fit_device.py`` where a family has the entries (the A100:
-1.02 over 28 timed runs), 1 elsewhere. Replace them with a calibrated profile for decisions.
+~60–90 % of cuBLAS); fused attention reaches 50–73 % of A100 peak forward and
+backward (FlashAttention-2, Dao 2023) and up to 75 % of H100's in fp16
+(FlashAttention-3, Shah et al. 2024), the default's 0.55 at the low end; streaming
+kernels reach ~80 % of HBM bandwidth (STREAM-like copies on H100 and TPU). A
+cluster's ``chip.kernel_efficiency`` scales every flops efficiency for its chip
+family: fitted to the validation suite by ``validation/fit_device.py`` where a
+family has three timed entries (A100 1.02 over 28, H100 0.80 over 3 — the H800
+inherits it —, V100 0.54 over 8, TPU v3 1.11 over 3), 1 elsewhere. Replace them
+with a calibrated profile for decisions.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 pathsim's parameters fitted to the suite are the link efficiencies and TPU v5e's per-hop latency
 (``validation/fit_network.py``) and each chip family's kernel efficiency (``validation/fit_device.py``, for the
-families with at least three timed training entries: the A100's, the V100's and TPU v3's; entries whose set-up
+families with at least three timed training entries: the A100's, H100's, V100's and TPU v3's; entries whose set-up
 is assumed are in no fit). An entry a fit uses is predicted from the fit of the others (NVLS, the only entry of
 its share, by the model without that share). Every other entry is fitted by nothing, so its held-out error is
 its error. The fits' grids take most of the time (about twenty minutes on 2 cores).
