@@ -105,15 +105,15 @@ class LinkSpec(StrictModel):
         None, gt=0.0, le=1.0, description="the share an all-reduce reduced inside the switch reaches (NVLink SHARP, "
                                           "NCCL's NVLS on NVSwitch 3 nodes: each GPU sends its buffer up once and reads "
                                           "the sum back once); None: the switch cannot reduce")
-    in_switch_latency: Annotated[Seconds, Ge(0)] | None = Field(
-        None, description="the latency of an all-reduce reduced in the switch, in place of its route's when longer: "
-                          "NVLS's fixed cost of loading and reducing in the NVSwitch (NCCL's cost model charges 25 us "
-                          "on NVLink: src/graph/tuning.cc, the NVLS hardware latency); only with in_switch_efficiency")
+    in_switch_latency: Annotated[Seconds, Ge(0)] = Field(
+        0.0, description="the latency of an all-reduce reduced in the switch, in place of its route's when longer: "
+                         "NVLS's fixed cost of loading and reducing in the NVSwitch (NCCL's cost model charges 25 us "
+                         "on NVLink: src/graph/tuning.cc, the NVLS hardware latency); only with in_switch_efficiency")
     efficiency_source: str = ""  # where the efficiencies come from (a fit to measurements: say which)
 
     @model_validator(mode="after")
     def _in_switch_latency_needs_a_reducing_switch(self) -> "LinkSpec":
-        if self.in_switch_latency is not None and self.in_switch_efficiency is None:
+        if self.in_switch_latency > 0 and self.in_switch_efficiency is None:
             raise ValueError("in_switch_latency is the latency of an in-switch reduction: set in_switch_efficiency too, "
                              "or drop it")
         return self
@@ -126,11 +126,6 @@ class LinkSpec(StrictModel):
     def all_to_all_share(self) -> float:
         """What an all-to-all reaches of the achieved bandwidth."""
         return 1.0 if self.all_to_all_efficiency is None else self.all_to_all_efficiency / self.efficiency
-
-    @property
-    def in_switch_floor_s(self) -> float:
-        """An in-switch all-reduce's least latency on this class of link (0: none given)."""
-        return self.in_switch_latency or 0.0
 
     @property
     def in_switch_share(self) -> float:

@@ -385,15 +385,20 @@ def collective_phases(topology: Topology, op: str, nbytes: float, groups: np.nda
     chosen, grids, axes = _grids(topology, groups, algorithm)
     if chosen != "rings":
         phases = _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
+        if algorithm != "auto" or network is None or in_switch is None:
+            return chosen, phases
+        phases_s = seconds(phases)
     else:
         phases = _rings_phases(topology.num_chips, grids, nbytes, op)
-        if algorithm == "auto" and network is not None:
-            stepped = _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
-            if seconds(stepped) < seconds(phases):
-                chosen, phases = "hierarchical", stepped
-    # NVLS wins where its one pass through the switch outruns the rings: large buffers; its fixed latency
+        if algorithm != "auto" or network is None:
+            return chosen, phases
+        stepped = _multi_axis_phases(topology.num_chips, grids, nbytes, axes, op)
+        phases_s, stepped_s = seconds(phases), seconds(stepped)
+        if stepped_s < phases_s:
+            chosen, phases, phases_s = "hierarchical", stepped, stepped_s
+    # NVLS wins where its one pass through the switch outruns the other scheme: large buffers; its fixed latency
     # (in_switch_latency) leaves small ones to the rings, as NCCL's tuner does.
-    if in_switch is not None and seconds([in_switch]) <= seconds(phases):
+    if in_switch is not None and seconds([in_switch]) <= phases_s:
         return "nvls", [in_switch]
     return chosen, phases
 

@@ -79,7 +79,7 @@ class ValidationEntry(BaseModel):
     path: str = ""  # the file it was read from (filled in on loading)
 
 
-def _megatron_tflops(result: SimulationResult, workload: WorkloadConfig) -> float:
+def _megatron_tflops(result: SimulationResult, workload: WorkloadConfig, entry=None) -> float:
     model = workload.model
     sequences = workload.training.tokens_per_step / model.seq_len
     s, h, l, v = model.seq_len, model.d_model, model.layers, model.vocab
@@ -87,23 +87,32 @@ def _megatron_tflops(result: SimulationResult, workload: WorkloadConfig) -> floa
     return flops / result.step_time.mean_s / result.chips / 1e12
 
 
-def _gpu_hours_per_trillion(result: SimulationResult, workload: WorkloadConfig) -> float:
+def _gpu_hours_per_trillion(result: SimulationResult, workload: WorkloadConfig, entry=None) -> float:
     return result.chips * result.step_time.mean_s / workload.training.tokens_per_step * 1e12 / 3600.0
 
 
-STEP_METRICS: dict[str, Callable[[SimulationResult, WorkloadConfig], float]] = {
-    "step_time_s": lambda r, w: r.step_time.mean_s,
-    "tokens_per_s": lambda r, w: r.tokens_per_s,
-    "mfu": lambda r, w: r.mfu,
-    "hfu": lambda r, w: r.hfu,
+def _training_days(result: SimulationResult, workload: WorkloadConfig, entry: "ValidationEntry") -> float:
+    """Patterson et al. 2021 Table 4's training days: the entry's run_tokens at the predicted tokens per second."""
+    return entry.run_tokens / result.tokens_per_s / 86400.0
+
+
+# Each metric from the simulated step, its workload and the entry (whose run_tokens training_days reads).
+STEP_METRICS: dict[str, Callable[..., float]] = {
+    "step_time_s": lambda r, w, e=None: r.step_time.mean_s,
+    "tokens_per_s": lambda r, w, e=None: r.tokens_per_s,
+    "mfu": lambda r, w, e=None: r.mfu,
+    "hfu": lambda r, w, e=None: r.hfu,
     "megatron_tflops_per_gpu": _megatron_tflops,
     "gpu_hours_per_trillion_tokens": _gpu_hours_per_trillion,
+    "training_days": _training_days,
     # Patterson et al. 2021 Table 4's "measured performance": the model's FLOPs over chips x training time.
-    "model_tflops_per_chip": lambda r, w: r.model_flops_per_step / r.step_time.mean_s / r.chips / 1e12,
+    "model_tflops_per_chip": lambda r, w, e=None: r.model_flops_per_step / r.step_time.mean_s / r.chips / 1e12,
     # ... and its "measured system average power per accelerator, including memory, network interface, fans, host
     # CPU" (no PUE): the step's IT energy (chips, hosts, network) over its time, per chip.
-    "it_w_per_chip": lambda r, w: r.energy.average_it_w() / r.chips,
+    "it_w_per_chip": lambda r, w, e=None: r.energy.average_it_w() / r.chips,
 }
+
+
 def _layer_seconds(result: SimulationResult, workload: WorkloadConfig, backward: bool) -> float:
     """One middle layer's ops on the critical stream(s) of the simulated step, per micro-batch: forward, or
     backward with any recompute."""
@@ -113,13 +122,13 @@ def _layer_seconds(result: SimulationResult, workload: WorkloadConfig, backward:
     return sum(s.end_s - s.start_s for s in spans) / workload.training.micro_batches
 
 
-LAYER_METRICS: dict[str, Callable[[SimulationResult, WorkloadConfig], float]] = {
-    "layer_forward_s": lambda r, w: _layer_seconds(r, w, False),
-    "layer_backward_s": lambda r, w: _layer_seconds(r, w, True),
+LAYER_METRICS: dict[str, Callable[..., float]] = {
+    "layer_forward_s": lambda r, w, e=None: _layer_seconds(r, w, False),
+    "layer_backward_s": lambda r, w, e=None: _layer_seconds(r, w, True),
 }
 STEP_METRICS.update(LAYER_METRICS)
 COLLECTIVE_METRICS = ("busbw_gb_per_s", "collective_time_us")  # of one collective (`pathsim collective`)
-METRICS = (*STEP_METRICS, "training_days", *COLLECTIVE_METRICS)
+METRICS = (*STEP_METRICS, *COLLECTIVE_METRICS)
 
 
 class EntryResult(BaseModel):
@@ -212,9 +221,7 @@ def predict(entry: ValidationEntry) -> tuple[float, str]:
 
 def metric_value(entry: ValidationEntry, result: SimulationResult, workload: WorkloadConfig) -> float:
     """The entry's metric from its simulated step."""
-    if entry.metric == "training_days":
-        return entry.run_tokens / result.tokens_per_s / 86400.0
-    return STEP_METRICS[entry.metric](result, workload)
+    return STEP_METRICS[entry.metric](result, workload, entry)
 
 
 def run_suite(entries: list[ValidationEntry]) -> SuiteResult:

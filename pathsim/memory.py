@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from pathsim.model_math import layer_activation_bytes, layer_params, layer_shapes
 from pathsim.placement import Placement
 from pathsim.units import format_id_ranges
-from pathsim.workload import Layout, ModelSpec, WorkloadConfig
+from pathsim.workload import Layout, WorkloadConfig
 
 OPTIMIZER_STATE_BYTES = {"adam": 12.0, "adafactor": 4.0, "sgd": 4.0}
 
@@ -73,7 +73,7 @@ def parameters_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: 
     s = layer_shapes(model)
     if held is not None:
         table = model.vocab * model.d_model
-        dense = (sum(dense_params_of_layer(model, i) for i in held.layers)
+        dense = (sum(layer_params(model, i, s) for i in held.layers)
                  + table * (int(held.embedding) + int(held.head))) / layout.tensor
         return dense, expert_slots * s.expert_params / layout.expert_shard
     dense = sum(layer_params(model, i, s) for i in range(model.layers + 1)) / layout.tensor
@@ -89,16 +89,13 @@ def optimizer_params_per_chip(workload: WorkloadConfig, layout: Layout, expert_s
     return dense / layout.parameter_shards + experts
 
 
-def dense_params_of_layer(model: ModelSpec, layer: int) -> float:
-    """Dense (non-expert) parameters of one layer; ``layer == model.layers`` stands for the embeddings and head."""
-    return layer_params(model, layer)
-
-
 def gathered_weight_params(workload: WorkloadConfig, layout: Layout) -> float:
     """ZeRO-3 / FSDP: dense parameters held gathered on a chip at once, two of its largest layers (0 unsharded)."""
     if layout.parameter_shards == 1:
         return 0.0
-    largest = max(dense_params_of_layer(workload.model, i) for i in range(workload.model.layers + 1))
+    model = workload.model
+    s = layer_shapes(model)
+    largest = max(layer_params(model, i, s) for i in range(model.layers + 1))
     return 2.0 * largest / layout.tensor
 
 
@@ -114,15 +111,12 @@ def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int,
     updated = optimizer_params_per_chip(workload, layout, expert_slots, held)
     optimizer = OPTIMIZER_STATE_BYTES[workload.training.optimizer] * updated
     gradients = (updated if workload.training.shard_gradients else params) * dtype
-    # Layers of one kind (MoE or not, encoder or decoder) keep the same bytes: computed once per kind.
-    kinds = {i: (model.is_moe(i), model.is_decoder_with_encoder(i)) for i in range(model.layers)}
-    first = {kind: i for i, kind in sorted(kinds.items(), reverse=True)}
-    layer_bytes = {kind: layer_activation_bytes(model, i, workload.training.recompute, layout.tensor,
-                                                workload.parallelism.sequence_parallel) for kind, i in first.items()}
+    layer_bytes = [layer_activation_bytes(model, i, workload.training.recompute, layout.tensor,
+                                          workload.parallelism.sequence_parallel) for i in range(model.layers)]
     if held is None:
-        per_token = sum(layer_bytes[kinds[i]] for i in range(model.layers))
+        per_token = sum(layer_bytes)
     else:
-        per_token = sum(count * layer_bytes[kinds[i]] for i, count in zip(held.layers, held.in_flight))
+        per_token = sum(count * layer_bytes[i] for i, count in zip(held.layers, held.in_flight))
     activations = per_token * layout.tokens_per_chip(workload) * (dtype / 2.0)
     total = (params + gathered) * dtype + gradients + optimizer + activations
     return MemoryReport(

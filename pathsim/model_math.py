@@ -46,6 +46,11 @@ class LayerShapes:
     head_flops: float  # LM head per token, forward
     query_params: int  # of an attention block: its Q and output projections (the rest, K and V, read the keys' side)
 
+    @property
+    def key_value_params(self) -> int:
+        """An attention block's K and V projections (what cross-attention applies to the encoder's tokens)."""
+        return self.attention_params - self.query_params
+
 
 def layer_shapes(model: ModelSpec) -> LayerShapes:
     head_dim = model.head_dim or model.d_model // model.heads
@@ -93,7 +98,7 @@ def layer_forward_flops(model: ModelSpec) -> list[float]:
         own = share * (2.0 * (s.attention_params + ffn) + 4.0 * model.self_attention_len(i) * model.heads * s.head_dim)
         if model.is_decoder_with_encoder(i):  # cross-attention: Q, O and scores on the targets, K and V on the inputs
             own += (share * (2.0 * s.query_params + 4.0 * model.seq_len * model.heads * s.head_dim)
-                    + 2.0 * (s.attention_params - s.query_params))
+                    + 2.0 * s.key_value_params)
         flops.append(own)
     flops[-1] += model.token_share(model.layers) * s.head_flops
     return flops
@@ -117,6 +122,12 @@ def model_totals(model: ModelSpec) -> ModelTotals:
     return ModelTotals(total_params=dense + routed_total + s.embedding_params,
                        active_params_per_token=dense + routed_active + s.embedding_params,
                        expert_params=routed_total, forward_flops_per_token=sum(layer_forward_flops(model)))
+
+
+def attention_widths(model: ModelSpec) -> tuple[int, int]:
+    """The width of an attention block's queries (heads × head_dim) and of its keys or values (kv_heads × head_dim)."""
+    head_dim = model.head_dim or model.d_model // model.heads
+    return model.heads * head_dim, (model.kv_heads or model.heads) * head_dim
 
 
 def mlp_activation_bytes(d_model: int, d_ff: int, matrices: int, dropout: bool = True) -> float:
@@ -151,8 +162,7 @@ def activation_bytes_per_token(model: ModelSpec, layer_is_moe: bool, recompute: 
         return 2.0 * h * whole
     replicated = (whole - 1.0) * (REPLICATED_WITHOUT_SEQUENCE_PARALLELISM - 2.0 * (1.0 - masks)) * h
     scores_kept = recompute == "none" and not model.flash_attention  # the s×s softmax (and its dropout): 5as per token
-    head_dim = model.head_dim or h // model.heads
-    q, kv = model.heads * head_dim, (model.kv_heads or model.heads) * head_dim
+    q, kv = attention_widths(model)
     attention = 2.0 * h + 4.0 * q + 4.0 * kv + masks * h
     attention += (2.0 + 3.0 * masks) * model.heads * (keys or model.seq_len) if scores_kept else 0.0
     norms = 4.0 * h
@@ -180,8 +190,7 @@ def layer_activation_bytes(model: ModelSpec, layer: int, recompute: str, tensor:
         return share * own
     h, masks = model.d_model, (1.0 if model.dropout else 0.0)
     whole = 1.0 if sequence_parallel else float(tensor)
-    head_dim = model.head_dim or h // model.heads
-    q, kv = model.heads * head_dim, (model.kv_heads or model.heads) * head_dim
+    q, kv = attention_widths(model)
     cross = 4.0 * h + 4.0 * q + masks * h + (whole - 1.0) * (4.0 + masks) * h
     if recompute == "none" and not model.flash_attention:
         cross += (2.0 + 3.0 * masks) * model.heads * model.seq_len

@@ -396,7 +396,7 @@ def build_plan(workload: WorkloadConfig, layout: Layout, seed: int, sampling: st
         sampling = "exact" if per_layer <= EXACT_LIMIT and per_step <= EXACT_STEP_LIMIT else "mean_field"
     model, decoder_tokens = workload.model, None
     decoder_from = sum(1 for i in model.moe_layers if not model.is_decoder_with_encoder(i))
-    if decoder_from < len(model.moe_layers) and model.encoder_layers:
+    if decoder_from < len(model.moe_layers):  # MoE layers in an encoder-decoder model's decoder
         inputs = workload.training.tokens_per_step // workload.training.micro_batches
         decoder_tokens = split_tokens(workload, layout, source, workload.decoder_tokens(inputs))
     return RoutingPlan(task_tokens=task_tokens, probabilities=probabilities, top_k=moe.top_k,

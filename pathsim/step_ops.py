@@ -35,9 +35,9 @@ from pathsim.collectives import collective_phases
 from pathsim import kernel_costs as kc
 from pathsim.device import DeviceModel
 from pathsim.engine.graph import COMPUTE, DCN, NETWORK, Await, Item, Op, Prefetch, fuse, fuse_runs
-from pathsim.memory import (OPTIMIZER_STATE_BYTES, Held, dense_params_of_layer, expert_slots_on_busiest_chip,
+from pathsim.memory import (OPTIMIZER_STATE_BYTES, Held, expert_slots_on_busiest_chip,
                             optimizer_params_per_chip)
-from pathsim.model_math import LayerShapes, layer_shapes
+from pathsim.model_math import LayerShapes, layer_params, layer_shapes
 from pathsim.network.timing import NetworkModel
 from pathsim.placement import Placement
 from pathsim.network.linear import LinkBytes, dense_link_bytes
@@ -120,9 +120,22 @@ class StepCoster:
     def _tensor_allreduce(self, name: str, layer: int) -> list[Op]:
         if self.layout.tensor == 1:
             return []
-        nbytes = self.tokens_per_data_rank * self.model.token_share(layer) * self.model.d_model * self.dtype
+        nbytes = self._tokens(layer)[1] * self.model.d_model * self.dtype
         time_s, link_bytes = self.collective("all_reduce", nbytes, self.tensor_groups)
         return [self._network_op(name, "tensor_parallel", time_s, layer, link_bytes)]
+
+    def _tokens(self, layer: int) -> tuple[float, float]:
+        """Tokens `layer` (``model.layers``: the LM head) runs on per micro-batch: a chip's and its data rank's (an
+        encoder-decoder model's decoder runs on the targets)."""
+        share = self.model.token_share(layer)
+        return self.tokens_per_chip * share, self.tokens_per_data_rank * share
+
+    def _norms(self, name: str, layer: int, backward: bool) -> Op:
+        """A block's layer norm, dropout and residual: on a tensor rank's share of the tokens with sequence
+        parallelism, on its data rank's whole without."""
+        chip, rank = self._tokens(layer)
+        tokens = chip if self.workload.parallelism.sequence_parallel else rank
+        return self._compute(name, "elementwise", kc.elementwise(tokens, self.model.d_model, 8, self.dtype), layer, backward)
 
     # ---- forward / backward ops of one layer -------------------------------------------
     def attention(self, layer: int, backward: bool) -> list[Item]:
@@ -134,10 +147,9 @@ class StepCoster:
         return fuse_runs([item for block in blocks for item in block])
 
     def _attention(self, layer: int, backward: bool) -> list[Item]:
-        s, share = self.shapes, self.model.token_share(layer)
-        t = self.tokens_per_chip * share
+        s, (_, td) = self.shapes, self._tokens(layer)
         tag = "bwd" if backward else "fwd"
-        d, tp, td = self.model.d_model, self.layout.tensor, self.tokens_per_data_rank * share
+        d, tp = self.model.d_model, self.layout.tensor
         keys = self.model.self_attention_len(layer)
         # A tensor rank runs its data rank's tokens through its shard of the heads: the input is read whole,
         # q/k/v/attention outputs are its shard, and the output projection writes partial sums of width d.
@@ -150,10 +162,7 @@ class StepCoster:
                                    kc.attention_scores(td, keys, self.model.heads / tp, self.dtype,
                                                        self.model.dropout, backward), layer, backward, scale=1.0)
             core = fuse([core, scores])
-        # Layer norms, dropout and residuals run on a tensor rank's share of the sequence only with sequence parallelism.
-        norm_tokens = t if self.workload.parallelism.sequence_parallel else td
-        norm = self._compute(f"L{layer} norms+residual {tag}", "elementwise", kc.elementwise(norm_tokens, d, 8, self.dtype),
-                             layer, backward)
+        norm = self._norms(f"L{layer} norms+residual {tag}", layer, backward)
         core_items = self._with_context_exchange(core, layer, backward)
         # Parallel layers: a dense FFN's all-reduce sums the attention's partial outputs with its own.
         shared = self.model.parallel_layers and not self.model.is_moe(layer)
@@ -172,13 +181,12 @@ class StepCoster:
         tensor-parallel all-reduce; recomputed like self-attention."""
         s, model, tp = self.shapes, self.model, self.layout.tensor
         tag = "bwd" if backward else "fwd"
-        d, inputs = model.d_model, self.tokens_per_data_rank
-        targets = inputs * model.token_share(layer)
-        q, kv = s.query_params / d, (s.attention_params - s.query_params) / d  # Q + O widths, K + V widths
+        d, inputs, (_, targets) = model.d_model, self.tokens_per_data_rank, self._tokens(layer)
+        q, kv = s.query_params / d, s.key_value_params / d  # Q + O widths, K + V widths
         queries = self._compute(f"L{layer} cross-attention Q/O proj {tag}", "matmul",
                                 kc.dense(targets, s.query_params / tp, 2 * d + q / tp, self.dtype), layer, backward)
         keys = self._compute(f"L{layer} cross-attention K/V proj {tag}", "matmul",
-                             kc.dense(inputs, (s.attention_params - s.query_params) / tp, d + kv / tp, self.dtype),
+                             kc.dense(inputs, s.key_value_params / tp, d + kv / tp, self.dtype),
                              layer, backward)
         core = self._compute(f"L{layer} cross-attention core {tag}", "attention",
                              kc.attention_core(targets, model.seq_len, model.heads / tp, s.head_dim, self.dtype), layer, backward)
@@ -186,15 +194,12 @@ class StepCoster:
             core = fuse([core, self._compute(f"L{layer} cross-attention softmax {tag}", "elementwise",
                                              kc.attention_scores(targets, model.seq_len, model.heads / tp, self.dtype,
                                                                  model.dropout, backward), layer, backward, scale=1.0)])
-        sequence_parallel = self.workload.parallelism.sequence_parallel
-        norm_tokens = self.tokens_per_chip * model.token_share(layer) if sequence_parallel else targets
-        norm = self._compute(f"L{layer} cross-attention norm+residual {tag}", "elementwise",
-                             kc.elementwise(norm_tokens, d, 8, self.dtype), layer, backward)
+        norm = self._norms(f"L{layer} cross-attention norm+residual {tag}", layer, backward)
         ops: list[Item] = [queries, keys, core, norm,
                            *self._tensor_allreduce(f"L{layer} cross-attention all-reduce {tag}", layer)]
         if backward and self.workload.training.recompute != "none":
             forward = self._cross_attention(layer, False)
-            again = forward if self.workload.training.recompute == "full" else [forward[2]]
+            again = forward if self.workload.training.recompute == "full" else [forward[2]]  # selective: the core
             ops = _renamed(again, "fwd", "recompute") + ops
         return ops
 
@@ -229,9 +234,8 @@ class StepCoster:
 
     def _dense_ffn(self, layer: int, backward: bool) -> list[Op]:
         tag = "bwd" if backward else "fwd"
-        tokens = self.tokens_per_data_rank * self.model.token_share(layer)
         ffn = self._compute(f"L{layer} dense FFN {tag}", "ffn",
-                            kc.ffn(tokens, self.model.d_model, self.model.dense_ffn / self.layout.tensor,
+                            kc.ffn(self._tokens(layer)[1], self.model.d_model, self.model.dense_ffn / self.layout.tensor,
                                    self.model.ffn_matrices, self.dtype),
                             layer, backward)
         label = "attention+FFN" if self.model.parallel_layers else "FFN"
@@ -347,8 +351,7 @@ class StepCoster:
         key = (layer, backward)
         if key in self._moe_fixed:
             return self._moe_fixed[key]
-        s, d, share = self.shapes, self.model.d_model, self.model.token_share(layer)
-        t = self.tokens_per_chip * share
+        s, d, (t, rank_tokens) = self.shapes, self.model.d_model, self._tokens(layer)
         moe = self.model.moe
         tag = "bwd" if backward else "fwd"
         router = self._compute(f"L{layer} router {tag}", "router", kc.router(t, d, moe.experts, self.dtype), layer, backward)
@@ -365,8 +368,7 @@ class StepCoster:
         if s.shared_params:
             shared_ffn = (moe.shared_ffn or moe.expert_ffn) * moe.shared_experts / self.layout.tensor
             shared.append(self._compute(f"L{layer} shared experts {tag}", "ffn",
-                                        kc.ffn(self.tokens_per_data_rank * share, d, shared_ffn, self.model.ffn_matrices,
-                                               self.dtype),
+                                        kc.ffn(rank_tokens, d, shared_ffn, self.model.ffn_matrices, self.dtype),
                                         layer, backward))
         before, after = [router, permute], [unpermute, *shared]
         self._moe_fixed[key] = (fuse(before[::-1]), fuse(after[::-1])) if backward else (fuse(before), fuse(after))
@@ -393,14 +395,14 @@ class StepCoster:
 
     def head(self, backward: bool) -> Op:
         return self._compute(f"LM head {'bwd' if backward else 'fwd'}", "matmul",
-                             kc.matmul(self.tokens_per_data_rank * self.model.token_share(self.model.layers), self.model.d_model,
+                             kc.matmul(self._tokens(self.model.layers)[1], self.model.d_model,
                                        self.model.vocab / self.layout.tensor, self.dtype),
                              self.model.layers, backward)
 
     # ---- gradient sync and optimizer ---------------------------------------------------
     def layer_dense_params(self, layer: int) -> float:
         """A tensor rank's share of one layer's dense parameters (``model.layers``: embeddings and head)."""
-        return dense_params_of_layer(self.model, layer) / self.layout.tensor
+        return layer_params(self.model, layer, self.shapes) / self.layout.tensor
 
     def weight_gather(self, layer: int, backward: bool) -> Op | None:
         """ZeRO-3 / FSDP: all-gather of one layer's dense weights over the data ranks of a slice (None unsharded)."""

@@ -12,7 +12,7 @@ import pytest
 
 import pathsim
 from pathsim.errors import PathsimConfigError
-from pathsim.memory import dense_params_of_layer
+from pathsim.model_math import layer_params
 from pathsim.model_math import model_totals
 from pathsim.run_setup import prepare_run
 from pathsim.step_ops import DCN, NETWORK, StepCoster
@@ -34,8 +34,8 @@ def test_sharded_parameters_hold_a_shard_plus_two_gathered_layers():
     a = pathsim.simulate(tpu_slices(2), dense_workload(False)).memory
     b = pathsim.simulate(tpu_slices(2), dense_workload(True)).memory
     model = sharded.workload.model
-    dense = sum(dense_params_of_layer(model, i) for i in range(model.layers + 1)) / 4  # per tensor rank
-    largest = max(dense_params_of_layer(model, i) for i in range(model.layers + 1)) / 4
+    dense = sum(layer_params(model, i) for i in range(model.layers + 1)) / 4  # per tensor rank
+    largest = max(layer_params(model, i) for i in range(model.layers + 1)) / 4
     assert a.parameters_bytes == pytest.approx(dense * 2, rel=1e-12)
     assert b.gradients_bytes == pytest.approx(dense / 16 * 2, rel=1e-12)
     assert b.parameters_bytes == pytest.approx((dense / 16 + 2 * largest) * 2, rel=1e-12)

@@ -32,7 +32,7 @@ def build_topology(cluster: ClusterConfig, source: str | None = None) -> Topolog
         raise exc.within(source or exc.source) from None
     # Link classes named after the cluster's link specs (nvlink, nic; a torus's ici+x, ici-y, ...) take their
     # all-to-all share.
-    for attribute, default in (("all_to_all_share", 1.0), ("in_switch_share", 0.0), ("in_switch_floor_s", 0.0)):
+    for attribute, default in (("all_to_all_share", 1.0), ("in_switch_share", 0.0), ("in_switch_latency", 0.0)):
         shares = {name: getattr(spec, attribute) for name, spec in cluster.links.items()}
         setattr(topology, attribute, np.array([shares.get(str(c), shares.get(str(c).split("+")[0].split("-")[0], default))
                                                for c in topology.link_class]))

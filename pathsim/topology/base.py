@@ -39,7 +39,7 @@ class Topology(ABC):
         self.link_class = np.asarray(link_class)
         self.all_to_all_share = np.ones(len(self.link_src))  # of each link's bandwidth an all-to-all reaches
         self.in_switch_share = np.zeros(len(self.link_src))  # ... and an all-reduce reduced in the switch (0: cannot)
-        self.in_switch_floor_s = np.zeros(len(self.link_src))  # an in-switch all-reduce's least latency on each link
+        self.in_switch_latency = np.zeros(len(self.link_src))  # an in-switch all-reduce's least latency on each link
         if np.any(self.link_bandwidth <= 0):
             bad = int(np.argmin(self.link_bandwidth))
             raise ValueError(f"link {self.link_label(bad)} has non-positive bandwidth")
@@ -64,7 +64,7 @@ class Topology(ABC):
     def in_switch_floor(self, used: np.ndarray) -> float:
         """The least latency an in-switch all-reduce over the links `used` (a boolean mask) has: the longest of their
         classes' in_switch_latency (the switch's fixed cost of reducing, whatever the route)."""
-        return float(np.max(self.in_switch_floor_s[used], initial=0.0))
+        return float(np.max(self.in_switch_latency[used], initial=0.0))
 
     @property
     def num_nodes(self) -> int:
