@@ -187,7 +187,8 @@ def _table(rows: list[tuple], headers: tuple) -> str:
 
 def format_collective(result: CollectiveResult) -> str:
     head = (f"{result.op} on {result.cluster}: {result.groups} group(s) of {result.ranks_per_group} ranks, "
-            f"{format_bytes(result.bytes_per_rank)} per rank, {result.model} model, {result.algorithm} algorithm")
+            f"{format_bytes(result.bytes_per_rank)} per rank, {result.model} model, {result.algorithm} algorithm"
+            + (f", NCCL {result.protocol} protocol" if result.protocol else ""))
     summary = [
         ("time", format_seconds(result.time_s),
          f"bandwidth {format_seconds(result.bandwidth_time_s)} + latency {format_seconds(result.latency_time_s)}"),

@@ -311,6 +311,28 @@ class MultiSliceSpec(StrictModel):
 TopologySpec = Annotated[Union[TorusSpec, FatTreeSpec, GraphSpec, MultiSliceSpec], Field(discriminator="kind")]
 
 
+class CollectiveLibrarySpec(StrictModel):
+    """The communication library a GPU cluster's collectives run on, for its protocols' costs
+    (pathsim/network/nccl.py); absent, collectives pay the links' per-hop latencies and no protocol."""
+
+    name: Literal["nccl"] = Field(description="the library whose cost model prices each collective's protocol")
+    arch: Literal["volta", "ampere", "hopper"] = Field(
+        description="the GPUs' generation, the row of NCCL's per-architecture tables (sm70, sm80, sm90)")
+    host_cpu: Literal["intel", "amd"] = Field(
+        description="the hosts' CPU vendor: NCCL's tuner caps the LL protocol across nodes by it")
+    protocols: list[Literal["LL", "LL128", "Simple"]] = Field(
+        default_factory=lambda: ["LL", "LL128", "Simple"], min_length=1,
+        description="the protocols the tuner may pick (as NCCL_PROTO restricts them)")
+    source: str = ""
+
+    @field_validator("protocols")
+    @classmethod
+    def _distinct(cls, protocols: list[str]) -> list[str]:
+        if len(set(protocols)) != len(protocols):
+            raise ValueError(f"protocols lists one twice: {protocols}")
+        return protocols
+
+
 class ClusterConfig(StrictModel):
     name: str
     description: str = ""
@@ -323,6 +345,8 @@ class ClusterConfig(StrictModel):
                                                                        "and reports say so")
     profile: str | None = Field(None, description="device profile for this cluster's chips: a shipped profile's name "
                                                   "(`pathsim presets --kind profiles`) or a JSON file, relative to this file")
+    collective_library: CollectiveLibrarySpec | None = Field(
+        None, description="the GPU communication library whose protocols price collectives (fat-tree clusters only)")
 
     @model_validator(mode="after")
     def _links_exist(self) -> "ClusterConfig":
@@ -339,6 +363,10 @@ class ClusterConfig(StrictModel):
         for field, name in used.items():
             if name is not None and name not in self.links:
                 raise ValueError(f"topology.{field} names link class {name!r}, but `links:` defines only {sorted(self.links)}")
+        gpu_nodes = isinstance(topo, FatTreeSpec) or (isinstance(topo, MultiSliceSpec) and isinstance(topo.slice, FatTreeSpec))
+        if self.collective_library is not None and not gpu_nodes:
+            raise ValueError("collective_library prices NCCL's protocols on GPU nodes: it needs a fat_tree or "
+                             "rail_optimized topology (or slices of one); drop it here")
         return self
 
     @property

@@ -49,7 +49,8 @@ from pydantic import BaseModel
 from pathsim.version import __version__
 from pathsim.cluster import ClusterConfig, load_cluster
 from pathsim.errors import PathsimConfigError
-from pathsim.network import get_model
+from pathsim.network import PhaseTiming, get_model
+from pathsim.network.nccl import StepRun
 from pathsim.topology import FatTree, MultiSlice, Topology, Torus, build_topology
 from pathsim.traffic import Traffic
 from pathsim.units import parse_bytes
@@ -93,6 +94,7 @@ class CollectiveResult(BaseModel):
     cluster: str
     op: str
     algorithm: str
+    protocol: str  # the communication library's protocol (NCCL's LL, LL128 or Simple); "" where none is named
     model: str
     ranks_per_group: int
     groups: int
@@ -380,7 +382,7 @@ def collective_phases(topology: Topology, op: str, nbytes: float, groups: np.nda
                                  "reduces (a cluster whose nvlink sets in_switch_efficiency)", "use --algorithm auto or ring")
 
     def seconds(phases: list[Phase]) -> float:
-        return sum(phase.repeat * network.phase(phase.traffic, in_switch=phase.in_switch).time_s for phase in phases)
+        return time_phases(topology, network, op, nbytes, groups, phases).time_s
 
     chosen, grids, axes = _grids(topology, groups, algorithm)
     if chosen != "rings":
@@ -403,6 +405,49 @@ def collective_phases(topology: Topology, op: str, nbytes: float, groups: np.nda
     return chosen, phases
 
 
+@dataclass(frozen=True)
+class TimedPhase:
+    phase: Phase
+    timing: PhaseTiming  # as the network model timed one of its steps
+    bandwidth_time_s: float  # every repeat's drain time together, under the protocol
+    latency_s: float  # ... and their latency
+    time_s: float  # the two together
+
+
+@dataclass(frozen=True)
+class CollectiveTiming:
+    protocol: str  # the communication library's protocol ("" where the cluster names no library)
+    phases: list[TimedPhase]
+
+    @property
+    def time_s(self) -> float:
+        return sum(p.time_s for p in self.phases)
+
+
+def time_phases(topology: Topology, network, op: str, nbytes: float, groups: np.ndarray, phases: list[Phase]) -> CollectiveTiming:
+    """A collective's phases timed by the network model and, on a cluster that names its communication library
+    (``collective_library``), under the protocol that library's tuner picks: NCCL's step latencies in place of
+    the links' per-hop ones and each protocol's share of the bandwidth (pathsim/network/nccl.py). All-to-alls
+    (peer-to-peer sends) and in-switch reductions (NVLS runs Simple only) keep the network model's time."""
+    all_to_all = op == "all_to_all"
+    timings = [network.phase(p.traffic, all_to_all=all_to_all, in_switch=p.in_switch) for p in phases]
+    library = topology.collective_library
+    if library is None or all_to_all or any(p.in_switch for p in phases):
+        return CollectiveTiming("Simple" if any(p.in_switch for p in phases) and library is not None else "",
+                                [TimedPhase(p, t, p.repeat * t.bandwidth_time_s, p.repeat * t.latency_s, p.repeat * t.time_s)
+                                 for p, t in zip(phases, timings)])
+    node_of = topology.node_of
+    runs = []
+    for phase, timing in zip(phases, timings):
+        src, dst, sent = phase.traffic.flows()
+        total = float(sent.sum())
+        crossing = float(sent[node_of[src] != node_of[dst]].sum()) / total if total > 0 else 0.0
+        runs.append(StepRun(phase.repeat, timing.bandwidth_time_s, crossing))
+    nodes = len(np.unique(node_of[groups[0]]))
+    best = library.fastest(op, nbytes * _BUS_FACTOR[op](groups.shape[1]), nodes, runs)
+    return CollectiveTiming(best.protocol, [TimedPhase(p, t, b, lat, b + lat) for p, t, (b, lat) in zip(phases, timings, best.seconds)])
+
+
 def run_collective(cluster: "ClusterConfig | str", op: str, nbytes: "float | str", *, model: str = "fast",
                    groups: "int | list[list[int]] | None" = None, algorithm: str = "auto",
                    matrix: np.ndarray | None = None, top_links: int = 5) -> CollectiveResult:
@@ -419,25 +464,26 @@ def run_collective(cluster: "ClusterConfig | str", op: str, nbytes: "float | str
     network = get_model(model, topology)
     chosen, phases = collective_phases(topology, op, size, group_array, algorithm, matrix, network)
 
+    timed = time_phases(topology, network, op, size, group_array, phases)
     total = drain = latency = 0.0
     busy_s = np.zeros(topology.num_links)
     link_bytes = np.zeros(topology.num_links)
     summaries = []
-    for phase in phases:
-        timing = network.phase(phase.traffic, all_to_all=op == "all_to_all", in_switch=phase.in_switch)
-        total += phase.repeat * timing.time_s
-        drain += phase.repeat * timing.bandwidth_time_s
-        latency += phase.repeat * timing.latency_s
-        busy_s += phase.repeat * timing.link_bytes / topology.link_bandwidth
-        link_bytes += phase.repeat * timing.link_bytes
-        summaries.append(PhaseSummary(label=phase.label, tier=phase.tier, repeat=phase.repeat, time_s=timing.time_s,
+    for t in timed.phases:
+        phase = t.phase
+        total += t.time_s
+        drain += t.bandwidth_time_s
+        latency += t.latency_s
+        busy_s += phase.repeat * t.timing.link_bytes / topology.link_bandwidth
+        link_bytes += phase.repeat * t.timing.link_bytes
+        summaries.append(PhaseSummary(label=phase.label, tier=phase.tier, repeat=phase.repeat, time_s=t.time_s / phase.repeat,
                                       network_bytes=phase.traffic.network_bytes))
     utilisation = busy_s / total if total > 0 else busy_s
     hottest = np.argsort(-utilisation, kind="stable")[:top_links]
     p = group_array.shape[1]
     algbw = size / total if total > 0 else float("inf")
     return CollectiveResult(
-        cluster=config.name, op=op, algorithm=chosen, model=model, ranks_per_group=p, groups=group_array.shape[0],
+        cluster=config.name, op=op, algorithm=chosen, protocol=timed.protocol, model=model, ranks_per_group=p, groups=group_array.shape[0],
         bytes_per_rank=size, time_s=total, bandwidth_time_s=drain, latency_time_s=latency,
         algbw_bytes_per_s=algbw, busbw_bytes_per_s=algbw * _BUS_FACTOR[op](p),
         max_link_utilisation=float(utilisation.max(initial=0.0)),

@@ -28,7 +28,7 @@ backward (FlashAttention-2, Dao 2023) and up to 75 % of H100's in fp16
 kernels reach ~80 % of HBM bandwidth (STREAM-like copies on H100 and TPU). A
 cluster's ``chip.kernel_efficiency`` scales every flops efficiency for its chip
 family: fitted to the validation suite by ``validation/fit_device.py`` where a
-family has three timed entries (A100 1.01 over 29, H100 0.80 over 3 — the H800
+family has three timed entries (A100 1.02 over 29, H100 0.80 over 3 — the H800
 inherits it —, V100 0.54 over 8, TPU v3 1.11 over 3), 1 elsewhere. Replace them
 with a calibrated profile for decisions.
 """

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from pathsim.collectives import collective_phases
+from pathsim.collectives import collective_phases, time_phases
 from pathsim import kernel_costs as kc
 from pathsim.device import DeviceModel
 from pathsim.engine.graph import COMPUTE, DCN, NETWORK, Await, Item, Op, Prefetch, fuse, fuse_runs
@@ -96,12 +96,11 @@ class StepCoster:
             segments: list[tuple[str, float, np.ndarray]] = []
             if nbytes > 0 and groups.shape[1] >= 2:
                 _, phases = collective_phases(self.topology, op, nbytes, groups, network=self.network)
-                for phase in phases:
-                    timing = self.network.phase(phase.traffic, in_switch=phase.in_switch)
-                    if not segments or segments[-1][0] != phase.tier:
-                        segments.append((phase.tier, 0.0, np.zeros(self.topology.num_links)))
+                for t in time_phases(self.topology, self.network, op, nbytes, groups, phases).phases:
+                    if not segments or segments[-1][0] != t.phase.tier:
+                        segments.append((t.phase.tier, 0.0, np.zeros(self.topology.num_links)))
                     tier, time_s, link_bytes = segments[-1]
-                    segments[-1] = (tier, time_s + phase.repeat * timing.time_s, link_bytes + phase.repeat * timing.link_bytes)
+                    segments[-1] = (tier, time_s + t.time_s, link_bytes + t.phase.repeat * t.timing.link_bytes)
             self._collective_cache[key] = segments
         return self._collective_cache[key]
 

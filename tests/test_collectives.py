@@ -198,10 +198,15 @@ def test_nvls_reduces_in_the_switch_inside_one_node_only():
 
 def test_nvls_pays_its_fixed_latency_and_leaves_small_buffers_to_the_rings(tmp_path):
     # NCCL's cost model charges NVLS a fixed 25 us on NVLink: a small all-reduce in the switch takes no less, and
-    # where the rings are faster (small buffers against a slow switch) auto takes them, as NCCL's tuner does.
+    # where the rings are faster auto takes them, as NCCL's tuner does: the LL ring (15 us of latency on 8 GPUs) up
+    # to 1 MiB, NVLS from 2 MiB, which is where NCCL_DEBUG=TUNING shows NCCL switching on an 8x H200 node
+    # (stas00/ml-engineering network/README.md).
     from pathsim.cluster import load_cluster
-    tiny = run_collective("dgx-h100-1", "all_reduce", 1024)
-    assert tiny.algorithm == "nvls" and tiny.time_s == pytest.approx(25e-6 + tiny.bandwidth_time_s, rel=1e-12)
+    tiny = run_collective("dgx-h100-1", "all_reduce", 1024, algorithm="nvls")
+    assert tiny.time_s == pytest.approx(25e-6 + tiny.bandwidth_time_s, rel=1e-12)
+    picked = {size: run_collective("dgx-h100-1", "all_reduce", size) for size in ("1KiB", "1MiB", "2MiB")}
+    assert [(r.algorithm, r.protocol) for r in picked.values()] == [("ring", "LL"), ("ring", "LL"), ("nvls", "Simple")]
+    assert picked["1KiB"].time_s < tiny.time_s
     slow = tmp_path / "slow-switch.yaml"
     slow.write_text("extends: dgx-h100-1\nname: slow-switch\nlinks:\n  nvlink:\n    in_switch_latency: 1ms\n")
     ring_small = run_collective(str(slow), "all_reduce", 1024, algorithm="ring")

@@ -36,7 +36,7 @@ def test_dgx_all_to_all_splits_nvlink_and_nic():
     p = topo.num_chips
     t = FastModel(topo).phase(Traffic.from_matrix(uniform_all_to_all(p, S))).bandwidth_time_s
     nic = config.links["nic"]
-    assert nic.achieved_bandwidth == pytest.approx(50e9 * 0.944)  # 400 Gb/s at the fitted share NCCL reaches
+    assert nic.achieved_bandwidth == pytest.approx(50e9 * 0.951)  # 400 Gb/s at the fitted share NCCL reaches
     assert t == pytest.approx((p - 8) / p * S / nic.achieved_bandwidth, rel=0.01)  # 24 of 32 peers remote
 
 

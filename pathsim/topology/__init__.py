@@ -10,6 +10,7 @@ import numpy as np
 
 from pathsim.cluster import ClusterConfig, FatTreeSpec, GraphSpec, MultiSliceSpec, TorusSpec
 from pathsim.errors import PathsimConfigError
+from pathsim.network.nccl import NcclTuning
 from pathsim.topology.base import Topology
 from pathsim.topology.custom import CustomGraph
 from pathsim.topology.fat_tree import FatTree
@@ -23,7 +24,7 @@ _CACHE_LIMIT = 16
 def build_topology(cluster: ClusterConfig, source: str | None = None) -> Topology:
     """The routed network of a cluster; user mistakes raise PathsimConfigError."""
     # Hosts shape a multi-slice network (chips sharing a NIC), so they are part of what it depends on.
-    key = cluster.topology.model_dump_json() + "|" + cluster.model_dump_json(include={"links", "host"})
+    key = cluster.topology.model_dump_json() + "|" + cluster.model_dump_json(include={"links", "host", "collective_library"})
     if key in _CACHE:
         return _CACHE[key]
     try:
@@ -36,6 +37,8 @@ def build_topology(cluster: ClusterConfig, source: str | None = None) -> Topolog
         shares = {name: getattr(spec, attribute) for name, spec in cluster.links.items()}
         setattr(topology, attribute, np.array([shares.get(str(c), shares.get(str(c).split("+")[0].split("-")[0], default))
                                                for c in topology.link_class]))
+    library = cluster.collective_library
+    topology.collective_library = None if library is None else NcclTuning(library.arch, library.host_cpu, tuple(library.protocols))
     if not topology.is_connected():
         raise PathsimConfigError(source or cluster.name, "topology", "the network is disconnected: some chips cannot reach others",
                                  "add the missing links (every chip must reach every other)")

@@ -40,6 +40,7 @@ class Topology(ABC):
         self.all_to_all_share = np.ones(len(self.link_src))  # of each link's bandwidth an all-to-all reaches
         self.in_switch_share = np.zeros(len(self.link_src))  # ... and an all-reduce reduced in the switch (0: cannot)
         self.in_switch_latency = np.zeros(len(self.link_src))  # an in-switch all-reduce's least latency on each link
+        self.collective_library = None  # an NcclTuning where the cluster names its GPUs' communication library
         if np.any(self.link_bandwidth <= 0):
             bad = int(np.argmin(self.link_bandwidth))
             raise ValueError(f"link {self.link_label(bad)} has non-positive bandwidth")

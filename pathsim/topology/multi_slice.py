@@ -189,6 +189,13 @@ class MultiSlice(Topology):
         """Ids of the links outside the slices (host links, NICs, uplinks)."""
         return np.arange(self.slices * self.inner.num_links, self.num_links)
 
+    @cached_property
+    def node_of(self) -> np.ndarray:
+        """Each chip's GPU node (NVLink domain) across the slices, where the slices are fat trees: what a GPU
+        communication library's tuner counts (pathsim/network/nccl.py)."""
+        inner_nodes = int(self.inner.node_of.max()) + 1
+        return self.slice_of * inner_nodes + self.inner.node_of[self.local]
+
     def slice_links(self, slice_index: int) -> slice:
         L = self.inner.num_links
         return slice(slice_index * L, (slice_index + 1) * L)
