@@ -36,7 +36,6 @@ with a calibrated profile for decisions.
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -45,6 +44,7 @@ from pydantic import Field, model_validator
 
 from pathsim.cluster import ChipSpec, StrictModel
 from pathsim.errors import PathsimConfigError
+from pathsim.input_files import read_json
 from pathsim.presets import preset_names, preset_path
 from pathsim.yaml_config import validate_model
 
@@ -214,15 +214,12 @@ def load_profile(spec: "str | Path | DeviceProfile | None", chip: ChipSpec | Non
     if isinstance(spec, DeviceProfile):
         return spec
     path = Path(spec)
-    if not path.is_file() and path.suffix != ".json" and (shipped := preset_path("profiles", str(spec))) is not None:
+    if not path.exists() and path.suffix != ".json" and (shipped := preset_path("profiles", str(spec))) is not None:
         path = shipped
-    if not path.is_file():
+    if not path.exists():
         raise PathsimConfigError(str(path), "", "profile file not found",
                                  f"give a JSON profile or one of the shipped profiles: {', '.join(preset_names('profiles')) or 'none'}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PathsimConfigError(str(path), "", f"is not valid JSON ({exc})", "write the profile as JSON (see `pathsim calibrate`)") from None
+    data = read_json(path, str(path), "", "a device profile JSON written by `pathsim calibrate`")
     if not isinstance(data, dict):
         raise PathsimConfigError(str(path), "", "must hold a JSON object", "see calibration/profiles/ for the format")
     return validate_model(DeviceProfile, data, str(path))

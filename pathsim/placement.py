@@ -15,7 +15,6 @@ topology-aware ones live in :mod:`pathsim.planner`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from pydantic import Field, PrivateAttr, StrictInt, model_validator
 
 from pathsim.cluster import StrictModel
 from pathsim.errors import PathsimConfigError
+from pathsim.input_files import read_json
 from pathsim.yaml_config import validate_model
 
 SHAPE_ONLY_POLICIES = ("round_robin", "contiguous")
@@ -133,13 +133,10 @@ def read_placement(path: "str | Path") -> Placement:
     """A placement JSON file, validated (errors name the file and the field)."""
     path = Path(path)
     source = str(path)
-    if path.suffix != ".json" or not path.is_file():
+    if path.suffix != ".json" or not path.exists():
         raise PathsimConfigError(source, "placement", "is neither a placement policy nor an existing .json file",
                                  "use a policy name (see `pathsim plan --help`) or a placement JSON written by `pathsim plan --out`")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PathsimConfigError(source, "", f"is not valid JSON ({exc})", "write the placement as JSON") from None
+    data = read_json(path, source, "", "a placement JSON written by `pathsim plan --out`")
     if not isinstance(data, dict):
         raise PathsimConfigError(source, "", "must hold a JSON object", "see pathsim.placement.Placement for the fields")
     return validate_model(Placement, data, source)

@@ -14,10 +14,10 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from pathsim.errors import PathsimConfigError
+from pathsim.input_files import parse_yaml, read_text
 from pathsim.presets import preset_names, preset_path
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -26,21 +26,7 @@ _SINGULAR = {"topologies": "topology", "workloads": "workload", "shared-pods": "
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """The top-level mapping of a YAML file, or a PathsimConfigError saying why not."""
-    if not path.exists():
-        raise PathsimConfigError(str(path), "", "file not found", "check the path, or use a preset name (`pathsim presets`)")
-    if path.is_dir():
-        raise PathsimConfigError(str(path), "", "is a folder, not a YAML file", "name a .yaml file inside it")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PathsimConfigError(str(path), "", f"cannot be read as UTF-8 text ({exc.__class__.__name__})", "give a YAML text file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid syntax"
-        raise PathsimConfigError(str(path), "", f"is not valid YAML{where}: {problem}", "fix the YAML syntax (indentation, colons, quotes)") from None
+    data = parse_yaml(read_text(path, str(path), "", "a YAML config (or use a preset name: `pathsim presets`)"), str(path))
     if not isinstance(data, dict):
         raise PathsimConfigError(str(path), "", f"must hold a YAML mapping of fields, found {type(data).__name__}", "start the file with `name: ...` and the other fields")
     return data
