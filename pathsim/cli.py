@@ -1,7 +1,9 @@
 """The ``pathsim`` command: a thin shell over the Python API.
 
 User mistakes (bad files, fields, units, presets, arguments) print one or two
-lines naming the file, the field and the fix, and exit with status 2.
+lines naming the file, the field and the fix, and exit with status 2. Ctrl-C
+exits 130 and SIGTERM 143 (the shell's 128 + signal), each with one line and
+no traceback; outputs are written whole or not at all (pathsim/output_files.py).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,7 @@ from pathsim.engine.categories import CATEGORIES
 from pathsim.errors import PathsimConfigError
 from pathsim.network import MODELS
 from pathsim.numeric_files import read_numeric_array
+from pathsim.output_files import check_distinct, check_output, write_file
 from pathsim.planner import POLICIES, PlanOptions
 from pathsim.planning import PlanComparison, compare_placements, write_placement
 from pathsim.replanning import DriftReport, TaskAdditionReport, add_task, random_walk_drift, routing_drift, write_workload
@@ -37,6 +42,8 @@ from pathsim.units import format_bandwidth, format_bytes, format_flops, format_i
 from pathsim.yaml_config import read_yaml_mapping, validate_model
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 class _Parser(argparse.ArgumentParser):
@@ -262,11 +269,7 @@ def format_simulation(result: SimulationResult) -> str:
 
 
 def _write_json(path: Path, text: str, flag: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-    except OSError as exc:
-        raise PathsimConfigError(str(path), flag, f"cannot write the result ({exc.strerror})", "choose a writable path") from None
+    write_file(path, text + "\n", flag)
     print(f"wrote {path}")
 
 
@@ -370,13 +373,6 @@ def format_drift(report: DriftReport) -> str:
                       "  re-plans use the previous window's histogram; imbalance: max/mean expected tokens per chip"])
 
 
-def _write_out(path: Path, write, what: str):
-    try:
-        return write(path)
-    except OSError as exc:
-        raise PathsimConfigError(str(path), "--out", f"cannot write the {what} ({exc.strerror})", "choose a writable path") from None
-
-
 def _cmd_add_task(args, options: PlanOptions) -> int:
     budget = float("inf")
     if args.migration_budget is not None:
@@ -397,8 +393,8 @@ def _cmd_add_task(args, options: PlanOptions) -> int:
     if args.out:
         fits = [o for o in report.options if o.migrated_bytes <= budget]
         chosen = min(fits, key=lambda o: o.report.step_time_s)
-        path = _write_out(args.out, lambda p: write_placement(placements[chosen.name], p), "placement")
-        workload_path = _write_out(path.with_suffix(".workload.yaml"), lambda p: write_workload(setup, p), "workload")
+        path = write_placement(placements[chosen.name], args.out)
+        workload_path = write_workload(setup, path.with_suffix(".workload.yaml"))
         print(f"wrote {path} ({chosen.name}) and {workload_path}; use them with "
               f"`pathsim simulate --workload {workload_path} --placement {path}`")
     if args.json:
@@ -444,7 +440,7 @@ def _cmd_plan(args) -> int:
                                                 steps=args.steps, sampling=args.sampling, profile=args.profile)
     print(format_plan(comparison))
     if args.out:
-        path = _write_out(args.out, lambda p: write_placement(placements[comparison.best], p), "placement")
+        path = write_placement(placements[comparison.best], args.out)
         print(f"wrote {path} ({comparison.best}); use it with `pathsim simulate --placement {path}`")
     if args.json:
         _write_json(args.json, comparison.model_dump_json(indent=2), "--json")
@@ -624,9 +620,33 @@ COMMANDS = {"presets": _cmd_presets, "validate": _cmd_validate, "collective": _c
             "fidelity": _cmd_fidelity}
 
 
+# What each command's --out names; every --json, --trace and --residuals is a file.
+_OUT_KIND = {"plan": "file", "calibrate": "file", "report": "folder", "fidelity": "folder"}
+
+
+def _check_outputs(args) -> None:
+    """Every output path the command line names, checked before any work: a long run must not end in "cannot write"."""
+    outputs = {}
+    for attribute, kind in (("json", "file"), ("trace", "file"), ("residuals", "file"), ("out", _OUT_KIND.get(args.command))):
+        path = getattr(args, attribute, None)
+        if path is not None and kind is not None:
+            outputs[f"--{attribute}"] = check_output(path, f"--{attribute}", kind)
+    check_distinct(outputs)
+
+
+class _Terminated(BaseException):
+    """SIGTERM as an exception, so the same clean-up as for Ctrl-C runs (no half-written output is left)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if threading.current_thread() is threading.main_thread() else None
     try:
+        _check_outputs(args)
         return COMMANDS[args.command](args)
     except PathsimConfigError as exc:
         print(f"pathsim: error: {exc.one_line()}", file=sys.stderr)
@@ -634,6 +654,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head`: stop quietly
         sys.stdout = open(os.devnull, "w")
         return 0
+    except KeyboardInterrupt:
+        print("\npathsim: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        print("pathsim: terminated; nothing half-written was left behind", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

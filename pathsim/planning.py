@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from pathsim.output_files import write_file
 from pathsim.placement import Placement
 from pathsim.planner import POLICIES, PlanOptions, expected_demand, place_experts
 from pathsim.routing import route_layer
@@ -121,8 +122,5 @@ def compare_placements(cluster, workload, policies: "tuple[str, ...] | list[str]
     return comparison, placements
 
 
-def write_placement(placement: Placement, path: "str | Path") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(placement.model_dump_json() + "\n", encoding="utf-8")
-    return path
+def write_placement(placement: Placement, path: "str | Path", flag: str = "--out") -> Path:
+    return write_file(path, placement.model_dump_json() + "\n", flag, "the placement")

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel
 
 from pathsim.errors import PathsimConfigError
+from pathsim.output_files import write_file
 from pathsim.numeric_files import read_numeric_array
 from pathsim.placement import Placement, check_shape, read_placement
 from pathsim.planner import PlanOptions, expected_demand, place_experts
@@ -165,17 +166,15 @@ def add_task(cluster, workload, placement: "str | Path | Placement", task: "str 
     return report, placements, after
 
 
-def write_workload(setup: RunSetup, path: "str | Path") -> Path:
+def write_workload(setup: RunSetup, path: "str | Path", flag: str = "--out") -> Path:
     """The run's workload as a YAML file `pathsim simulate --workload` reads back."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = setup.workload.model_dump(mode="json", exclude={"base_dir"}, exclude_none=True)
     for task in data["tasks"]:  # measured histograms stay where they are, wherever the YAML goes
         routing = task["routing"]
         if routing["kind"] == "histogram" and not Path(routing["file"]).is_absolute():
             routing["file"] = str((Path(setup.workload.base_dir) / routing["file"]).resolve())
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
+    return write_file(path, yaml.safe_dump(data, sort_keys=False), flag, "the workload")
 
 
 # ---- routing drift --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pathsim.engine import DCN, StepRun
 from pathsim.engine.categories import BY_KEY, CATEGORIES
-from pathsim.errors import PathsimConfigError
+from pathsim.output_files import write_file
 
 DCN_TRACK = 6  # ops on the data-center network between slices, whatever their category
 BUBBLE_TRACK = BY_KEY["pipeline_bubble"].trace_tid  # a pipeline stage waiting for its input
@@ -60,9 +60,4 @@ def trace_events(runs: list[StepRun], title: str) -> list[dict]:
 
 
 def write_trace(path: "str | Path", runs: list[StepRun], title: str) -> None:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"traceEvents": trace_events(runs, title), "displayTimeUnit": "ms"}) + "\n")
-    except OSError as exc:
-        raise PathsimConfigError(str(path), "--trace", f"cannot write the trace ({exc.strerror})", "choose a writable path") from None
+    write_file(path, json.dumps({"traceEvents": trace_events(runs, title), "displayTimeUnit": "ms"}) + "\n", "--trace", "the trace")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pathsim.fidelity import GOALS, SETUP_ASSUMED, SuiteResult
 from pathsim.report.figures import fidelity_figure, png_bytes
-from pathsim.report.render import _STYLE, _csv, _html_table, write_files
+from pathsim.output_files import write_folder
+from pathsim.report.render import _STYLE, _csv, _html_table
 from pathsim.version import __version__
 
 
@@ -43,7 +44,7 @@ def fidelity_html(suite: SuiteResult, png: bytes) -> str:
 def write_fidelity_page(suite: SuiteResult, out: "str | Path") -> list[Path]:
     drawn = fidelity_figure(suite)
     png = png_bytes(drawn.figure)
-    return write_files(out, {Path("index.html"): fidelity_html(suite, png).encode(),
+    return write_folder(out, {Path("index.html"): fidelity_html(suite, png).encode(),
                              Path("fidelity.json"): (suite.model_dump_json(indent=2) + "\n").encode(),
                              Path("figures/fidelity.png"): png,
-                             Path("data/fidelity.csv"): _csv(drawn.columns, drawn.rows).encode()})
+                             Path("data/fidelity.csv"): _csv(drawn.columns, drawn.rows).encode()}, "--out", "the fidelity page")

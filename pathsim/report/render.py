@@ -18,10 +18,9 @@ import base64
 import csv
 import html
 import io
-import os
 from pathlib import Path
 
-from pathsim.errors import PathsimConfigError
+from pathsim.output_files import write_folder
 from pathsim.report.content import Report
 from pathsim.report.figures import (Drawn, breakdown_figure, cost_time_figure, energy_figure, expert_load_figure,
                                     gantt_figure, link_figure, png_bytes)
@@ -194,24 +193,4 @@ def write_report(report: Report, out: "str | Path") -> list[Path]:
     for d in drawn:
         files[Path("figures") / f"{d.name}.png"] = pngs[d.name]
         files[Path("data") / f"{d.name}.csv"] = _csv(d.columns, d.rows).encode()
-    return write_files(out, files)
-
-
-def write_files(out: "str | Path", files: dict[Path, bytes]) -> list[Path]:
-    """Write each file under `out` whole or not at all (a temporary file beside it, then renamed over it), so a
-    page written over an old one never mixes the two halfway; returns their paths."""
-    out, written = Path(out), []
-    try:
-        for relative, content in files.items():
-            path = out / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.partial")
-            try:
-                partial.write_bytes(content)
-                os.replace(partial, path)
-            finally:
-                partial.unlink(missing_ok=True)
-            written.append(path)
-    except OSError as exc:
-        raise PathsimConfigError(str(out), "--out", f"cannot write the report ({exc.strerror})", "choose a writable folder") from None
-    return written
+    return write_folder(out, files, "--out")
