@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import html
 import json
 import re
 import struct
@@ -61,7 +62,8 @@ def _markdown_tables(text: str) -> dict[str, list[list[str]]]:
         if line.startswith("## "):
             heading = line[3:]
         elif line.startswith("| ") and heading:
-            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            # What a reader sees: Markdown's backslash escapes and HTML entities undone.
+            cells = [html.unescape(re.sub(r"\\(.)", r"\1", c.strip())) for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
             tables.setdefault(heading, []).append(cells)
     return {k: rows[1:] for k, rows in tables.items()}  # drop the header row (the --- row has no leading "| ")
 
@@ -179,3 +181,22 @@ def test_fmt_keeps_four_significant_figures():
     assert [fmt(x) for x in (0, 0.000123456, 1.23456, 999.94, 1234.5, None, True)] == \
         ["0", "0.0001235", "1.235", "999.9", "1,234", "-", "yes"]
     assert np.isclose(float(fmt(1234567.8).replace(",", "")), 1234568)
+
+
+HOSTILE = '=HYPERLINK("http://e.vil") $\\bogus$ <script>alert(1)</script> [x](http://e.vil) # _b_'
+
+
+def test_a_hostile_name_draws_as_plain_text_and_stays_inert_in_every_file(tmp_path):
+    from pathsim.report import build_report, write_report
+    workload = tmp_path / "w.yaml"
+    workload.write_text(yaml.safe_dump({"extends": "switch-base-128", "name": HOSTILE}))
+    # `$\bogus$` is not TeX matplotlib knows: parsed as mathtext, it would fail the figure that shows the name.
+    write_report(build_report("tpu-v4-4x4x4", str(workload), dense="none"), tmp_path / "out")
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert summary.startswith("# =HYPERLINK") and "<script>" not in summary
+    assert "\\[x\\](http://e.vil) \\# \\_b\\_" in summary  # a literal link, heading mark and emphasis, not markup
+    cells = [row[0] for row in csv.reader(open(tmp_path / "out" / "data" / "energy.csv")) if HOSTILE in row[0]]
+    assert cells and all(c.startswith("'=HYPERLINK") for c in cells)  # a spreadsheet shows it, does not run it
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["workload"] == HOSTILE  # data stays as given

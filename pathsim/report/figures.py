@@ -7,9 +7,11 @@ can be checked and re-plotted.
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -32,6 +34,17 @@ CATEGORY_COLOURS = {**{c.key: c.colour for c in CATEGORIES}, "dcn": "#DA8BC3"}
 STATE_COLOURS = {"compute": "#4C72B0", "communication": "#DD8452", "idle": "#BBBBBB"}
 ENERGY_COLOURS = {"chips: compute": "#4C72B0", "chips: communication": "#DD8452", "chips: idle": "#BBBBBB",
                   "hosts": "#55A868", "network": "#937860", "facility overhead (PUE)": "#C44E52"}
+
+
+def plain_text(draw):
+    """Draw with matplotlib's mathtext off for every text made here: names come from users' files, and a `$\\bogus$`
+    in one would be parsed as TeX and fail the whole report. Tick labels matplotlib makes itself when the figure
+    renders (a log axis's 10^k) keep their mathtext: rendering is outside."""
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs):
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return drawn
 
 
 @dataclass
@@ -59,6 +72,7 @@ def _footer(figure: Figure, text: str) -> None:
     figure.text(0.01, 0.0, text, transform=below, fontsize=7, color="#555555", ha="left", va="top")
 
 
+@plain_text
 def breakdown_figure(variants: list[tuple[str, SimulationResult]]) -> Drawn:
     """Where a step's time goes, one bar per simulated variant, as shares of its step time."""
     figure = Figure(figsize=(9, 1.1 + 0.55 * len(variants)))
@@ -90,6 +104,7 @@ def breakdown_figure(variants: list[tuple[str, SimulationResult]]) -> Drawn:
                  figure, ["variant", "cause", "seconds", "share"], rows)
 
 
+@plain_text
 def gantt_figure(result: SimulationResult) -> Drawn:
     """One step as it ran: ops per stream of work, and the IT power it drew."""
     detail = result.detail
@@ -178,6 +193,7 @@ def _heat(ax, image: np.ndarray, title: str, xlabel: str, ylabel: str, vmax: flo
     return shown
 
 
+@plain_text
 def link_figure(result: SimulationResult) -> Drawn:
     """Link utilisation over the step, laid out on the topology: per torus plane, or per fat-tree tier."""
     topology = build_topology(ClusterConfig.model_validate(result.inputs["cluster"]))
@@ -240,6 +256,7 @@ def _topology_panels(topology, utilisation: np.ndarray) -> tuple[list[tuple[np.n
     return panels, note
 
 
+@plain_text
 def expert_load_figure(result: SimulationResult) -> Drawn | None:
     """Per task (and modality), each expert's load in the most skewed MoE layer: which experts each task heats."""
     detail = result.detail
@@ -274,6 +291,7 @@ def expert_load_figure(result: SimulationResult) -> Drawn | None:
                  ["row", "expert", "assignments_per_step", "load_over_row_mean"], rows)
 
 
+@plain_text
 def energy_figure(variants: list[tuple[str, dict[str, float], float]], inputs_note: str) -> Drawn:
     """Energy per million tokens of every variant: what it is made of (shares) and how much (log scale).
 
@@ -311,6 +329,7 @@ def energy_figure(variants: list[tuple[str, dict[str, float], float]], inputs_no
                  "each variant on the same cluster.", figure, ["variant", "component", "kwh_per_million_tokens"], rows)
 
 
+@plain_text
 def cost_time_figure(options: list[ClusterOption], basis: str, deadline_s: float | None) -> Drawn:
     """Money against time for each candidate cluster and price term, the Pareto front joined."""
     figure = Figure(figsize=(8, 4.6))
@@ -348,6 +367,7 @@ def cost_time_figure(options: list[ClusterOption], basis: str, deadline_s: float
                  ["cluster", "chips", "price_term", "usd_per_chip_hour", "time_s", "usd", "pareto"], rows)
 
 
+@plain_text
 def fidelity_figure(suite) -> Drawn:
     """Left: predicted against measured for every validation entry, log-log (each in its own unit: the diagonal and
     its ±10 % band are unit-free), coloured by metric. Right: each entry's error, sorted, in the same colours."""

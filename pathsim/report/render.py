@@ -89,10 +89,18 @@ def _input_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return ["input", "value", "source"], [[i.name, i.value, i.source] for i in report.inputs]
 
 
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#"})
+
+
+def md(text: str) -> str:
+    """Text as literal Markdown: names come from users' files, and raw `<script>`, `[link](...)` or `# ` in one would
+    become markup in summary.md."""
+    return html.escape(str(text), quote=False).translate(_MARKDOWN_SPECIAL)
+
+
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(md(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -125,12 +133,12 @@ def _sections(report: Report) -> list[tuple[str, str, tuple[list[str], list[list
 
 
 def markdown(report: Report, drawn: list[Drawn]) -> str:
-    parts = [f"# {report.title}", "", f"pathsim {report.pathsim_version}; the whole report, with every input, is `report.json`.", ""]
+    parts = [f"# {md(report.title)}", "", f"pathsim {report.pathsim_version}; the whole report, with every input, is `report.json`.", ""]
     for heading, text, (headers, rows) in _sections(report):
-        parts += [f"## {heading}", "", text, "", _markdown_table(headers, rows), ""]
+        parts += [f"## {md(heading)}", "", md(text), "", _markdown_table(headers, rows), ""]
     parts += ["## Figures", ""]
     for d in drawn:
-        parts += [f"### {d.title}", "", f"![{d.title}](figures/{d.name}.png)", "", f"{d.caption} Data: `data/{d.name}.csv`.", ""]
+        parts += [f"### {md(d.title)}", "", f"![{md(d.title)}](figures/{d.name}.png)", "", f"{md(d.caption)} Data: `data/{d.name}.csv`.", ""]
     return "\n".join(parts)
 
 
@@ -174,11 +182,18 @@ def html_page(report: Report, drawn: list[Drawn], pngs: dict[str, bytes]) -> str
     return "\n".join(parts) + "\n"
 
 
+def _cell(value):
+    """A text cell a spreadsheet will not run: a leading = + - @ (or tab / CR) makes Excel and LibreOffice read a
+    formula (`=HYPERLINK(...)` in a task name), so such a cell gets a leading apostrophe, as OWASP's CSV injection
+    advice says. Numbers are written by repr, never through here."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def _csv(columns: list[str], rows: list[list]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
-    writer.writerows([[repr(c) if isinstance(c, float) else c for c in row] for row in rows])
+    writer.writerows([[repr(c) if isinstance(c, float) else _cell(c) for c in row] for row in rows])
     return buffer.getvalue()
 
 
