@@ -15,22 +15,45 @@ The public API, usable from a notebook as from the CLI::
 """
 
 from pathsim.version import __version__
-from pathsim.errors import PathsimConfigError
-from pathsim.cluster import ClusterConfig, load_cluster
-from pathsim.traffic import Traffic
-from pathsim.topology import Topology, build_topology
-from pathsim.network import get_model
-from pathsim.collectives import CollectiveResult, run_collective
-from pathsim.workload import WorkloadConfig, dense_counterpart, load_workload
-from pathsim.placement import Placement
-from pathsim.planner import POLICIES, PlanOptions, place_experts
-from pathsim.device import DeviceProfile, default_profile, load_profile
-from pathsim.result import SimulationResult
-from pathsim.simulation import simulate
-from pathsim.shared_pod import SharedPodResult, simulate_shared
-from pathsim.planning import PlacementReport, PlanComparison, compare_placements, plan
-from pathsim.task_addition import AddedTask, expand_workload
-from pathsim.replanning import DriftReport, TaskAdditionReport, add_task, random_walk_drift, routing_drift
+
+# Where each public name lives. They are imported on first use (PEP 562), so `import pathsim` — and the command
+# line's `--help` — does not load the simulator, numpy and scipy before they are needed.
+_PUBLIC = {
+    "pathsim.errors": ("PathsimConfigError",),
+    "pathsim.cluster": ("ClusterConfig", "load_cluster"),
+    "pathsim.traffic": ("Traffic",),
+    "pathsim.topology": ("Topology", "build_topology"),
+    "pathsim.network": ("get_model",),
+    "pathsim.collectives": ("CollectiveResult", "run_collective"),
+    "pathsim.workload": ("WorkloadConfig", "dense_counterpart", "load_workload"),
+    "pathsim.placement": ("Placement",),
+    "pathsim.choices": ("POLICIES",),
+    "pathsim.planner": ("PlanOptions", "place_experts"),
+    "pathsim.device": ("DeviceProfile", "default_profile", "load_profile"),
+    "pathsim.result": ("SimulationResult",),
+    "pathsim.simulation": ("simulate",),
+    "pathsim.shared_pod": ("SharedPodResult", "simulate_shared"),
+    "pathsim.planning": ("PlacementReport", "PlanComparison", "compare_placements", "plan"),
+    "pathsim.task_addition": ("AddedTask", "expand_workload"),
+    "pathsim.replanning": ("DriftReport", "TaskAdditionReport", "add_task", "random_walk_drift", "routing_drift"),
+}
+_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pathsim' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))
+
 
 __all__ = [
     "ClusterConfig",

@@ -47,6 +47,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from pathsim.version import __version__
+from pathsim.choices import ALGORITHMS, OPS
 from pathsim.cluster import ClusterConfig, load_cluster
 from pathsim.errors import PathsimConfigError
 from pathsim.network import PhaseTiming, get_model
@@ -55,8 +56,6 @@ from pathsim.topology import FatTree, MultiSlice, Topology, Torus, build_topolog
 from pathsim.traffic import Traffic
 from pathsim.units import parse_bytes
 
-OPS = ("all_to_all", "all_reduce", "reduce_scatter", "all_gather")
-ALGORITHMS = ("auto", "direct", "ring", "bidir_ring", "torus", "rings", "hierarchical", "nvls", "multi_slice")
 # Bus-bandwidth factor: bytes each rank's links must move per byte of S (NCCL-tests convention).
 _BUS_FACTOR = {
     "all_to_all": lambda p: (p - 1) / p,

@@ -27,7 +27,6 @@ from pathsim.errors import PathsimConfigError
 from pathsim.input_files import read_json
 from pathsim.yaml_config import validate_model
 
-SHAPE_ONLY_POLICIES = ("round_robin", "contiguous")
 
 
 class Placement(StrictModel):

@@ -45,12 +45,12 @@ from functools import cached_property
 import numpy as np
 from scipy.special import bdtrc
 
+from pathsim.choices import SAMPLING_MODES
 from pathsim.errors import PathsimConfigError
 from pathsim.placement import Placement
 from pathsim.traffic import Traffic
 from pathsim.workload import Layout, WorkloadConfig, load_histogram
 
-SAMPLING_MODES = ("auto", "exact", "mean_field")
 EXACT_LIMIT = 2**17  # entries of one layer's exact draw
 EXACT_STEP_LIMIT = 2**24  # entries of a step's exact draws
 NORMAL_VARIANCE = 100.0  # mean-field counts with at least this variance are drawn from their normal approximation

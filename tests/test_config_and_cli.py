@@ -144,3 +144,32 @@ def test_the_package_list_ships_every_subpackage():
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(root).parts) for p in (root / "pathsim").rglob("__init__.py")}
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_the_command_line_answers_before_the_simulator_is_imported():
+    # `pathsim --help`, a bad flag and `presets` must be instant: they may not import numpy, scipy or the simulator.
+    code = ("import sys; from pathsim.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "main(['presets', '--kind', 'profiles'])\n"
+            "heavy = sorted(m for m in ('numpy', 'scipy', 'pydantic', 'simpy', 'matplotlib', 'pathsim.simulation') if m in sys.modules)\n"
+            "print('HEAVY', heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+    import pathsim  # the lazy package still hands out its whole API
+    assert pathsim.simulate.__module__ == "pathsim.simulation" and set(pathsim.__all__) <= set(dir(pathsim))
+
+
+def test_version_and_the_names_the_parser_offers(capsys):
+    from pathsim.network import MODELS
+    from pathsim.choices import NETWORK_MODELS
+    from pathsim.version import __version__
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"pathsim {__version__}"
+    assert tuple(MODELS) == NETWORK_MODELS  # the parser's choices are what the simulator implements
+
+
+def test_calibrate_without_jax_says_what_to_install():
+    code = "import sys; sys.modules['jax'] = None\nfrom pathsim.cli import main\nsys.exit(main(['calibrate', '--quick']))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and 'pip install "pathsim[calibrate]"' in done.stderr and "Traceback" not in done.stderr

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from pathsim.errors import PathsimConfigError
-from pathsim.placement import SHAPE_ONLY_POLICIES, Placement, check_shape, read_placement, shape_only_placement
+from pathsim.choices import POLICIES, SHAPE_ONLY_POLICIES
+from pathsim.placement import Placement, check_shape, read_placement, shape_only_placement
 from pathsim.planner.constraints import PlanOptions, SlotBudget, slot_budget
 from pathsim.planner.demand import ExpertDemand, expected_demand
 from pathsim.planner.eplb import rebalance_experts
@@ -33,7 +34,6 @@ from pathsim.topology import FatTree
 if TYPE_CHECKING:  # the run setup composes the planner, not the other way round
     from pathsim.run_setup import RunSetup
 
-POLICIES = SHAPE_ONLY_POLICIES + ("balanced", "eplb", "topology", "search")
 TOPOLOGY_BLOCK_RANKS = 8  # neighbouring ranks in chip order the topology policy balances among: a DGX server, a torus row segment
 
 

@@ -37,3 +37,25 @@ def preset_names(kind: str) -> list[str]:
 def preset_path(kind: str, name: str) -> Path | None:
     path = preset_dir(kind) / f"{name}{_LOCATIONS[kind][2]}"
     return path if path.is_file() else None
+
+
+def describe(kind: str, name: str) -> str:
+    """A preset's one-line description, read without validating it (listing presets must stay instant)."""
+    from pathsim.input_files import parse_yaml, read_json, read_text
+
+    path = preset_path(kind, name)
+    if kind == "profiles":
+        data = read_json(path, str(path), "", "a device profile")
+        return f"{data.get('device_kind', '?')}; {', '.join(data.get('dtypes', {}))}; measured {data.get('created', '?')}"
+    data = parse_yaml(read_text(path, str(path), "", "a preset"), str(path))
+    return str(data.get("description", "")) if isinstance(data, dict) else ""
+
+
+def print_presets(args) -> int:
+    """`pathsim presets [--kind KIND]`: every built-in preset, with its description."""
+    for kind in ([args.kind] if args.kind else PRESET_KINDS):
+        names = preset_names(kind)
+        print(f"{kind}:" + ("" if names else " (none yet)"))
+        for name in names:
+            print(f"  {name:28s} {describe(kind, name)}")
+    return 0
