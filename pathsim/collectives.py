@@ -50,6 +50,7 @@ from pathsim.version import __version__
 from pathsim.choices import ALGORITHMS, OPS
 from pathsim.cluster import ClusterConfig, load_cluster
 from pathsim.errors import PathsimConfigError
+from pathsim.limits import check_allocation
 from pathsim.network import PhaseTiming, get_model
 from pathsim.network.nccl import StepRun
 from pathsim.topology import FatTree, MultiSlice, Topology, Torus, build_topology
@@ -324,10 +325,14 @@ def _rings_phases(num_chips: int, grids: list[np.ndarray], nbytes: float, op: st
 def _all_to_all_phase(num_chips: int, groups: np.ndarray, nbytes: float, matrix: np.ndarray | None) -> Phase:
     p = groups.shape[1]
     if matrix is None:
-        block = np.full((p, p), nbytes / p)
-        np.fill_diagonal(block, 0.0)
-    else:
-        block = np.asarray(matrix, dtype=np.float64)
+        # Uniform: every rank sends S/p to each rank of its group, itself included (a local copy the network never
+        # sees), so the traffic is the rank-(groups) product of group indicators: no N x N matrix is built.
+        member = np.zeros((num_chips, groups.shape[0]))
+        member[groups, np.arange(groups.shape[0])[:, None]] = 1.0
+        return Phase("all-to-all", Traffic.from_factors(member * (nbytes / p), member.T.copy()), 1)
+    block = np.asarray(matrix, dtype=np.float64)
+    check_allocation(8.0 * num_chips**2, f"a {num_chips:,} x {num_chips:,} traffic matrix", "<arguments>", "matrix",
+                     "give the matrix for fewer ranks, or drop --matrix for a uniform all-to-all (which needs none)")
     full = np.zeros((num_chips, num_chips))
     if block.shape == (p, p):  # row/column i is rank i of each group, whatever chip it sits on
         for g in groups:

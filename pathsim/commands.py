@@ -14,7 +14,7 @@ from pathsim.cluster import load_cluster
 from pathsim.collectives import CollectiveResult, run_collective
 from pathsim.device import load_profile
 from pathsim.engine.categories import CATEGORIES
-from pathsim.errors import PathsimConfigError
+from pathsim.errors import PathsimConfigError, require_finite
 from pathsim.numeric_files import read_numeric_array
 from pathsim.output_files import write_file
 from pathsim.planner import POLICIES, PlanOptions
@@ -28,7 +28,7 @@ from pathsim.shared_pod import SharedPodResult, simulate_shared
 from pathsim.simulation import simulate
 from pathsim.workload import load_workload, parse_id_ranges
 from pathsim.topology import build_topology
-from pathsim.units import format_bandwidth, format_bytes, format_flops, format_id_ranges, format_seconds, parse_bytes, parse_count, parse_seconds
+from pathsim.units import MAGNITUDE, format_bandwidth, format_bytes, format_flops, format_id_ranges, format_seconds, parse_bytes, parse_count, parse_seconds
 from pathsim.yaml_config import read_yaml_mapping, validate_model
 
 
@@ -36,8 +36,11 @@ def _load_matrix(path: Path) -> np.ndarray:
     matrix = read_numeric_array(path, str(path), "", "a square matrix of bytes between ranks")
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise PathsimConfigError(str(path), "", f"must be a square matrix, got shape {matrix.shape}", "one row and one column per rank")
-    if not np.all(np.isfinite(matrix)) or matrix.min() < 0:
-        raise PathsimConfigError(str(path), "", "holds negative or non-finite bytes", "use bytes >= 0")
+    if not np.all(np.isfinite(matrix)) or matrix.min() < 0 or matrix.max() > MAGNITUDE[1]:
+        raise PathsimConfigError(str(path), "", "holds negative, non-finite or absurdly large bytes",
+                                 f"use bytes from 0 to {MAGNITUDE[1]:g}")
+    if not matrix.sum() > np.trace(matrix):  # a rank's bytes to itself are a local copy that never reaches the network
+        raise PathsimConfigError(str(path), "", "sends no bytes between ranks", "give bytes between distinct ranks (off the diagonal)")
     return matrix.astype(np.float64)
 
 
@@ -133,6 +136,7 @@ def _write_json(path: Path, text: str, flag: str) -> None:
 def _cmd_simulate(args) -> int:
     result = simulate(args.cluster, args.workload, placement=args.placement, steps=args.steps, seed=args.seed,
                       network=args.network, sampling=args.sampling, profile=args.profile, dense=args.dense, trace=args.trace)
+    require_finite(result, "the simulated step")
     print(format_simulation(result))
     if args.trace:
         print(f"wrote {args.trace} (open it in https://ui.perfetto.dev)")
@@ -160,6 +164,7 @@ def format_shared(result: SharedPodResult) -> str:
 
 def _cmd_share(args) -> int:
     result = simulate_shared(args.jobs, steps=args.steps, seed=args.seed)
+    require_finite(result, "the shared pod's steps")
     print(format_shared(result))
     if args.json:
         _write_json(args.json, result.model_dump_json(indent=2), "--json")
@@ -246,6 +251,7 @@ def _cmd_add_task(args, options: PlanOptions) -> int:
     report, placements, setup = add_task(args.cluster, args.workload, args.from_placement, args.add_task, policy=args.policy,
                                          options=options, seed=args.seed, steps=args.steps, sampling=args.sampling,
                                          profile=args.profile)
+    require_finite(report, "the task addition")
     print(format_task_addition(report))
     if args.out:
         fits = [o for o in report.options if o.migrated_bytes <= budget]
@@ -273,6 +279,7 @@ def _cmd_drift(args, options: PlanOptions) -> int:
     report = routing_drift(args.cluster, args.workload, drift, policy=args.policy, replan_every=args.replan_every,
                            steps_per_window=args.window_steps, options=options, seed=args.seed, steps=args.steps,
                            sampling=args.sampling, profile=args.profile)
+    require_finite(report, "the drift study")
     print(format_drift(report))
     if args.json:
         _write_json(args.json, report.model_dump_json(indent=2), "--json")
@@ -295,6 +302,7 @@ def _cmd_plan(args) -> int:
     policies = POLICIES if args.compare else (args.policy,)
     comparison, placements = compare_placements(args.cluster, args.workload, policies, options, seed=args.seed,
                                                 steps=args.steps, sampling=args.sampling, profile=args.profile)
+    require_finite(comparison, "the placement plan")
     print(format_plan(comparison))
     if args.out:
         path = write_placement(placements[comparison.best], args.out)
@@ -345,6 +353,7 @@ def _cmd_collective(args) -> int:
         raise PathsimConfigError("<command line>", "--matrix", f"a traffic matrix applies to all_to_all, not {args.op}", "drop --matrix")
     result = run_collective(args.cluster, args.op, args.bytes, model=args.model, groups=args.groups,
                             algorithm=args.algorithm, matrix=matrix)
+    require_finite(result, "the collective")
     print(format_collective(result))
     if args.json:
         _write_json(args.json, result.model_dump_json(indent=2), "--json")
@@ -369,6 +378,7 @@ def _cmd_report(args) -> int:
                           seed=args.seed, placement=args.placement, profile=args.profile, price=args.price,
                           provider=args.provider, region=args.region,
                           grid_intensity=_quantity(args.grid_intensity, float, "--grid-intensity", "0.4"), pue=args.pue)
+    require_finite(report, "the report")
     out = args.out or Path("reports") / f"{report.workload}-on-{report.cluster}"
     written = write_report(report, out)
     rows = [(h.metric, h.unit, f"{h.per_step:.4g}", f"{h.per_million_tokens:.4g}", "-" if h.per_run is None else f"{h.per_run:.4g}")

@@ -39,3 +39,22 @@ class PathsimConfigError(Exception):
         """The same error re-anchored in an outer file / under an outer field."""
         field = ".".join(p for p in (prefix, self.field) if p)
         return PathsimConfigError(source or self.source, field, self.problem, self.fix)
+
+
+def require_finite(result, what: str) -> None:
+    """Stop with a user error where a result (a pydantic model) holds NaN or infinity: every input passed its own
+    checks, so their magnitudes together overflowed the models, and a printed `inf d` or `nan %` would be taken for
+    an answer. The field named is the first non-finite one, depth first."""
+    import math
+
+    stack = [("", result.model_dump())]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PathsimConfigError("<result>", path.lstrip("."), f"came out {value} in {what}: the inputs' magnitudes "
+                                     "together overflow the models, though each passed its own check",
+                                     "check the cluster's rates and the workload's sizes for extreme values")
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{key}", item) for key, item in reversed(list(value.items())))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))

@@ -47,6 +47,7 @@ from scipy.special import bdtrc
 
 from pathsim.choices import SAMPLING_MODES
 from pathsim.errors import PathsimConfigError
+from pathsim.limits import check_allocation
 from pathsim.placement import Placement
 from pathsim.traffic import Traffic
 from pathsim.workload import Layout, WorkloadConfig, load_histogram
@@ -386,6 +387,12 @@ def build_plan(workload: WorkloadConfig, layout: Layout, seed: int, sampling: st
         raise ValueError("build_plan needs an MoE model")
     if sampling not in SAMPLING_MODES:
         raise PathsimConfigError("<arguments>", "sampling", f"unknown sampling mode {sampling!r}", f"use one of {', '.join(SAMPLING_MODES)}")
+    # The routing state is (tasks, layers, experts) probabilities with their capped copies and temporaries (about
+    # four such arrays), and a step's expert loads per chip (chips, layers, experts): checked before any is made.
+    n_layers = len(workload.model.moe_layers)
+    check_allocation(8.0 * n_layers * moe.experts * (4 * len(workload.tasks) + layout.chips),
+                     f"routing {moe.experts:,} experts x {n_layers} MoE layers x {len(workload.tasks)} task(s) on {layout.chips:,} chips",
+                     source, "model.moe.experts", "use fewer experts (or raise $PATHSIM_MEMORY_BUDGET on a larger machine)")
     task_tokens = split_tokens(workload, layout, source)
     # streams [seed, 0, task]: static distributions; steps use [seed, 1, step]
     probabilities = task_distributions(workload, seed, source)

@@ -68,7 +68,14 @@ def _parse(value: object, what: str, base_unit: str, unit_scale, examples: str) 
     result = number * scale
     if not math.isfinite(result):
         raise ValueError(f"{what} must be finite, got {value!r}")
+    if result != 0 and not MAGNITUDE[0] <= abs(result) <= MAGNITUDE[1]:
+        # Products and quotients of a run's quantities must stay finite: 1e-300 FLOP/s gave a NaN step time.
+        raise ValueError(f"{what} of {value!r} is outside what pathsim computes with ({MAGNITUDE[0]:g} to "
+                         f"{MAGNITUDE[1]:g} {base_unit or 'units'}, or 0)")
     return result
+
+
+MAGNITUDE = (1e-30, 1e30)  # the least and greatest non-zero quantity accepted, in base units (B, s, FLOP/s, W, ...)
 
 
 def parse_bytes(value: object) -> float:

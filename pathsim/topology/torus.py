@@ -32,6 +32,7 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
+from pathsim.limits import check_allocation
 from pathsim.topology.base import Topology
 from pathsim.traffic import Traffic
 
@@ -378,8 +379,32 @@ class Torus(Topology):
         if key not in cache:
             if len(cache) >= 4096:  # a sweep over many traffic shapes: keep memory bounded
                 cache.clear()
-            cache[key] = int(self._hop_matrix[np.ix_(np.flatnonzero(sources), np.flatnonzero(destinations))].max())
+            cache[key] = self._longest_route(np.flatnonzero(sources), np.flatnonzero(destinations))
         return cache[key]
+
+    def _longest_route(self, src: np.ndarray, dst: np.ndarray) -> int:
+        """Most hops from a chip of `src` to one of `dst` (chip ids). On a regular torus, where both are boxes of
+        the torus (products of per-dimension coordinate sets: whole axes, slabs, an all-to-all group), the longest
+        route is the sum over dimensions of the farthest coordinate pair, found without any chip-pair array;
+        otherwise chip pairs are measured in blocks, or read from the hop matrix of a small or twisted torus."""
+        if not self.twisted:
+            per_dim = [(np.unique(self.coords[src, d]), np.unique(self.coords[dst, d])) for d in range(self.ndim)]
+            if all(len(ids) == np.prod([len(sets[i]) for sets in per_dim]) for i, ids in enumerate((src, dst))):
+                return int(sum(self._ring_gap(a[:, None], b[None, :], d).max() for d, (a, b) in enumerate(per_dim)))
+            longest, block = 0, max(1, 2**22 // max(len(dst), 1))
+            for lo in range(0, len(src), block):
+                s = self.coords[src[lo:lo + block]]
+                hops = sum(self._ring_gap(s[:, None, d], self.coords[dst][None, :, d], d) for d in range(self.ndim))
+                longest = max(longest, int(hops.max()))
+            return longest
+        check_allocation(2.0 * self.num_chips**2, f"the hop matrix of a {self.num_chips:,}-chip twisted torus", self.name,
+                         "topology", "use an untwisted torus, or fewer chips")
+        return int(self._hop_matrix[np.ix_(src, dst)].max())
+
+    def _ring_gap(self, a: np.ndarray, b: np.ndarray, d: int) -> np.ndarray:
+        """Hops between coordinates `a` and `b` along dimension d (the shorter way round where it wraps)."""
+        gap = np.abs(a - b)
+        return np.minimum(gap, self.dims[d] - gap) if self.wrap[d] else gap
 
     def bisection_links(self) -> int:
         """Directed links crossing the narrowest cut that halves a regular torus.
