@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--network", default="fast", help="network model: fast (fluid is for single phases: `pathsim collective --model fluid`)")
     sim.add_argument("--sampling", default="auto", choices=SAMPLING_MODES, help="routing sampler fidelity (default: auto)")
     sim.add_argument("--profile", type=Path, help="device profile JSON (default: documented efficiencies)")
+    sim.add_argument("--force-profile", action="store_true", help="apply --profile though it was measured on another kind of chip")
     sim.add_argument("--dense", choices=("active_flops", "total_params"), help="simulate the dense counterpart instead")
     sim.add_argument("--json", type=Path, metavar="OUT", help="also write the full result as JSON")
     sim.add_argument("--trace", type=Path, metavar="OUT", help="write a Perfetto/Chrome trace (open in ui.perfetto.dev)")
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")
     plan.add_argument("--sampling", default="auto", choices=SAMPLING_MODES, help="routing sampler fidelity (default: auto)")
     plan.add_argument("--profile", type=Path, help="device profile JSON (default: documented efficiencies)")
+    plan.add_argument("--force-profile", action="store_true", help="apply --profile though it was measured on another kind of chip")
     plan.add_argument("--out", type=Path, metavar="PLACEMENT.json", help="write the placement (with --compare: the best one)")
     plan.add_argument("--json", type=Path, metavar="OUT", help="also write the report(s) as JSON")
     grow = plan.add_argument_group("a task added to a placed model (SEN / Pathways: learn new tasks)")
@@ -126,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")
     rep.add_argument("--placement", default=None, help="expert placement policy or placement JSON (default round_robin)")
     rep.add_argument("--profile", type=Path, help="device profile JSON for the main cluster (default: the cluster's)")
+    rep.add_argument("--force-profile", action="store_true", help="apply --profile though it was measured on another kind of chip")
     rep.add_argument("--out", type=Path, metavar="DIR", help="folder to write (default reports/WORKLOAD-on-CLUSTER/)")
 
     cal = sub.add_parser("calibrate", help="time pathsim's kernels with JAX on this machine, fit a device profile, measure its error")

@@ -133,9 +133,18 @@ def _write_json(path: Path, text: str, flag: str) -> None:
     print(f"wrote {path}")
 
 
+def _profile(args):
+    """--profile as given, or, with --force-profile, loaded and marked for another kind of chip (results record it)."""
+    if not getattr(args, "force_profile", False):
+        return args.profile
+    if args.profile is None:
+        raise PathsimConfigError("<command line>", "--force-profile", "forces a --profile, and there is none", "add --profile PROFILE")
+    return load_profile(args.profile).model_copy(update={"other_chips": True})
+
+
 def _cmd_simulate(args) -> int:
     result = simulate(args.cluster, args.workload, placement=args.placement, steps=args.steps, seed=args.seed,
-                      network=args.network, sampling=args.sampling, profile=args.profile, dense=args.dense, trace=args.trace)
+                      network=args.network, sampling=args.sampling, profile=_profile(args), dense=args.dense, trace=args.trace)
     require_finite(result, "the simulated step")
     print(format_simulation(result))
     if args.trace:
@@ -250,7 +259,7 @@ def _cmd_add_task(args, options: PlanOptions) -> int:
                                      "add --out PLACEMENT.json")
     report, placements, setup = add_task(args.cluster, args.workload, args.from_placement, args.add_task, policy=args.policy,
                                          options=options, seed=args.seed, steps=args.steps, sampling=args.sampling,
-                                         profile=args.profile)
+                                         profile=_profile(args))
     require_finite(report, "the task addition")
     print(format_task_addition(report))
     if args.out:
@@ -274,11 +283,11 @@ def _cmd_drift(args, options: PlanOptions) -> int:
         except ValueError:
             raise PathsimConfigError("<command line>", "--drift", f"{args.drift!r} gives no random-walk sigma",
                                      "write e.g. --drift random-walk:0.3") from None
-        setup = prepare_run(args.cluster, args.workload, seed=args.seed, sampling=args.sampling, profile=args.profile, place=False)
+        setup = prepare_run(args.cluster, args.workload, seed=args.seed, sampling=args.sampling, profile=_profile(args), place=False)
         drift = random_walk_drift(setup, args.windows, sigma_value, args.seed)
     report = routing_drift(args.cluster, args.workload, drift, policy=args.policy, replan_every=args.replan_every,
                            steps_per_window=args.window_steps, options=options, seed=args.seed, steps=args.steps,
-                           sampling=args.sampling, profile=args.profile)
+                           sampling=args.sampling, profile=_profile(args))
     require_finite(report, "the drift study")
     print(format_drift(report))
     if args.json:
@@ -301,7 +310,7 @@ def _cmd_plan(args) -> int:
         return _cmd_drift(args, options)
     policies = POLICIES if args.compare else (args.policy,)
     comparison, placements = compare_placements(args.cluster, args.workload, policies, options, seed=args.seed,
-                                                steps=args.steps, sampling=args.sampling, profile=args.profile)
+                                                steps=args.steps, sampling=args.sampling, profile=_profile(args))
     require_finite(comparison, "the placement plan")
     print(format_plan(comparison))
     if args.out:
@@ -375,7 +384,7 @@ def _cmd_report(args) -> int:
     report = build_report(args.cluster, args.workload, compare_clusters=tuple(args.compare_cluster), dense=args.dense,
                           run_tokens=_quantity(args.run_tokens, parse_count, "--run-tokens", "1T"), run_steps=args.run_steps,
                           deadline_s=_quantity(args.deadline, parse_seconds, "--deadline", "30d"), steps=args.steps,
-                          seed=args.seed, placement=args.placement, profile=args.profile, price=args.price,
+                          seed=args.seed, placement=args.placement, profile=_profile(args), price=args.price,
                           provider=args.provider, region=args.region,
                           grid_intensity=_quantity(args.grid_intensity, float, "--grid-intensity", "0.4"), pue=args.pue)
     require_finite(report, "the report")

@@ -36,6 +36,7 @@ with a calibrated profile for decisions.
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -143,6 +144,8 @@ class DeviceProfile(StrictModel):
     dtypes: dict[str, DtypeFit] = Field(default_factory=dict, description="fits per measured dtype")
     network: NetworkFit | None = None
     samples: list[KernelSample] = Field(default_factory=list, description="every timed kernel shape, fitted and held out")
+    other_chips: bool = Field(False, description="applied to a chip of another kind on purpose (--force-profile): "
+                                                 "without it, a profile measured on one kind refuses another")
 
     @model_validator(mode="after")
     def _every_family(self) -> "DeviceProfile":
@@ -204,6 +207,31 @@ def _documented_defaults() -> DeviceProfile:
             "optimizer": KernelModel(flops_efficiency=0.10, memory_efficiency=0.80, overhead_s=20e-6),
         },
     )
+
+
+def chip_family(name: str) -> str | None:
+    """The chip kind a name means, as JAX's device_kind and the presets' chip names write it: 'NVIDIA H100 80GB HBM3'
+    and 'NVIDIA H100 SXM5 80GB' are both 'h100', 'TPU v5 lite' (JAX) and 'TPU v5e' both 'tpu v5e', a CPU 'cpu';
+    None where the name says no kind pathsim knows (a user's own chip)."""
+    text = name.lower()
+    tpu = re.search(r"tpu v(\d+)\s*(lite|[a-z])?\b", text)
+    if tpu:
+        suffix = {"lite": "e", None: "p" if tpu.group(1) == "5" else ""}.get(tpu.group(2), tpu.group(2))
+        return f"tpu v{tpu.group(1)}{suffix}"
+    gpu = re.search(r"\b([abhlv]\d{2,3}[a-z]?|gb?\d{3})\b", text)
+    if gpu:
+        return gpu.group(1)
+    return "cpu" if re.search(r"\bcpu\b", text) else None
+
+
+def check_profile_fits(profile: DeviceProfile, chip: ChipSpec, source: str) -> None:
+    """Refuse a measured profile on a chip of another kind (a CPU's fits on an H100 predicted 35.8 days a step)."""
+    measured, target = chip_family(profile.device_kind), chip_family(chip.name)
+    if profile.device_kind == "defaults" or profile.other_chips or measured is None or target is None or measured == target:
+        return
+    raise PathsimConfigError(source, "profile", f"{profile.name} was measured on {profile.device_kind!r} ({measured}), but the "
+                             f"cluster's chips are {chip.name!r} ({target}): its fitted rates would stand in for another chip's",
+                             f"calibrate on a {target} (`pathsim calibrate`), or pass --force-profile to apply it anyway")
 
 
 def load_profile(spec: "str | Path | DeviceProfile | None", chip: ChipSpec | None = None) -> DeviceProfile:

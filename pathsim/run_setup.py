@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from pathsim.cluster import ClusterConfig, load_cluster
-from pathsim.device import DeviceModel, DeviceProfile, load_profile
+from pathsim.device import DeviceModel, DeviceProfile, check_profile_fits, load_profile
 from pathsim.errors import PathsimConfigError
 from pathsim.network import MODELS, get_model
 from pathsim.network.timing import NetworkModel
@@ -128,6 +128,7 @@ def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | P
     topology = build_topology(cluster_config)
     layout = layout_on(workload_config, topology, source, chips)
     device_profile = load_profile(profile if profile is not None else cluster_config.profile, cluster_config.chip)
+    check_profile_fits(device_profile, cluster_config.chip, "<arguments>" if profile is not None else cluster_config.name)
     device = DeviceModel(cluster_config.chip, workload_config.model.dtype, device_profile, source,
                          workload_config.training.compute_share, workload_config.model.matmul_precision)
     plan = build_plan(workload_config, layout, seed, sampling, source) if workload_config.model.moe else None

@@ -263,9 +263,13 @@ def test_quick_profile_drives_a_simulation(quick_profile, tmp_path):
     from pathsim.calibration.collectives import host_cluster_config
     from pathsim.simulation import simulate
 
+    from pathsim.errors import PathsimConfigError
+
     profile, _, _ = quick_profile
     default = simulate("tpu-v4-4x4x4", "switch-base-128", steps=1)
-    calibrated = simulate("tpu-v4-4x4x4", "switch-base-128", steps=1, profile=profile)
+    with pytest.raises(PathsimConfigError, match=r"measured on 'cpu.*\(cpu\), but the cluster's chips are 'TPU v4'"):
+        simulate("tpu-v4-4x4x4", "switch-base-128", steps=1, profile=profile)  # a CPU's fits standing in for a TPU's
+    calibrated = simulate("tpu-v4-4x4x4", "switch-base-128", steps=1, profile=profile.model_copy(update={"other_chips": True}))
     # a few host CPU cores are orders of magnitude slower than a TPU v4 chip's datasheet
     assert calibrated.step_time.mean_s > 10 * default.step_time.mean_s
     assert host_cluster_config(8, 1e9, 1e-5).num_chips == 8

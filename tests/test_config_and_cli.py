@@ -173,3 +173,21 @@ def test_calibrate_without_jax_says_what_to_install():
     code = "import sys; sys.modules['jax'] = None\nfrom pathsim.cli import main\nsys.exit(main(['calibrate', '--quick']))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and 'pip install "pathsim[calibrate]"' in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_profile_of_another_chip_kind_is_refused_unless_forced(capsys, tmp_path):
+    argv = ["simulate", "--cluster", "dgx-h100-1", "--workload", "mixtral-8x7b", "--profile", "cpu-epyc-2core-x8"]
+    assert main(argv) == 2  # it predicted 35.8 days a step: a CPU's fitted rates standing in for an H100's
+    err = capsys.readouterr().err
+    assert "(cpu), but the cluster's chips are 'NVIDIA H100 SXM5 80GB' (h100)" in err and "--force-profile" in err
+    assert main(argv + ["--force-profile", "--json", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["inputs"]["device_profile"]["other_chips"] is True  # on the record
+    assert main(argv[:5] + ["--force-profile"]) == 2 and "there is none" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, family", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H100 SXM5 80GB", "h100"),
+                                          ("TPU v5 lite", "tpu v5e"), ("TPU v5e", "tpu v5e"), ("TPU v5", "tpu v5p"),
+                                          ("Tesla V100-SXM2-16GB", "v100"), ("cpu: AMD EPYC", "cpu"), ("My own ASIC", None)])
+def test_chip_kinds_read_the_same_from_jax_and_from_presets(name, family):
+    from pathsim.device import chip_family
+    assert chip_family(name) == family
