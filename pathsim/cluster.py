@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from annotated_types import Ge, Gt
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
@@ -334,6 +334,7 @@ class CollectiveLibrarySpec(StrictModel):
 
 
 class ClusterConfig(StrictModel):
+    FIX_HINT: ClassVar[str] = "see the cluster presets for working examples (`pathsim presets --kind topologies`)"
     name: str
     description: str = ""
     chip: ChipSpec

@@ -208,7 +208,10 @@ def _plan_options(args) -> PlanOptions:
         raise PathsimConfigError("<command line>", "--together", str(exc), 'write expert ids like "0-3" or "5,9"') from None
     return validate_model(PlanOptions, {"replicas": args.replicas, "together": together, "eplb_groups": args.eplb_groups,
                                         "eplb_nodes": args.eplb_nodes, "time_budget_s": args.time_budget,
-                                        "max_evaluations": args.max_evaluations}, "<command line>")
+                                        "max_evaluations": args.max_evaluations}, "<command line>",
+                          names={"replicas": "--replicas", "together": "--together", "eplb_groups": "--eplb-groups",
+                                 "eplb_nodes": "--eplb-nodes", "time_budget_s": "--time-budget",
+                                 "max_evaluations": "--max-evaluations"})
 
 
 def format_task_addition(report: TaskAdditionReport) -> str:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -128,6 +128,7 @@ class DeviceProfile(StrictModel):
     ``dtypes``; a measured profile refuses a dtype it did not measure rather
     than guess.
     """
+    FIX_HINT: ClassVar[str] = "write profiles with `pathsim calibrate`; `pathsim presets --kind profiles` lists the shipped ones"
 
     name: str
     device_kind: str = Field(description="what was measured (e.g. 'NVIDIA H100 80GB HBM3'), or 'defaults'")

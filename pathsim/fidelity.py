@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -61,6 +61,7 @@ class CollectiveSpec(BaseModel):
 
 
 class ValidationEntry(BaseModel):
+    FIX_HINT: ClassVar[str] = "see validation/README.md, 'An entry'"
     model_config = ConfigDict(extra="forbid")
     name: str
     source: str = Field(min_length=1)  # paper or thread: where the measured number sits (table, row)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from annotated_types import Ge, Gt
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +34,7 @@ J_PER_KWH = 3.6e6
 
 
 class _Table(BaseModel):
+    FIX_HINT: ClassVar[str] = "see the economics presets (`pathsim presets --kind economics`) and their sources"
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

@@ -16,7 +16,7 @@ topology-aware ones live in :mod:`pathsim.planner`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,6 +30,7 @@ from pathsim.yaml_config import validate_model
 
 
 class Placement(StrictModel):
+    FIX_HINT: ClassVar[str] = "write placements with `pathsim plan --out PLACEMENT.json`; a hand edit must keep every field valid"
     policy: str = Field(description="how it was made: a policy name or 'file'")
     experts: int = Field(gt=0)
     ranks: int = Field(gt=0, description="ranks per expert-parallel group")

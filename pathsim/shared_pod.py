@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -61,6 +61,7 @@ class JobSpec(StrictModel):
 
 
 class SharedPodConfig(StrictModel):
+    FIX_HINT: ClassVar[str] = "see the shared-pod presets for working examples (`pathsim presets --kind shared-pods`)"
     name: str
     description: str = ""
     cluster: str | dict[str, Any] = Field(description="cluster preset name, a YAML path relative to this file, "

@@ -20,6 +20,8 @@ A task file (YAML)::
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from pathsim.yaml_config import read_yaml_mapping, validate_model
 
 
 class AddedTask(StrictModel):
+    FIX_HINT: ClassVar[str] = "see the added-task examples in workloads/added-tasks/"
     name: str = Field(min_length=1)
     description: str = ""
     source: str = ""

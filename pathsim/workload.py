@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import cached_property
 import math
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 import numpy as np
 from annotated_types import Gt
@@ -283,6 +283,7 @@ class TaskSpec(StrictModel):
 
 
 class WorkloadConfig(StrictModel):
+    FIX_HINT: ClassVar[str] = "see the workload presets for working examples (`pathsim presets --kind workloads`)"
     name: str
     description: str = ""
     source: str = ""

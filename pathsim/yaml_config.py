@@ -162,12 +162,22 @@ def load_config(model: type[ModelT], spec: "str | Path | dict | BaseModel", kind
     return validate_model(model, data, str(path))
 
 
-def validate_model(model: type[ModelT], data: dict[str, Any], source: str) -> ModelT:
-    """``model.model_validate(data)``, with failures as PathsimConfigError."""
+# Where to look when a value is wrong, for models that name no FIX_HINT of their own.
+DEFAULT_FIX = "see the field's description in README.md"
+
+
+def validate_model(model: type[ModelT], data: dict[str, Any], source: str, names: dict[str, str] | None = None) -> ModelT:
+    """``model.model_validate(data)``, with failures as PathsimConfigError. The fix for a wrong value points where
+    the model's ``FIX_HINT`` says (its presets, the command writing such files); `names` renames fields in messages
+    (a command line's flags for the options they fill)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _translate(exc, model, data, source) from None
+        error = _translate(exc, model, data, source)
+        if names and error.field.split(".")[0].split("[")[0] in names:
+            head = error.field.split(".")[0].split("[")[0]
+            error = PathsimConfigError(error.source, names[head] + error.field[len(head):], error.problem, error.fix)
+        raise error from None
 
 
 def _translate(exc: ValidationError, model: type[BaseModel], data: Any, source: str) -> PathsimConfigError:
@@ -193,7 +203,7 @@ def _translate(exc: ValidationError, model: type[BaseModel], data: Any, source: 
         return PathsimConfigError(source, field, f"required field is missing{more}", f"add `{loc[-1]}:` to the file")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         return PathsimConfigError(source, field + (".kind" if field else "kind"), message + more, "set `kind:` to one of the values listed")
-    fix = "see the built-in presets (`pathsim presets`) for working examples"
+    fix = getattr(model, "FIX_HINT", DEFAULT_FIX)
     if "input" in first and kind not in ("value_error", "assertion_error") and not isinstance(first["input"], (dict, list)):
         message = f"{message}, got {first['input']!r}"
     return PathsimConfigError(source, field, message + more, fix)

@@ -191,3 +191,28 @@ def test_a_profile_of_another_chip_kind_is_refused_unless_forced(capsys, tmp_pat
 def test_chip_kinds_read_the_same_from_jax_and_from_presets(name, family):
     from pathsim.device import chip_family
     assert chip_family(name) == family
+
+
+@pytest.mark.parametrize("argv, where, fix", [
+    (["plan", "--cluster", "tpu-v4-4x4x4", "--workload", "switch-base-128", "--time-budget", "-5"], "<command line>: --time-budget:",
+     "pathsim plan --help"),  # the flag, not the internal field time_budget_s
+    (["plan", "--cluster", "tpu-v4-4x4x4", "--workload", "switch-base-128", "--eplb-groups", "0"], "<command line>: --eplb-groups:",
+     "pathsim plan --help"),
+])
+def test_refusals_point_where_the_user_can_act(capsys, argv, where, fix):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert where in err and fix in err and "built-in presets" not in err
+
+
+def test_a_bad_profile_or_placement_value_points_at_the_command_that_writes_them(tmp_path):
+    from pathsim.device import load_profile
+    from pathsim.placement import read_placement
+    profile = json.loads(load_profile("cpu-epyc-2core-x8").model_dump_json())
+    profile["devices"] = 0
+    (tmp_path / "p.json").write_text(json.dumps(profile))
+    with pytest.raises(PathsimConfigError, match=r"devices: .*\n  fix: write profiles with `pathsim calibrate`"):
+        load_profile(tmp_path / "p.json")
+    (tmp_path / "pl.json").write_text(json.dumps({"policy": "x", "experts": -1, "ranks": 1, "slots": [[[0]]]}))
+    with pytest.raises(PathsimConfigError, match=r"fix: write placements with `pathsim plan --out"):
+        read_placement(tmp_path / "pl.json")

@@ -6,7 +6,7 @@ constraint and what would fit, never a placement that silently overflows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import ClassVar, TYPE_CHECKING
 
 import math
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the run setup composes the planner, not the other way round
 
 
 class PlanOptions(StrictModel):
+    FIX_HINT: ClassVar[str] = "see `pathsim plan --help`"
     replicas: StrictInt | None = Field(None, ge=0, description="extra expert copies per MoE layer and expert-parallel group "
                                        "(default: none beyond what fills every rank's slots evenly)")
     together: list[list[StrictInt]] = Field(default_factory=list, description="sets of expert ids that must share a chip")
