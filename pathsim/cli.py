@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     presets = sub.add_parser("presets", help="list built-in presets")
     presets.add_argument("--kind", choices=PRESET_KINDS, help="only this kind of preset")
 
-    validate = sub.add_parser("validate", help="check cluster or workload files (or preset names) and summarise them")
+    validate = sub.add_parser("validate", help="check cluster, workload, shared-pod or added-task files (or preset names) and summarise them")
     validate.add_argument("files", nargs="+", metavar="FILE")
 
     coll = sub.add_parser("collective", help="time one collective on a cluster")

@@ -24,7 +24,8 @@ from pathsim.run_setup import prepare_run
 from pathsim.presets import preset_path
 from pathsim.model_math import model_totals
 from pathsim.result import SimulationResult
-from pathsim.shared_pod import SharedPodResult, simulate_shared
+from pathsim.shared_pod import SharedPodResult, load_shared_pod, simulate_shared
+from pathsim.task_addition import read_added_task
 from pathsim.simulation import simulate
 from pathsim.workload import load_workload, parse_id_ranges
 from pathsim.topology import build_topology
@@ -324,23 +325,36 @@ def _cmd_plan(args) -> int:
     return 0
 
 
-def _is_workload(ref: str) -> bool:
-    """A workload preset name, or a YAML file with a workload's sections (clusters have `topology:`) or extending
-    a workload preset."""
-    if preset_path("workloads", ref) is not None:
-        return True
+# The keys that say what a config file is, beside `extends:` (which says it for a file that only overrides).
+_KIND_KEYS = {"shared-pods": ("jobs",), "added-task": ("new_experts",),
+              "workloads": ("model", "training", "parallelism", "tasks"), "topologies": ("topology", "chip", "links", "host")}
+
+
+def _file_kind(ref: str, _seen: tuple[Path, ...] = ()) -> str:
+    """What a preset name or YAML file is: "topologies", "workloads", "shared-pods" or "added-task" — by its preset
+    folder, its own keys, or else what its `extends:` parent is (followed through files)."""
+    for kind in ("topologies", "workloads", "shared-pods"):
+        if preset_path(kind, ref) is not None:
+            return kind
     path = Path(ref)
-    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        return False
+    if path.suffix not in (".yaml", ".yml") or path.resolve() in _seen:
+        return "topologies"  # loading it as a cluster gives the error (not a preset, not a YAML file, a cycle)
     mapping = read_yaml_mapping(path)
-    base = mapping.get("extends")
-    return (any(key in mapping for key in ("model", "training", "parallelism", "tasks"))
-            or (isinstance(base, str) and preset_path("workloads", base) is not None))
+    for kind, keys in _KIND_KEYS.items():
+        if any(key in mapping for key in keys):
+            return kind
+    parent = mapping.get("extends")
+    if not isinstance(parent, str):
+        return "topologies"
+    if not any(preset_path(kind, parent) for kind in ("topologies", "workloads", "shared-pods")) and not Path(parent).is_absolute():
+        parent = str(path.parent / parent)
+    return _file_kind(parent, (*_seen, path.resolve()))
 
 
 def _cmd_validate(args) -> int:
     for file in args.files:
-        if _is_workload(file):
+        kind = _file_kind(file)
+        if kind == "workloads":
             workload = load_workload(file)
             totals = model_totals(workload.model)
             moe = workload.model.moe
@@ -349,13 +363,20 @@ def _cmd_validate(args) -> int:
             print(f"{file}: ok - workload {workload.name}: {totals.total_params / 1e9:.1f}B parameters "
                   f"({totals.active_params_per_token / 1e9:.1f}B active per token), {sparse}; {len(workload.tasks)} task(s) over "
                   f"{', '.join(workload.modalities)}")
-            continue
-        cluster = load_cluster(file)
-        topology = build_topology(cluster, source=file)
-        info = topology.describe()
-        extra = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("name", "chips", "switches", "links"))
-        print(f"{file}: ok - {cluster.name}: {info['chips']} x {cluster.chip.name}, {info['switches']} switches, "
-              f"{info['links']} directed links" + (f"; {extra}" if extra else ""))
+        elif kind == "shared-pods":
+            pod = load_shared_pod(file)
+            print(f"{file}: ok - shared pod {pod.name}: {len(pod.jobs)} jobs ({', '.join(job.name for job in pod.jobs)})")
+        elif kind == "added-task":
+            task = read_added_task(file)
+            print(f"{file}: ok - task to add {task.name}: {task.share:.0%} of the tokens, {task.new_experts} new experts per "
+                  f"MoE layer (use it with `pathsim plan --add-task {file} --from PLACEMENT.json`)")
+        else:
+            cluster = load_cluster(file)
+            topology = build_topology(cluster, source=file)
+            info = topology.describe()
+            extra = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("name", "chips", "switches", "links"))
+            print(f"{file}: ok - {cluster.name}: {info['chips']} x {cluster.chip.name}, {info['switches']} switches, "
+                  f"{info['links']} directed links" + (f"; {extra}" if extra else ""))
     return 0
 
 

@@ -216,3 +216,18 @@ def test_a_bad_profile_or_placement_value_points_at_the_command_that_writes_them
     (tmp_path / "pl.json").write_text(json.dumps({"policy": "x", "experts": -1, "ranks": 1, "slots": [[[0]]]}))
     with pytest.raises(PathsimConfigError, match=r"fix: write placements with `pathsim plan --out"):
         read_placement(tmp_path / "pl.json")
+
+
+def test_validate_recognises_every_kind_of_file_pathsim_reads(tmp_path, capsys):
+    from pathsim.presets import preset_dir
+    (tmp_path / "mine.yaml").write_text("extends: switch-base-128\nname: mine\n")
+    (tmp_path / "mine2.yaml").write_text("extends: mine.yaml\nname: mine2\n")  # a workload only through its parent file
+    (tmp_path / "c.yaml").write_text("extends: dgx-h100-4\nname: c\n")
+    task = preset_dir("workloads") / "added-tasks" / "sign-language-video.yaml"
+    pod = preset_dir("shared-pods") / "two-jobs-one-torus-tpu-v4.yaml"
+    files = [str(tmp_path / "mine2.yaml"), str(tmp_path / "c.yaml"), str(task), str(pod), "two-jobs-one-torus-tpu-v4"]
+    assert main(["validate", *files]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "ok - workload mine2" in out[0] and "ok - c: 32 x NVIDIA H100" in out[1]
+    assert "ok - task to add sign-language-video" in out[2] and "ok - shared pod two-jobs-one-torus-tpu-v4: 2 jobs" in out[3]
+    assert "ok - shared pod" in out[4]
