@@ -417,9 +417,12 @@ def _cmd_report(args) -> int:
     rows = [(h.metric, h.unit, f"{h.per_step:.4g}", f"{h.per_million_tokens:.4g}", "-" if h.per_run is None else f"{h.per_run:.4g}")
             for h in report.headline]
     print(report.title)
+    print("  " + report.verdict)
     print(_table(rows, ("metric", "unit", "per step", "per million tokens", "per run")))
     if report.comparison:
         print("  " + report.comparison.statement)
+    if report.recommendation:
+        print("  " + report.recommendation)
     print(f"wrote {len(written)} files under {out}/: open {out / 'index.html'}")
     return 0
 

@@ -104,7 +104,9 @@ def test_report_content_is_consistent(written):
     assert {v.key for v in report.variants} == {"sparse", "dense_active_flops", "dense_total_params"}
     main_option = [o for o in report.clusters if o.cluster == report.cluster and o.price_term == "on_demand"][0]
     assert main_option.usd == report.main.footprint.per_run.usd
-    assert any(o.pareto for o in report.clusters)
+    # 143 GiB a chip on 32 GiB TPU v4s: nothing fits, so nothing is on the front and nothing is recommended.
+    assert report.verdict.startswith("DOES NOT FIT") and not any(o.memory_fits or o.pareto for o in report.clusters)
+    assert report.recommendation.startswith("No candidate fits in HBM and meets the deadline")
     assert all(o.meets_deadline == (o.time_s <= 86400.0) for o in report.clusters)
     with open(out / "data" / "link_utilisation.csv") as f:
         assert len(list(csv.reader(f))) - 1 == len(report.main.result.detail.link_utilisation)
@@ -200,3 +202,20 @@ def test_a_hostile_name_draws_as_plain_text_and_stays_inert_in_every_file(tmp_pa
     cells = [row[0] for row in csv.reader(open(tmp_path / "out" / "data" / "energy.csv")) if HOSTILE in row[0]]
     assert cells and all(c.startswith("'=HYPERLINK") for c in cells)  # a spreadsheet shows it, does not run it
     assert json.loads((tmp_path / "out" / "report.json").read_text())["workload"] == HOSTILE  # data stays as given
+
+
+def test_a_run_that_does_not_fit_says_so_and_stays_off_the_front(tmp_path):
+    from pathsim.report import build_report
+    small = tmp_path / "small-hbm.yaml"
+    small.write_text("extends: tpu-v4-4x4x4\nname: small-hbm\nchip: {hbm_bytes: 4GiB}\n")
+    report = build_report(str(small), "switch-base-128", compare_clusters=("tpu-v4-4x4x4",), dense="none")
+    assert report.verdict.startswith("DOES NOT FIT in HBM: 15.47 GiB per chip against 4 GiB")
+    mine = [o for o in report.clusters if o.cluster == "small-hbm"]
+    other = [o for o in report.clusters if o.cluster == "tpu-v4-4x4x4"]
+    assert mine and not any(o.memory_fits or o.pareto for o in mine)
+    # Same chips and prices, so the small-HBM options would tie the others on time and money; only fitting ones count.
+    assert any(o.pareto for o in other)
+    cheapest = min(other, key=lambda o: o.usd)
+    assert report.recommendation.startswith(f"Pick tpu-v4-4x4x4 at {cheapest.price_term.replace('_', ' ')} (64 chips): the cheapest that fits")
+    alone = build_report(str(small), "switch-base-128", dense="none")
+    assert alone.recommendation == "No candidate fits in HBM: none can be recommended."

@@ -20,7 +20,7 @@ from pathsim.footprint import PRICE_TERMS, Footprint, footprint, resolve_site, r
 from pathsim.result import SimulationResult
 from pathsim.run_setup import prepare_run
 from pathsim.simulation import simulate
-from pathsim.units import format_seconds
+from pathsim.units import format_bytes, format_seconds
 from pathsim.version import __version__
 
 DENSE_CHOICES = ("both", "active_flops", "total_params", "none")
@@ -86,6 +86,8 @@ class Report(BaseModel):
     clusters: list[ClusterOption]
     inputs: list[InputRow]
     variants: list[Variant]
+    verdict: str = ""  # whether the run as configured fits in HBM, in a sentence
+    recommendation: str = ""  # which candidate cluster to pick and why, in a sentence
     pathsim_version: str = __version__
 
     @property
@@ -111,6 +113,30 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
+
+
+def _usd(amount: float) -> str:
+    return f"${amount:,.0f}" if amount >= 100 else f"${amount:.3g}"
+
+
+def _recommendation(options: list[ClusterOption], deadline_s: float | None, basis: str) -> str:
+    """Which candidate to pick and why: the cheapest that fits in HBM (and meets the deadline, if there is one)."""
+    if not options:
+        return ""
+    usable = [o for o in options if o.memory_fits and o.meets_deadline is not False]
+    if not usable:
+        why = "fits in HBM" + (" and meets the deadline" if deadline_s is not None else "")
+        return f"No candidate {why}: none can be recommended."
+    pick = min(usable, key=lambda o: (o.usd, o.time_s))
+    fastest = min(usable, key=lambda o: (o.time_s, o.usd))
+    per = "the run" if basis == "run" else "a million tokens"
+    why = "the cheapest that fits in HBM" + (" and meets the deadline" if deadline_s is not None else "")
+    text = (f"Pick {pick.cluster} at {pick.price_term.replace('_', ' ')} ({pick.chips:,} chips): {why}, "
+            f"{_usd(pick.usd)} and {format_seconds(pick.time_s)} for {per}.")
+    if fastest is not pick and fastest.time_s < pick.time_s:
+        text += (f" The fastest, {fastest.cluster} at {fastest.price_term.replace('_', ' ')}, takes {format_seconds(fastest.time_s)} "
+                 f"for {_usd(fastest.usd)}.")
+    return text
 
 
 def _headline(fp: Footprint) -> list[HeadlineRow]:
@@ -226,12 +252,19 @@ def build_report(cluster: "str | Path", workload: "str | Path", *, compare_clust
                                          time_s=amounts.time_s, usd=amounts.usd, facility_kwh=amounts.facility_kwh,
                                          tco2e=amounts.tco2e, memory_fits=result.memory.fits, pareto=False,
                                          meets_deadline=None if deadline_s is None else amounts.time_s <= deadline_s))
-    for i in pareto_front([(o.time_s, o.usd) for o in options]):
-        options[i].pareto = True
+    # A candidate the model does not fit on is no option at all: it stays in the table, off the front.
+    fitting = [i for i, o in enumerate(options) if o.memory_fits]
+    for j in pareto_front([(options[i].time_s, options[i].usd) for i in fitting]):
+        options[fitting[j]].pareto = True
 
     what = (f"a {format_seconds(variants[0].footprint.per_run.time_s)} run of {variants[0].footprint.run_tokens:.4g} tokens"
             if basis == "run" else "a million tokens")
+    memory = main.memory
+    verdict = (f"Fits in HBM: {format_bytes(memory.total_bytes)} of {format_bytes(memory.hbm_bytes)} per chip." if memory.fits else
+               f"DOES NOT FIT in HBM: {format_bytes(memory.total_bytes)} per chip against {format_bytes(memory.hbm_bytes)}, so the "
+               "run as configured cannot happen; the costs are what it would cost if it did (shard, recompute or add chips).")
     return Report(title=f"{main.workload} on {main.cluster}: cost, energy and carbon of {what}", cluster=main.cluster,
+                  verdict=verdict, recommendation=_recommendation(options, deadline_s, basis),
                   workload=main.workload, basis=basis, run_tokens=variants[0].footprint.run_tokens,
                   run_steps=variants[0].footprint.run_steps, deadline_s=deadline_s, headline=_headline(variants[0].footprint),
                   comparison=_comparison(variants), clusters=options, inputs=_inputs(variants[0], steps, seed),

@@ -338,9 +338,11 @@ def cost_time_figure(options: list[ClusterOption], basis: str, deadline_s: float
     longest = max(o.time_s for o in options)
     unit, scale = next((u, k) for u, k in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0), ("seconds", 1.0))
                        if longest >= 2 * k or k == 1.0)
+    unfit = "#AAAAAA"  # a candidate the model does not fit on: drawn hollow, never on the front
     for o in options:
-        colour = "#C44E52" if o.pareto else "#4C72B0"
-        ax.scatter(o.time_s / scale, o.usd, marker=markers[o.price_term], color=colour, zorder=3, s=36)
+        colour = "#C44E52" if o.pareto else "#4C72B0" if o.memory_fits else unfit
+        ax.scatter(o.time_s / scale, o.usd, marker=markers[o.price_term], zorder=3, s=36,
+                   **({"color": colour} if o.memory_fits else {"facecolors": "none", "edgecolors": unfit}))
         ax.annotate(f"{o.cluster} ({o.price_term})", (o.time_s / scale, o.usd), fontsize=7,
                     xytext=(4, 3), textcoords="offset points")
     front = sorted((o for o in options if o.pareto), key=lambda o: o.time_s)
@@ -357,14 +359,17 @@ def cost_time_figure(options: list[ClusterOption], basis: str, deadline_s: float
         axis.set_tick_params(which="minor", labelsize=7)
     ax.set_xlabel(f"time for {'the run' if basis == 'run' else 'a million tokens'} ({unit}, log)")
     ax.set_ylabel(f"USD for {'the run' if basis == 'run' else 'a million tokens'} (log)")
-    ax.legend(handles=[Patch(color="#C44E52", label="on the Pareto front"), Patch(color="#4C72B0", label="dominated")]
-              + ([ax.get_lines()[-1]] if deadline_s is not None else []), fontsize=7, loc="upper right", frameon=False)
+    kinds = [Patch(color="#C44E52", label="on the Pareto front"), Patch(color="#4C72B0", label="dominated")]
+    if not all(o.memory_fits for o in options):
+        kinds.append(Patch(facecolor="none", edgecolor=unfit, label="does not fit in HBM"))
+    ax.legend(handles=kinds + ([ax.get_lines()[-1]] if deadline_s is not None else []), fontsize=7, loc="upper right", frameon=False)
     ax.margins(0.25)
-    rows = [[o.cluster, o.chips, o.price_term, o.usd_per_chip_hour, o.time_s, o.usd, o.pareto] for o in options]
+    rows = [[o.cluster, o.chips, o.price_term, o.usd_per_chip_hour, o.time_s, o.usd, o.memory_fits, o.pareto] for o in options]
     _footer(figure, "Markers: circle on demand, square 1-year commitment, diamond 3-year commitment, star user price.")
     return Drawn("cost_vs_time", "Cost against time across clusters",
-                 "Each candidate cluster at each price term; red points are on the Pareto front.", figure,
-                 ["cluster", "chips", "price_term", "usd_per_chip_hour", "time_s", "usd", "pareto"], rows)
+                 "Each candidate cluster at each price term; red points are on the Pareto front of those that fit in HBM, "
+                 "hollow grey ones do not fit.", figure,
+                 ["cluster", "chips", "price_term", "usd_per_chip_hour", "time_s", "usd", "memory_fits", "pareto"], rows)
 
 
 @plain_text

@@ -89,7 +89,7 @@ def _input_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return ["input", "value", "source"], [[i.name, i.value, i.source] for i in report.inputs]
 
 
-_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#"})
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\*_[]|#"})  # not `: inline code is inert, and ours
 
 
 def md(text: str) -> str:
@@ -122,12 +122,13 @@ def _sections(report: Report) -> list[tuple[str, str, tuple[list[str], list[list
                           step, "measured runs")
     run += _band_sentence("a step's IT energy", "the step band times measured / predicted power",
                           energy and (energy.p10_j / 3.6e6, energy.p90_j / 3.6e6, "kWh"), energy, "measured powers")
-    sections = [("Headline", run, _headline_rows(report))]
+    sections = [("Headline", f"{report.verdict} {run}".strip(), _headline_rows(report))]
     if len(report.variants) > 1:
         sections.append(("Sparse against dense", report.comparison.statement if report.comparison else "", _variant_rows(report)))
     deadline = f" Deadline: {fmt(report.deadline_s)} s." if report.deadline_s is not None else ""
     sections.append(("Clusters", "Every candidate cluster at every published price term; the Pareto front is what "
-                                 "nothing beats on both time and money." + deadline, _cluster_rows(report)))
+                                 "nothing fitting in HBM beats on both time and money." + deadline
+                                 + (f" {report.recommendation}" if report.recommendation else ""), _cluster_rows(report)))
     sections.append(("Inputs", "Every number above is made of these.", _input_rows(report)))
     return sections
 
