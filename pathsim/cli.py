@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                       help='experts that must share a chip, e.g. "0-3" or "5,9" (repeatable)')
     plan.add_argument("--eplb-groups", type=int, default=1, help="EPLB: expert groups of group-limited routing (default 1: global policy)")
     plan.add_argument("--eplb-nodes", type=int, default=None, help="EPLB: nodes per expert-parallel group (default: fat-tree servers; 1 on a torus)")
-    plan.add_argument("--time-budget", type=float, default=30.0, metavar="S", help="search: seconds at most (default 30)")
+    plan.add_argument("--time-budget", type=float, default=None, metavar="S",
+                      help="search: seconds at most (default none: --max-evaluations stops it, the same placement on any "
+                           "machine; a time stop depends on the machine's speed)")
     plan.add_argument("--max-evaluations", type=int, default=2000, help="search: placements evaluated at most (default 2000)")
     plan.add_argument("--steps", type=int, default=1, help="training steps simulated to judge each placement (default 1)")
     plan.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")

@@ -73,7 +73,9 @@ def evaluate_placement(setup: RunSetup, placement: Placement, steps: int = 1, pl
     search = placement.planned_for.get("search")
     if search:
         note = "; ".join(filter(None, [note, f"{search['evaluations']} evaluations in {search['seconds']:.1f} s "
-                                             f"(stopped by {search['stopped_by']}; {search['layers_searched']} of "
+                                             f"(stopped by {search['stopped_by']}"
+                                             + (": the placement depends on this machine's speed" if search["stopped_by"] == "time" else "")
+                                             + f"; {search['layers_searched']} of "
                                              f"{setup.moe_layers} MoE layers searched), their time "
                                              f"{search['moe_layer_time_start_s'] * 1e3:.2f} -> {search['moe_layer_time_best_s'] * 1e3:.2f} ms"]))
     return PlacementReport(

@@ -195,6 +195,7 @@ def test_search_improves_a_poor_start_and_stops_at_its_budget():
     assert sum(objective(l, layers[l]) for l in range(setup.moe_layers)) == pytest.approx(info["moe_layer_time_best_s"])
     again, _ = anneal(setup, demand, budget, [start], options, time.perf_counter())
     assert again == layers  # the evaluation budget binds: same inputs, same plan
+    assert PlanOptions().time_budget_s is None  # by default nothing but evaluations stops it: the same plan anywhere
 
     began = time.perf_counter()
     _, info = anneal(setup, demand, budget, [start], PlanOptions(max_evaluations=10**9, time_budget_s=0.5), began)

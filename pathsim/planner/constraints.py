@@ -31,7 +31,9 @@ class PlanOptions(StrictModel):
     eplb_groups: StrictInt = Field(1, gt=0, description="EPLB: expert groups of group-limited routing (DeepSeek-V3: 8); "
                                    "1, the default, is EPLB's global policy")
     eplb_nodes: StrictInt | None = Field(None, gt=0, description="EPLB nodes per expert-parallel group (default: the fat tree's servers, 1 on a torus)")
-    time_budget_s: float = Field(30.0, gt=0, description="search: wall-clock limit")
+    time_budget_s: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                        description="search: wall-clock limit; none by default, so the evaluation budget "
+                                                    "stops the search and the same inputs give the same placement on any machine")
     max_evaluations: StrictInt = Field(2000, gt=0, description="search: placements evaluated at most (binds first for reproducible plans)")
     enforce_hbm: bool = Field(True, description="refuse placements that overflow HBM (simulate turns this off to report the verdict)")
 

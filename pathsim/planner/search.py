@@ -9,9 +9,10 @@ share of the budget: moves swap a copy on the most loaded rank with one on
 another rank (or move it where a slot is free), accepted by the Metropolis
 rule as the temperature falls linearly to zero.
 
-The budget is ``max_evaluations`` placements and ``time_budget_s`` seconds,
-whichever binds first; with the evaluation budget binding, the same inputs
-and seed give the same placement.
+The budget is ``max_evaluations`` placements and, if given, ``time_budget_s``
+seconds, whichever binds first. Without a time budget (the default) the same
+inputs and seed give the same placement on any machine; a time stop makes the
+placement depend on the machine's speed, and the plan says so.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def anneal(setup: RunSetup, demand: ExpertDemand, budget: SlotBudget, starts: li
     """
     objective = LayerObjective(setup, budget)
     rng = np.random.default_rng([setup.seed, 6])
-    deadline = began + options.time_budget_s
+    deadline = began + options.time_budget_s if options.time_budget_s is not None else math.inf
     layers = demand.layers
     evals_per_layer = max(len(starts) + 1, options.max_evaluations // layers)
     sizes = budget.item_sizes
@@ -86,7 +87,7 @@ def anneal(setup: RunSetup, demand: ExpertDemand, budget: SlotBudget, starts: li
         copies = np.bincount(np.concatenate([np.asarray(r, dtype=np.int64) for r in current]), minlength=len(weights))
         copy_load = weights / np.maximum(copies, 1)
         loads = np.array([copy_load[rank].sum() if rank else 0.0 for rank in current])
-        layer_deadline = time.perf_counter() + (deadline - time.perf_counter()) / (layers - l)
+        layer_deadline = time.perf_counter() + (deadline - time.perf_counter()) / (layers - l) if math.isfinite(deadline) else math.inf
         temperature0 = START_TEMPERATURE * best_time
         used = len(scored)
         while used < evals_per_layer:
