@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--placement", default=None, help="expert placement policy or placement JSON (default round_robin)")
     rep.add_argument("--profile", type=Path, help="device profile JSON for the main cluster (default: the cluster's)")
     rep.add_argument("--force-profile", action="store_true", help="apply --profile though it was measured on another kind of chip")
-    rep.add_argument("--out", type=Path, metavar="DIR", help="folder to write (default reports/WORKLOAD-on-CLUSTER/)")
+    rep.add_argument("--out", type=Path, metavar="DIR", help="folder to write (default out/WORKLOAD-on-CLUSTER/)")
 
     cal = sub.add_parser("calibrate", help="time pathsim's kernels with JAX on this machine, fit a device profile, measure its error")
     cal.add_argument("--quick", action="store_true", help="a small bf16 sweep (about a minute on 2 CPU cores) instead of the full one")

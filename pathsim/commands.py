@@ -412,7 +412,7 @@ def _cmd_report(args) -> int:
                           provider=args.provider, region=args.region,
                           grid_intensity=_quantity(args.grid_intensity, float, "--grid-intensity", "0.4"), pue=args.pue)
     require_finite(report, "the report")
-    out = args.out or Path("reports") / f"{report.workload}-on-{report.cluster}"
+    out = args.out or Path("out") / f"{report.workload}-on-{report.cluster}"
     written = write_report(report, out)
     rows = [(h.metric, h.unit, f"{h.per_step:.4g}", f"{h.per_million_tokens:.4g}", "-" if h.per_run is None else f"{h.per_run:.4g}")
             for h in report.headline]

@@ -1,6 +1,7 @@
 """Presets, `extends:`, and the bad-input corpus: exit 2, the field named, never a traceback."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -231,3 +232,14 @@ def test_validate_recognises_every_kind_of_file_pathsim_reads(tmp_path, capsys):
     assert "ok - workload mine2" in out[0] and "ok - c: 32 x NVIDIA H100" in out[1]
     assert "ok - task to add sign-language-video" in out[2] and "ok - shared pod two-jobs-one-torus-tpu-v4: 2 jobs" in out[3]
     assert "ok - shared pod" in out[4]
+
+
+def test_the_readme_examples_write_into_the_ignored_out_folder():
+    # A new user pastes them into a checkout: outputs go to out/ (in .gitignore), never among the tracked files.
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    written = re.findall(r"--(?:out|json|trace|residuals)[ =](\S+)", "\n".join(blocks))
+    assert written and all(path.startswith("out/") for path in written), written
+    assert "/out/" in (root / ".gitignore").read_text().split()

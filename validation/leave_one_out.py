@@ -7,8 +7,8 @@ is assumed are in no fit). An entry a fit uses is predicted from the fit of the 
 its share, by the model without that share). Every other entry is fitted by nothing, so its held-out error is
 its error. The fits' grids take most of the time (about twenty minutes on 2 cores).
 
-    pathsim fidelity --slow --json suite.json      # every entry (minutes); or without --slow, the fast ones
-    python validation/leave_one_out.py suite.json
+    pathsim fidelity --slow --json out/suite.json      # every entry (minutes); or without --slow, the fast ones
+    python validation/leave_one_out.py out/suite.json
 """
 
 from __future__ import annotations
