@@ -12,6 +12,9 @@ The public API, usable from a notebook as from the CLI::
 
     shared = pathsim.simulate_shared("two-moe-jobs-dgx-h100-128")  # several jobs on one cluster
     print([(job.name, job.slowdown) for job in shared.jobs])
+
+    report = pathsim.build_report("tpu-v4-8x8x8", "switch-base-128", run_tokens="1T", deadline_s="30d")
+    pathsim.write_report(report, "out/switch-base-128/")
 """
 
 from pathsim.version import __version__
@@ -36,6 +39,8 @@ _PUBLIC = {
     "pathsim.planning": ("PlacementReport", "PlanComparison", "compare_placements", "plan"),
     "pathsim.task_addition": ("AddedTask", "expand_workload"),
     "pathsim.replanning": ("DriftReport", "TaskAdditionReport", "add_task", "random_walk_drift", "routing_drift"),
+    "pathsim.report": ("Report", "build_report", "write_report"),
+    "pathsim.footprint": ("Footprint", "resolve_site"),  # and pathsim.footprint.footprint: the module has its name
 }
 _MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 
@@ -56,6 +61,11 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Report",
+    "build_report",
+    "write_report",
+    "Footprint",
+    "resolve_site",
     "ClusterConfig",
     "DeviceProfile",
     "Placement",

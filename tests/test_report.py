@@ -219,3 +219,13 @@ def test_a_run_that_does_not_fit_says_so_and_stays_off_the_front(tmp_path):
     assert report.recommendation.startswith(f"Pick tpu-v4-4x4x4 at {cheapest.price_term.replace('_', ' ')} (64 chips): the cheapest that fits")
     alone = build_report(str(small), "switch-base-128", dense="none")
     assert alone.recommendation == "No candidate fits in HBM: none can be recommended."
+
+
+def test_the_report_api_is_public_and_takes_the_command_lines_unit_strings():
+    import pathsim
+    assert {"build_report", "write_report", "Report", "Footprint", "resolve_site"} <= set(pathsim.__all__)
+    from_strings = pathsim.build_report("tpu-v4-4x4x4", "switch-base-128", run_tokens="10B", deadline_s="1d", dense="none", steps=1)
+    from_numbers = pathsim.build_report("tpu-v4-4x4x4", "switch-base-128", run_tokens=1e10, deadline_s=86400.0, dense="none", steps=1)
+    assert from_strings.model_dump_json() == from_numbers.model_dump_json()
+    with pytest.raises(pathsim.PathsimConfigError, match="deadline_s"):
+        pathsim.build_report("tpu-v4-4x4x4", "switch-base-128", deadline_s="soon")

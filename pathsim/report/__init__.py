@@ -2,7 +2,7 @@
 
     report = pathsim.report.build_report("tpu-v4-8x8x8", "switch-base-128", run_tokens=1e12,
                                          compare_clusters=["tpu-v5p-8x8x8", "dgx-h100-32"])
-    pathsim.report.write_report(report, "reports/switch-base-128/")
+    pathsim.report.write_report(report, "out/switch-base-128/")
 """
 
 from pathsim.report.content import DENSE_CHOICES, Report, build_report

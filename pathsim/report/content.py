@@ -20,7 +20,7 @@ from pathsim.footprint import PRICE_TERMS, Footprint, footprint, resolve_site, r
 from pathsim.result import SimulationResult
 from pathsim.run_setup import prepare_run
 from pathsim.simulation import simulate
-from pathsim.units import format_bytes, format_seconds
+from pathsim.units import format_bytes, format_seconds, parse_count, parse_seconds
 from pathsim.version import __version__
 
 DENSE_CHOICES = ("both", "active_flops", "total_params", "none")
@@ -115,6 +115,16 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _quantity(value, parse, field: str, example: str):
+    """A number, or a unit string as the command line writes it, parsed; None stays None."""
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise PathsimConfigError("<arguments>", field, str(exc), f"write e.g. {example}") from None
+
+
 def _usd(amount: float) -> str:
     return f"${amount:,.0f}" if amount >= 100 else f"${amount:.3g}"
 
@@ -193,11 +203,14 @@ def _comparison(variants: list[Variant]) -> DenseComparison | None:
 
 
 def build_report(cluster: "str | Path", workload: "str | Path", *, compare_clusters: tuple = (), dense: str = "both",
-                 run_tokens: float | None = None, run_steps: int | None = None, deadline_s: float | None = None,
+                 run_tokens: "float | str | None" = None, run_steps: int | None = None, deadline_s: "float | str | None" = None,
                  steps: int = 2, seed: int = 0, placement: "str | Path | None" = None, profile: "str | Path | None" = None,
                  price: "str | float" = "on_demand", provider: str | None = None, region: str | None = None,
                  grid_intensity: float | None = None, pue: "str | float | None" = None) -> Report:
-    """Simulate and price `workload` on `cluster` (and its dense counterparts, and other clusters) for a report."""
+    """Simulate and price `workload` on `cluster` (and its dense counterparts, and other clusters) for a report.
+    `run_tokens` and `deadline_s` take numbers or the command line's strings ("1T", "30d")."""
+    run_tokens = _quantity(run_tokens, parse_count, "run_tokens", "1T")
+    deadline_s = _quantity(deadline_s, parse_seconds, "deadline_s", "30d")
     if dense not in DENSE_CHOICES:
         raise PathsimConfigError("<arguments>", "dense", f"unknown choice {dense!r}", f"use one of {', '.join(DENSE_CHOICES)}")
     if deadline_s is not None and not deadline_s > 0:
