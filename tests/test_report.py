@@ -229,3 +229,13 @@ def test_the_report_api_is_public_and_takes_the_command_lines_unit_strings():
     assert from_strings.model_dump_json() == from_numbers.model_dump_json()
     with pytest.raises(pathsim.PathsimConfigError, match="deadline_s"):
         pathsim.build_report("tpu-v4-4x4x4", "switch-base-128", deadline_s="soon")
+
+
+def test_link_utilisation_is_drawn_on_an_absolute_scale():
+    from pathsim import simulate
+    from pathsim.report.figures import link_figure
+    result = simulate("tpu-v4-4x4x4", "switch-base-128", steps=1, detail=True)
+    busiest = max(result.detail.link_utilisation)
+    assert 0 < busiest < 1
+    drawn = link_figure(result)
+    assert {image.norm.vmax for ax in drawn.figure.axes for image in ax.images} == {1.0}  # not the busiest link's share

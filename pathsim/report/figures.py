@@ -198,7 +198,10 @@ def link_figure(result: SimulationResult) -> Drawn:
     """Link utilisation over the step, laid out on the topology: per torus plane, or per fat-tree tier."""
     topology = build_topology(ClusterConfig.model_validate(result.inputs["cluster"]))
     utilisation = np.array(result.detail.link_utilisation)
-    vmax = max(float(np.nanmax(utilisation, initial=0.0)), 1e-9)
+    busiest = float(np.nanmax(utilisation, initial=0.0))
+    # An absolute scale: 0 idle to 1 busy the whole step, so an 8 %-busy network does not look saturated and two
+    # reports' figures compare by eye (a busiest link above 1 cannot occur: it would be busy longer than the step).
+    vmax = max(1.0, busiest)
     rows = [[i, topology.link_label(i), str(topology.link_class[i]), float(u)] for i, u in enumerate(utilisation)]
     if isinstance(topology, MultiSlice):
         # The slices' own links, each the busiest over the slices, then the hosts' NICs and the slices' uplinks.
@@ -217,7 +220,7 @@ def link_figure(result: SimulationResult) -> Drawn:
         shown = _heat(ax, np.where(image < 0, np.nan, image), title, xlabel, ylabel, vmax)
     figure.colorbar(shown, ax=list(axes), label="utilisation (busy share of the step)", shrink=0.9)
     _footer(figure, f"{result.cluster}: bytes each link carried over the simulated steps / (bandwidth × time); {note}. "
-                    f"Busiest link {100 * vmax:.1f} %.")
+                    f"Busiest link {100 * busiest:.1f} %.")
     return Drawn("link_utilisation", "Link utilisation on the topology",
                  f"Share of the step each link is busy, laid out on the {type(topology).__name__.lower()} ({note}).",
                  figure, ["link_id", "link", "class", "utilisation"], rows)
