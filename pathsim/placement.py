@@ -15,6 +15,9 @@ topology-aware ones live in :mod:`pathsim.planner`.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,6 +42,12 @@ class Placement(StrictModel):
                     "a single entry applies to every MoE layer. A plain list of per-rank lists is read as one entry.")
     planned_for: dict[str, Any] = Field(default_factory=dict, description="what the planner was given (cluster, workload, seed, ...)")
     _shares: dict = PrivateAttr(default_factory=dict)
+
+    def digest(self) -> str:
+        """A fingerprint of what the placement places: `pathsim plan --out` records it, so a file edited since (by
+        hand or by another tool) is told from the plan it started as."""
+        content = json.dumps([self.experts, self.ranks, self.slots], separators=(",", ":"))
+        return hashlib.sha256(content.encode()).hexdigest()[:16]
 
     @model_validator(mode="before")
     @classmethod
@@ -139,7 +148,12 @@ def read_placement(path: "str | Path") -> Placement:
     data = read_json(path, source, "", "a placement JSON written by `pathsim plan --out`")
     if not isinstance(data, dict):
         raise PathsimConfigError(source, "", "must hold a JSON object", "see pathsim.placement.Placement for the fields")
-    return validate_model(Placement, data, source)
+    placement = validate_model(Placement, data, source)
+    if placement.planned_for.get("slots_digest") != placement.digest() and placement.policy != "file":
+        # Not what the planner wrote (edited since, or written elsewhere): its policy name no longer describes it.
+        label = f"file (edited from {placement.policy})" if "slots_digest" in placement.planned_for else "file"
+        placement = placement.model_copy(update={"policy": label})
+    return placement
 
 
 def check_shape(placement: Placement, experts: int, ranks: int, moe_layers: int, source: str) -> Placement:

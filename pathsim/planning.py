@@ -125,4 +125,6 @@ def compare_placements(cluster, workload, policies: "tuple[str, ...] | list[str]
 
 
 def write_placement(placement: Placement, path: "str | Path", flag: str = "--out") -> Path:
-    return write_file(path, placement.model_dump_json() + "\n", flag, "the placement")
+    """The placement as JSON, with its digest: read back unedited it keeps its policy name, edited it is a "file"."""
+    recorded = placement.model_copy(update={"planned_for": {**placement.planned_for, "slots_digest": placement.digest()}})
+    return write_file(path, recorded.model_dump_json() + "\n", flag, "the placement")

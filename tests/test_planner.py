@@ -251,3 +251,19 @@ def test_simulate_rejects_a_placement_for_another_layer_count(tmp_path, capsys):
                               "slots": [[[r, r + 64, r + 128, r + 192] for r in range(64)]] * 3}))
     assert main(["simulate", "--cluster", "tpu-v4-4x4x4", "--workload", str(workload), "--placement", str(bad)]) == 2
     assert "3 per-layer entries" in capsys.readouterr().err
+
+
+def test_a_placement_read_back_keeps_its_policy_only_while_unedited(tmp_path):
+    import json
+    from pathsim.planning import plan, write_placement
+    from pathsim.placement import read_placement
+    placement, _ = plan("tpu-v4-4x4x4", "switch-base-128", "balanced")
+    write_placement(placement, tmp_path / "p.json")
+    assert read_placement(tmp_path / "p.json").policy == "balanced"
+    data = json.loads((tmp_path / "p.json").read_text())
+    data["slots"][0][0], data["slots"][0][1] = data["slots"][0][1], data["slots"][0][0]  # a hand edit: two ranks swapped
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    assert read_placement(tmp_path / "p.json").policy == "file (edited from balanced)"
+    del data["planned_for"]["slots_digest"]  # written by something other than pathsim plan
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    assert read_placement(tmp_path / "p.json").policy == "file"
