@@ -9,6 +9,7 @@ no traceback; outputs are written whole or not at all (pathsim/output_files.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 from pathsim.version import __version__
 from pathsim.choices import ALGORITHMS, NETWORK_MODELS, OPS, POLICIES, SAMPLING_MODES
 from pathsim.errors import PathsimConfigError
-from pathsim.output_files import check_distinct, check_output
+from pathsim.output_files import FORMATS, check_distinct, check_output
 from pathsim.presets import PRESET_KINDS
 
 EXIT_USER_ERROR = 2
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+", metavar="FILE")
 
     coll = sub.add_parser("collective", help="time one collective on a cluster")
+    coll.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
     coll.add_argument("--cluster", required=True, help="preset name or YAML file")
     coll.add_argument("--op", required=True, choices=OPS)
     coll.add_argument("--bytes", required=True, help="per-rank buffer size, e.g. 256MiB")
@@ -54,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     coll.add_argument("--matrix", type=Path, help="all_to_all only: bytes between ranks, a .npy or .csv square matrix")
     coll.add_argument("--json", type=Path, metavar="OUT", help="also write the full result as JSON")
     sim = sub.add_parser("simulate", help="simulate training steps of a workload on a cluster")
+    sim.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
     sim.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
     sim.add_argument("--workload", required=True, help="workload preset name or YAML file")
     sim.add_argument("--placement", default=None, help=f"expert placement: {' | '.join(POLICIES)} (planned with default options) or a placement JSON from `pathsim plan --out` (default round_robin)")
@@ -69,12 +72,14 @@ def _parser() -> argparse.ArgumentParser:
 
     share = sub.add_parser("share", help="simulate several jobs together on one cluster, each on its own chips: "
                                           "step time alone and shared, and the links they contend for")
+    share.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
     share.add_argument("jobs", metavar="JOBS", help="shared-pod preset name (`pathsim presets --kind shared-pods`) or YAML file")
     share.add_argument("--steps", type=int, default=1, help="training steps per job and round (default 1)")
     share.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")
     share.add_argument("--json", type=Path, metavar="OUT", help="also write the full result as JSON")
 
     plan = sub.add_parser("plan", help="plan expert placement (replicas of hot experts included) and judge it by simulation")
+    plan.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
     plan.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
     plan.add_argument("--workload", required=True, help="workload preset name or YAML file")
     plan.add_argument("--policy", default="balanced", choices=POLICIES, help="placement policy (default balanced)")
@@ -110,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="cost, energy and carbon report of a workload on a cluster: HTML with plots, "
                                         "Markdown, and the data as CSV/JSON")
+    rep.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
     rep.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
     rep.add_argument("--workload", required=True, help="workload preset name or YAML file")
     rep.add_argument("--compare-cluster", nargs="+", action="extend", default=[], metavar="CLUSTER",
@@ -151,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--no-progress", action="store_true", help="no progress bar")
     fid = sub.add_parser("fidelity", help="predict the validation suite's published measurements and print each error, "
                                           "with the median and p90")
+    fid.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
     fid.add_argument("--only", nargs="+", metavar="NAME", help="these entries only (names: pathsim presets --kind validation)")
     fid.add_argument("--slow", action="store_true", help="also the slow entries (the largest pipelines: minutes)")
     fid.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
@@ -194,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             return print_presets(args)
         from pathsim.commands import COMMANDS  # the simulator, imported once the command line is known to be good
 
-        return COMMANDS[args.command](args)
+        args.stdout = sys.stdout  # the result's stream; with --format json or csv, every other line goes to stderr
+        with contextlib.redirect_stdout(sys.stderr) if getattr(args, "format", "table") != "table" else contextlib.nullcontext():
+            return COMMANDS[args.command](args)
     except PathsimConfigError as exc:
         print(f"pathsim: error: {exc.one_line()}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -6,6 +6,7 @@ Kept apart from the parser so that `pathsim --help` and a mistyped flag answer b
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from pathsim.device import load_profile
 from pathsim.engine.categories import CATEGORIES
 from pathsim.errors import PathsimConfigError, require_finite
 from pathsim.numeric_files import read_numeric_array
-from pathsim.output_files import write_file
+from pathsim.output_files import result_csv, write_file
 from pathsim.planner import POLICIES, PlanOptions
 from pathsim.planning import PlanComparison, compare_placements, write_placement
 from pathsim.replanning import DriftReport, TaskAdditionReport, add_task, random_walk_drift, routing_drift, write_workload
@@ -129,6 +130,13 @@ def format_simulation(result: SimulationResult) -> str:
     return "\n".join(lines)
 
 
+def _emit(args, result, table) -> None:
+    """The command's result on stdout: `table()` for people, or with --format the whole result as JSON or CSV."""
+    form = getattr(args, "format", "table")
+    text = result.model_dump_json(indent=2) if form == "json" else result_csv(result).rstrip("\n") if form == "csv" else table()
+    print(text, file=getattr(args, "stdout", None) or sys.stdout)
+
+
 def _write_json(path: Path, text: str, flag: str) -> None:
     write_file(path, text + "\n", flag)
     print(f"wrote {path}")
@@ -147,7 +155,7 @@ def _cmd_simulate(args) -> int:
     result = simulate(args.cluster, args.workload, placement=args.placement, steps=args.steps, seed=args.seed,
                       network=args.network, sampling=args.sampling, profile=_profile(args), dense=args.dense, trace=args.trace)
     require_finite(result, "the simulated step")
-    print(format_simulation(result))
+    _emit(args, result, lambda: format_simulation(result))
     if args.trace:
         print(f"wrote {args.trace} (open it in https://ui.perfetto.dev)")
     if args.json:
@@ -175,7 +183,7 @@ def format_shared(result: SharedPodResult) -> str:
 def _cmd_share(args) -> int:
     result = simulate_shared(args.jobs, steps=args.steps, seed=args.seed)
     require_finite(result, "the shared pod's steps")
-    print(format_shared(result))
+    _emit(args, result, lambda: format_shared(result))
     if args.json:
         _write_json(args.json, result.model_dump_json(indent=2), "--json")
     return 0
@@ -265,7 +273,7 @@ def _cmd_add_task(args, options: PlanOptions) -> int:
                                          options=options, seed=args.seed, steps=args.steps, sampling=args.sampling,
                                          profile=_profile(args))
     require_finite(report, "the task addition")
-    print(format_task_addition(report))
+    _emit(args, report, lambda: format_task_addition(report))
     if args.out:
         fits = [o for o in report.options if o.migrated_bytes <= budget]
         chosen = min(fits, key=lambda o: o.report.step_time_s)
@@ -293,7 +301,7 @@ def _cmd_drift(args, options: PlanOptions) -> int:
                            steps_per_window=args.window_steps, options=options, seed=args.seed, steps=args.steps,
                            sampling=args.sampling, profile=_profile(args))
     require_finite(report, "the drift study")
-    print(format_drift(report))
+    _emit(args, report, lambda: format_drift(report))
     if args.json:
         _write_json(args.json, report.model_dump_json(indent=2), "--json")
     return 0
@@ -316,7 +324,7 @@ def _cmd_plan(args) -> int:
     comparison, placements = compare_placements(args.cluster, args.workload, policies, options, seed=args.seed,
                                                 steps=args.steps, sampling=args.sampling, profile=_profile(args))
     require_finite(comparison, "the placement plan")
-    print(format_plan(comparison))
+    _emit(args, comparison, lambda: format_plan(comparison))
     if args.out:
         path = write_placement(placements[comparison.best], args.out)
         print(f"wrote {path} ({comparison.best}); use it with `pathsim simulate --placement {path}`")
@@ -387,7 +395,7 @@ def _cmd_collective(args) -> int:
     result = run_collective(args.cluster, args.op, args.bytes, model=args.model, groups=args.groups,
                             algorithm=args.algorithm, matrix=matrix)
     require_finite(result, "the collective")
-    print(format_collective(result))
+    _emit(args, result, lambda: format_collective(result))
     if args.json:
         _write_json(args.json, result.model_dump_json(indent=2), "--json")
     return 0
@@ -414,23 +422,34 @@ def _cmd_report(args) -> int:
     require_finite(report, "the report")
     out = args.out or Path("out") / f"{report.workload}-on-{report.cluster}"
     written = write_report(report, out)
-    rows = [(h.metric, h.unit, f"{h.per_step:.4g}", f"{h.per_million_tokens:.4g}", "-" if h.per_run is None else f"{h.per_run:.4g}")
-            for h in report.headline]
-    print(report.title)
-    print("  " + report.verdict)
-    print(_table(rows, ("metric", "unit", "per step", "per million tokens", "per run")))
-    if report.comparison:
-        print("  " + report.comparison.statement)
-    if report.recommendation:
-        print("  " + report.recommendation)
+    _emit(args, report, lambda: format_report_summary(report))
     print(f"wrote {len(written)} files under {out}/: open {out / 'index.html'}")
     return 0
+
+
+def _amount(value: float | None, unit: str) -> str:
+    """A report amount in the unit people read: durations as ms, h or days, money in $ with separators."""
+    if value is None:
+        return "-"
+    if unit == "s":
+        return format_seconds(value)
+    if unit == "USD":
+        return f"${value:,.0f}" if value >= 100 else f"${value:.3g}"
+    return f"{value:,.0f}" if value >= 1e4 else f"{value:.4g}"
+
+
+def format_report_summary(report) -> str:
+    rows = [(h.metric, "" if h.unit in ("s", "USD") else h.unit, _amount(h.per_step, h.unit), _amount(h.per_million_tokens, h.unit),
+             _amount(h.per_run, h.unit)) for h in report.headline]
+    lines = [report.title, "  " + report.verdict, _table(rows, ("metric", "unit", "per step", "per million tokens", "per run"))]
+    lines += ["  " + text for text in (report.comparison.statement if report.comparison else "", report.recommendation) if text]
+    return "\n".join(lines)
 
 
 def _cmd_fidelity(args) -> int:
     from pathsim.fidelity import format_suite, run_suite, suite_entries
     suite = run_suite(suite_entries(args.only, slow=args.slow))
-    print(format_suite(suite))
+    _emit(args, suite, lambda: format_suite(suite))
     if args.json:
         _write_json(args.json, suite.model_dump_json(indent=2), "--json")
     if args.residuals:

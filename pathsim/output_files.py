@@ -22,6 +22,8 @@ from pathlib import Path
 
 from pathsim.errors import PathsimConfigError
 
+FORMATS = ("table", "json", "csv")  # what a command prints its result as (--format)
+
 # A folder pathsim replaces whole must be empty or hold one of these: a previous report or fidelity page, not a
 # user's other files.
 FOLDER_MARKERS = ("report.json", "fidelity.json")
@@ -132,3 +134,30 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def csv_cell(value):
+    """A text cell a spreadsheet will not run: a leading = + - @ (or tab / CR) makes Excel and LibreOffice read a
+    formula (`=HYPERLINK(...)` in a task name), so such a cell gets a leading apostrophe, as OWASP's CSV injection
+    advice says. Numbers are written by repr, never through here."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def result_csv(result) -> str:
+    """A result (a pydantic model) as CSV rows of field path and value, one per number or text in it."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["field", "value"])
+    stack = [("", result.model_dump(mode="json"))]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+        else:
+            writer.writerow([path, repr(value) if isinstance(value, float) else csv_cell(value)])
+    return buffer.getvalue()

@@ -146,6 +146,14 @@ def format_seconds(t: float) -> str:
     return f"{t / 1e-9:.4g} ns"
 
 
+def format_count(n: float) -> str:
+    """A count as people write it, the inverse of parse_count: 1e12 -> '1T', 6e11 -> '600B', 2500 -> '2,500'."""
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6)):
+        if abs(n) >= scale:
+            return f"{n / scale:.4g}{unit}"
+    return f"{n:,.0f}" if float(n).is_integer() else f"{n:.4g}"
+
+
 def format_bandwidth(bw: float) -> str:
     return f"{bw / 1e9:.4g} GB/s"
 

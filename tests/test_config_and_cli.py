@@ -243,3 +243,19 @@ def test_the_readme_examples_write_into_the_ignored_out_folder():
     written = re.findall(r"--(?:out|json|trace|residuals)[ =](\S+)", "\n".join(blocks))
     assert written and all(path.startswith("out/") for path in written), written
     assert "/out/" in (root / ".gitignore").read_text().split()
+
+
+@pytest.mark.parametrize("argv", [
+    ["collective", "--cluster", "tpu-v4-4x4x4", "--op", "all_reduce", "--bytes", "1MiB"],
+    ["simulate", "--cluster", "tpu-v4-4x4x4", "--workload", "switch-base-128"],
+])
+def test_results_pipe_into_other_tools_as_json_or_csv(capsys, tmp_path, argv):
+    import csv as csv_module
+    assert main(argv + ["--format", "json", "--json", str(tmp_path / "r.json")]) == 0
+    captured = capsys.readouterr()
+    piped = json.loads(captured.out)  # stdout is the result alone: "wrote ..." went to stderr
+    assert piped == json.loads((tmp_path / "r.json").read_text()) and "wrote" in captured.err
+    assert main(argv + ["--format", "csv"]) == 0
+    rows = list(csv_module.reader(capsys.readouterr().out.splitlines()))
+    assert rows[0] == ["field", "value"] and ["cluster", "tpu-v4-4x4x4"] in rows
+    assert main(argv) == 0 and "tpu-v4-4x4x4" in capsys.readouterr().out.splitlines()[0]  # the table, for people

@@ -45,3 +45,9 @@ def test_layer_lists_print_as_ranges():
     assert format_id_ranges([0, 1, 2, 7, 8]) == "0-2, 7-8"
     assert format_id_ranges([8, 0, 1]) == "0-1, 8"  # a DualPipe stage's two blocks, in any order
     assert format_id_ranges([5]) == "5" and format_id_ranges([]) == "none"
+
+
+@pytest.mark.parametrize("count, text", [(1e12, "1T"), (6e11, "600B"), (2.5e6, "2.5M"), (2500, "2,500")])
+def test_counts_read_as_people_write_them_and_parse_back(count, text):
+    from pathsim.units import format_count, parse_count
+    assert format_count(count) == text and parse_count(text.replace(",", "")) == count

@@ -20,7 +20,7 @@ from pathsim.footprint import PRICE_TERMS, Footprint, footprint, resolve_site, r
 from pathsim.result import SimulationResult
 from pathsim.run_setup import prepare_run
 from pathsim.simulation import simulate
-from pathsim.units import format_bytes, format_seconds, parse_count, parse_seconds
+from pathsim.units import format_bytes, format_count, format_seconds, parse_count, parse_seconds
 from pathsim.version import __version__
 
 DENSE_CHOICES = ("both", "active_flops", "total_params", "none")
@@ -270,7 +270,7 @@ def build_report(cluster: "str | Path", workload: "str | Path", *, compare_clust
     for j in pareto_front([(options[i].time_s, options[i].usd) for i in fitting]):
         options[fitting[j]].pareto = True
 
-    what = (f"a {format_seconds(variants[0].footprint.per_run.time_s)} run of {variants[0].footprint.run_tokens:.4g} tokens"
+    what = (f"a {format_seconds(variants[0].footprint.per_run.time_s)} run of {format_count(variants[0].footprint.run_tokens)} tokens"
             if basis == "run" else "a million tokens")
     memory = main.memory
     verdict = (f"Fits in HBM: {format_bytes(memory.total_bytes)} of {format_bytes(memory.hbm_bytes)} per chip." if memory.fits else

@@ -20,7 +20,7 @@ import html
 import io
 from pathlib import Path
 
-from pathsim.output_files import write_folder
+from pathsim.output_files import csv_cell, write_folder
 from pathsim.report.content import Report
 from pathsim.report.figures import (Drawn, breakdown_figure, cost_time_figure, energy_figure, expert_load_figure,
                                     gantt_figure, link_figure, png_bytes)
@@ -183,18 +183,11 @@ def html_page(report: Report, drawn: list[Drawn], pngs: dict[str, bytes]) -> str
     return "\n".join(parts) + "\n"
 
 
-def _cell(value):
-    """A text cell a spreadsheet will not run: a leading = + - @ (or tab / CR) makes Excel and LibreOffice read a
-    formula (`=HYPERLINK(...)` in a task name), so such a cell gets a leading apostrophe, as OWASP's CSV injection
-    advice says. Numbers are written by repr, never through here."""
-    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
 def _csv(columns: list[str], rows: list[list]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
-    writer.writerows([[repr(c) if isinstance(c, float) else _cell(c) for c in row] for row in rows])
+    writer.writerows([[repr(c) if isinstance(c, float) else csv_cell(c) for c in row] for row in rows])
     return buffer.getvalue()
 
 
