@@ -94,19 +94,22 @@ def format_simulation(result: SimulationResult) -> str:
             f"{result.energy_band.describe()}" if result.energy_band else "")),
         ("tokens/s", f"{result.tokens_per_s:,.0f}", f"{result.tokens_per_step:,} tokens per step"),
         ("MFU", f"{100 * result.mfu:.1f} %", f"HFU {100 * result.hfu:.1f} % (with rematerialisation)"),
-        ("dropped tokens", f"{100 * result.dropped_fraction:.2f} %", "of token-expert assignments"),
+        *([("dropped tokens", f"{100 * result.dropped_fraction:.2f} %", "of token-expert assignments")] if result.layers else []),
         ("max link utilisation", f"{100 * result.max_link_utilisation:.1f} %", result.hottest_links[0].link if result.hottest_links else ""),
         ("memory per chip", format_bytes(result.memory.total_bytes),
          f"{'fits' if result.memory.fits else 'DOES NOT FIT'} in {format_bytes(result.memory.hbm_bytes)} HBM"),
     ]
     b = result.breakdown
     total = max(st.mean_s, 1e-30)
+    moe_only = ("straggler", "all_to_all")  # a dense run has no expert FFNs to wait for and no tokens to dispatch
     rows = [(c.label, format_seconds(value), f"{100 * value / total:.1f} %")
-            for c, value in ((c, getattr(b, c.field)) for c in CATEGORIES) if c.always or value > 0]
+            for c, value in ((c, getattr(b, c.field)) for c in CATEGORIES)
+            if (c.always and (result.layers or c.key not in moe_only)) or value > 0]
     lines = [head, _table(summary, ("metric", "value", "note")), "  where the time goes (critical path, mean step):",
              _table(rows, ("cause", "time", "share"))]
     c = result.communication
-    lines.append(f"    all-to-all {format_seconds(c.all_to_all_s)}; gradient sync {format_seconds(c.grad_sync_s)} "
+    lines.append("    " + (f"all-to-all {format_seconds(c.all_to_all_s)}; " if result.layers else "")
+                 + f"gradient sync {format_seconds(c.grad_sync_s)} "
                  f"({format_seconds(c.grad_sync_hidden_s)} hidden behind backward); exposed communication "
                  f"{format_seconds(c.exposed_communication_s)}")
     if result.layers:

@@ -125,8 +125,9 @@ def memory_per_chip(workload: WorkloadConfig, layout: Layout, expert_slots: int,
         fits=total <= hbm_bytes,
         note=((f"pipeline stage with layers {format_id_ranges(held.layers)}, up to {max(held.in_flight)} micro-batch(es) "
                f"of activations per layer; " if held is not None and held.layers else "") +
-              f"chip with {expert_slots} expert slot(s) over "
-              f"{len(model.moe_layers) if held is None else sum(model.is_moe(i) for i in held.layers)} MoE layers; "
+              (f"chip with {expert_slots} expert slot(s) over "
+               f"{len(model.moe_layers) if held is None else sum(model.is_moe(i) for i in held.layers)} MoE layers; "
+               if model.moe is not None else "") +
               f"{workload.training.optimizer} state "
               f"{'sharded (ZeRO-1)' if workload.training.shard_optimizer else 'replicated'}; "
               + ("gradients sharded with it (ZeRO-2); " if workload.training.shard_gradients else "")

@@ -259,3 +259,12 @@ def test_results_pipe_into_other_tools_as_json_or_csv(capsys, tmp_path, argv):
     rows = list(csv_module.reader(capsys.readouterr().out.splitlines()))
     assert rows[0] == ["field", "value"] and ["cluster", "tpu-v4-4x4x4"] in rows
     assert main(argv) == 0 and "tpu-v4-4x4x4" in capsys.readouterr().out.splitlines()[0]  # the table, for people
+
+
+def test_a_dense_run_prints_no_moe_only_lines(capsys):
+    assert main(["simulate", "--cluster", "tpu-v4-4x4x4", "--workload", "palm-8b"]) == 0
+    dense = capsys.readouterr().out
+    assert main(["simulate", "--cluster", "tpu-v4-4x4x4", "--workload", "switch-base-128"]) == 0
+    sparse = capsys.readouterr().out
+    for line in ("dropped tokens", "all to all", "straggler", "expert slot(s)", "all-to-all "):
+        assert line not in dense and line in sparse, line
