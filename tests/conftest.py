@@ -27,3 +27,17 @@ def cluster_dict(**topology) -> dict:
     }
     base["topology"] = topology
     return base
+
+
+@pytest.fixture
+def refused(capsys):
+    """Run the CLI and assert it refuses: exit 2, one `pathsim: error:` report, no traceback; returns stderr."""
+    from pathsim.cli import main
+
+    def run(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pathsim: error: ") and "Traceback" not in err
+        return err
+
+    return run

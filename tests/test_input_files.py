@@ -14,7 +14,6 @@ import os
 import numpy as np
 import pytest
 
-from pathsim.cli import main
 from pathsim.cluster import load_cluster
 from pathsim.device import load_profile
 from pathsim.errors import PathsimConfigError
@@ -23,44 +22,37 @@ from pathsim.numeric_files import read_numeric_array
 from pathsim.placement import read_placement
 
 
-def refused(argv: list[str], capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("pathsim: error: ") and "Traceback" not in err
-    return err
-
-
-def test_a_device_a_pipe_and_a_folder_are_refused_unread(tmp_path, capsys):
+def test_a_device_a_pipe_and_a_folder_are_refused_unread(tmp_path, refused):
     fifo = tmp_path / "cluster.yaml"
     os.mkfifo(fifo)  # opening a FIFO for reading blocks until a writer comes: it must never be opened
-    assert "not a regular file" in refused(["validate", str(fifo)], capsys)
-    assert "not a regular file" in refused(["collective", "--cluster", "/dev/zero", "--op", "all_reduce", "--bytes", "1MiB"], capsys)
+    assert "not a regular file" in refused(["validate", str(fifo)])
+    assert "not a regular file" in refused(["collective", "--cluster", "/dev/zero", "--op", "all_reduce", "--bytes", "1MiB"])
     folder = tmp_path / "folder.yaml"
     folder.mkdir()
-    assert "is a folder" in refused(["validate", str(folder)], capsys)
+    assert "is a folder" in refused(["validate", str(folder)])
 
 
-def test_extends_naming_a_special_file_blames_the_extends_field(tmp_path, capsys):
+def test_extends_naming_a_special_file_blames_the_extends_field(tmp_path, refused):
     child = tmp_path / "child.yaml"
     child.write_text("extends: /dev/zero\nname: x\n")
-    err = refused(["validate", str(child)], capsys)
+    err = refused(["validate", str(child)])
     assert f"{child}: extends" in err and "not a regular file" in err
 
 
-def test_a_file_larger_than_any_config_is_refused_before_it_is_read(tmp_path, capsys):
+def test_a_file_larger_than_any_config_is_refused_before_it_is_read(tmp_path, refused):
     big = tmp_path / "big.yaml"
     with open(big, "wb") as handle:  # sparse: the size is claimed, not written
         handle.truncate(TEXT_LIMIT_BYTES + 1)
-    err = refused(["validate", str(big)], capsys)
+    err = refused(["validate", str(big)])
     assert f"{TEXT_LIMIT_BYTES + 1:,} bytes" in err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_an_unreadable_file_says_so(tmp_path, capsys):
+def test_an_unreadable_file_says_so(tmp_path, refused):
     path = tmp_path / "secret.yaml"
     path.write_text("name: x\n")
     path.chmod(0)
-    assert "Permission denied" in refused(["validate", str(path)], capsys)
+    assert "Permission denied" in refused(["validate", str(path)])
 
 
 @pytest.mark.parametrize("text, field, lines", [
@@ -68,10 +60,10 @@ def test_an_unreadable_file_says_so(tmp_path, capsys):
     ("extends: tpu-v4-4x4x4\nname: x\nname: y\n", "name", (2, 3)),
     ("extends: tpu-v4-4x4x4\nname: x\nlinks: {ici: {bandwidth: 50GB/s, bandwidth: 25GB/s}}\n", "links.ici.bandwidth", (3, 3)),
 ])
-def test_a_key_given_twice_names_both_lines(tmp_path, capsys, text, field, lines):
+def test_a_key_given_twice_names_both_lines(tmp_path, refused, text, field, lines):
     path = tmp_path / "dup.yaml"
     path.write_text(text)
-    err = refused(["validate", str(path)], capsys)
+    err = refused(["validate", str(path)])
     assert f"{path}: {field}: is given twice, at lines {lines[0]} and {lines[1]}" in err
 
 

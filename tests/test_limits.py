@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 
-from pathsim.cli import main
 from pathsim.collectives import run_collective
 from pathsim.errors import PathsimConfigError, require_finite
 from pathsim.limits import BUDGET_ENV, memory_budget_bytes
@@ -20,29 +19,22 @@ from pathsim.topology import build_topology
 from pathsim.cluster import load_cluster
 
 
-def refused(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("pathsim: error: ") and "Traceback" not in err
-    return err
-
-
-def test_a_billion_experts_are_refused_with_the_estimate(tmp_path, capsys):
+def test_a_billion_experts_are_refused_with_the_estimate(tmp_path, refused):
     workload = tmp_path / "w.yaml"
     workload.write_text("extends: switch-base-128\nname: huge\nmodel: {moe: {experts: 1000000000}}\n")
-    err = refused(["simulate", "--cluster", "tpu-v4-4x4x4", "--workload", str(workload)], capsys)
+    err = refused(["simulate", "--cluster", "tpu-v4-4x4x4", "--workload", str(workload)])
     assert f"{workload}: model.moe.experts: routing 1,000,000,000 experts" in err and "TiB" in err and BUDGET_ENV in err
 
 
-def test_a_dense_traffic_matrix_is_checked_against_the_budget(tmp_path, capsys, monkeypatch):
+def test_a_dense_traffic_matrix_is_checked_against_the_budget(tmp_path, refused, monkeypatch):
     matrix = tmp_path / "m.csv"
     np.savetxt(matrix, np.ones((64, 64)), delimiter=",")
     monkeypatch.setenv(BUDGET_ENV, "16KiB")  # 64 x 64 float64 chip pairs: 32 KiB
-    err = refused(["collective", "--cluster", "tpu-v4-4x4x4", "--op", "all_to_all", "--bytes", "1MiB", "--matrix", str(matrix)], capsys)
+    err = refused(["collective", "--cluster", "tpu-v4-4x4x4", "--op", "all_to_all", "--bytes", "1MiB", "--matrix", str(matrix)])
     assert "a 64 x 64 traffic matrix would take 32 KiB, above the 16 KiB" in err
     monkeypatch.setenv(BUDGET_ENV, "lots")
     assert "PATHSIM_MEMORY_BUDGET" in refused(["collective", "--cluster", "tpu-v4-4x4x4", "--op", "all_to_all", "--bytes", "1MiB",
-                                               "--matrix", str(matrix)], capsys)
+                                               "--matrix", str(matrix)])
     monkeypatch.delenv(BUDGET_ENV)
     assert memory_budget_bytes() > 2**28
 
@@ -86,18 +78,18 @@ def test_the_factored_uniform_all_to_all_times_as_the_dense_one():
     ("chip: {hbm_bandwidth: 1e300}", "chip.hbm_bandwidth"),
     ("links: {ici: {latency: 1e-40s}}", "links.ici.latency"),
 ])
-def test_quantities_outside_what_pathsim_computes_with_are_refused(tmp_path, capsys, override, field):
+def test_quantities_outside_what_pathsim_computes_with_are_refused(tmp_path, refused, override, field):
     cluster = tmp_path / "c.yaml"
     cluster.write_text(f"extends: tpu-v4-4x4x4\nname: x\n{override}\n")
-    assert f"{cluster}: {field}: " in refused(["validate", str(cluster)], capsys)
+    assert f"{cluster}: {field}: " in refused(["validate", str(cluster)])
 
 
 @pytest.mark.parametrize("values, needle", [(np.zeros((64, 64)), "sends no bytes"), (np.eye(64), "sends no bytes"),
                                             (np.full((64, 64), 1e308), "absurdly large")])
-def test_a_matrix_that_sends_nothing_or_overflows_is_refused(tmp_path, capsys, values, needle):
+def test_a_matrix_that_sends_nothing_or_overflows_is_refused(tmp_path, refused, values, needle):
     matrix = tmp_path / "m.csv"
     np.savetxt(matrix, values, delimiter=",")
-    assert needle in refused(["collective", "--cluster", "tpu-v4-4x4x4", "--op", "all_to_all", "--bytes", "1MiB", "--matrix", str(matrix)], capsys)
+    assert needle in refused(["collective", "--cluster", "tpu-v4-4x4x4", "--op", "all_to_all", "--bytes", "1MiB", "--matrix", str(matrix)])
 
 
 def test_a_non_finite_result_is_stopped_naming_its_field():

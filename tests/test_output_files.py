@@ -19,29 +19,22 @@ from pathsim.output_files import check_output, write_file, write_folder
 SIMULATE = ["simulate", "--cluster", "tpu-v4-4x4x4", "--workload", "switch-base-128"]
 
 
-def refused(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("pathsim: error: ") and "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize("flags, needle", [
     (["--json", "/dev/full"], "not a regular file"),  # writing beside it and renaming would replace the device
     (["--json", "/dev/null"], "not a regular file"),
     (["--trace", "{tmp}"], "is a folder"),
     (["--json", "{tmp}/a.json", "--trace", "{tmp}/a.json"], "is also given to --json"),
 ])
-def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsys, flags, needle):
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsys, flags, needle, refused):
     flags = [f.format(tmp=tmp_path) for f in flags]
-    err = refused(SIMULATE + flags, capsys)
+    err = refused(SIMULATE + flags)
     assert needle in err
     assert "step time" not in capsys.readouterr().out  # refused before simulating, not after
 
 
-def test_a_report_folder_over_a_users_other_files_is_refused(tmp_path, capsys):
+def test_a_report_folder_over_a_users_other_files_is_refused(tmp_path, refused):
     (tmp_path / "thesis.tex").write_text("years of work")
-    err = refused(["report", "--cluster", "tpu-v4-4x4x4", "--workload", "switch-base-128", "--out", str(tmp_path)], capsys)
+    err = refused(["report", "--cluster", "tpu-v4-4x4x4", "--workload", "switch-base-128", "--out", str(tmp_path)])
     assert "holds other files" in err
     assert (tmp_path / "thesis.tex").read_text() == "years of work"
 
