@@ -34,6 +34,31 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
+# What each subcommand's --help shows under its options: commands a user can paste (outputs under out/).
+EXAMPLES = {
+    "presets": ["pathsim presets", "pathsim presets --kind workloads"],
+    "validate": ["pathsim validate my-cluster.yaml my-workload.yaml", "pathsim validate dgx-h100-32"],
+    "collective": ["pathsim collective --cluster dgx-h100-1 --op all_reduce --bytes 16MiB",
+                   "pathsim collective --cluster tpu-v4-4x4x4 --op all_to_all --bytes 64MiB --model fluid --format json"],
+    "simulate": ["pathsim simulate --cluster tpu-v4-8x8x8 --workload switch-base-128 --steps 3",
+                 "pathsim simulate --cluster dgx-h100-32 --workload mixtral-8x7b --json out/run.json --trace out/trace.json"],
+    "share": ["pathsim share two-moe-jobs-dgx-h100-128-4to1"],
+    "plan": ["pathsim plan --cluster dgx-h100-32 --workload pathways-multitask --compare --out out/placement.json",
+             "pathsim plan --cluster tpu-v4-8x8x8 --workload pathways-multitask --from out/placement.json "
+             "--add-task workloads/added-tasks/sign-language-video.yaml --out out/after.json"],
+    "report": ["pathsim report --cluster tpu-v4-8x8x8 --workload switch-base-128 --run-tokens 1T "
+               "--compare-cluster tpu-v5p-8x8x8 dgx-h100-32 --deadline 30d --out out/my-plan/"],
+    "calibrate": ["pathsim calibrate --quick", "pathsim calibrate --validate NAME --detail"],
+    "fidelity": ["pathsim fidelity", "pathsim fidelity --slow --out out/fidelity"],
+}
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, default="table",
+                        help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) "
+                             "for other tools; other lines go to stderr")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pathsim", description="Simulate sparse (MoE) models on TPU and GPU pods.")
     parser.add_argument("--version", action="version", version=f"pathsim {__version__}")
@@ -46,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+", metavar="FILE")
 
     coll = sub.add_parser("collective", help="time one collective on a cluster")
-    coll.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
+    _add_format(coll)
     coll.add_argument("--cluster", required=True, help="preset name or YAML file")
     coll.add_argument("--op", required=True, choices=OPS)
     coll.add_argument("--bytes", required=True, help="per-rank buffer size, e.g. 256MiB")
@@ -56,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     coll.add_argument("--matrix", type=Path, help="all_to_all only: bytes between ranks, a .npy or .csv square matrix")
     coll.add_argument("--json", type=Path, metavar="OUT", help="also write the full result as JSON")
     sim = sub.add_parser("simulate", help="simulate training steps of a workload on a cluster")
-    sim.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
+    _add_format(sim)
     sim.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
     sim.add_argument("--workload", required=True, help="workload preset name or YAML file")
     sim.add_argument("--placement", default=None, help=f"expert placement: {' | '.join(POLICIES)} (planned with default options) or a placement JSON from `pathsim plan --out` (default round_robin)")
@@ -72,14 +97,14 @@ def _parser() -> argparse.ArgumentParser:
 
     share = sub.add_parser("share", help="simulate several jobs together on one cluster, each on its own chips: "
                                           "step time alone and shared, and the links they contend for")
-    share.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
+    _add_format(share)
     share.add_argument("jobs", metavar="JOBS", help="shared-pod preset name (`pathsim presets --kind shared-pods`) or YAML file")
     share.add_argument("--steps", type=int, default=1, help="training steps per job and round (default 1)")
     share.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")
     share.add_argument("--json", type=Path, metavar="OUT", help="also write the full result as JSON")
 
     plan = sub.add_parser("plan", help="plan expert placement (replicas of hot experts included) and judge it by simulation")
-    plan.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
+    _add_format(plan)
     plan.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
     plan.add_argument("--workload", required=True, help="workload preset name or YAML file")
     plan.add_argument("--policy", default="balanced", choices=POLICIES, help="placement policy (default balanced)")
@@ -115,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="cost, energy and carbon report of a workload on a cluster: HTML with plots, "
                                         "Markdown, and the data as CSV/JSON")
-    rep.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
+    _add_format(rep)
     rep.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
     rep.add_argument("--workload", required=True, help="workload preset name or YAML file")
     rep.add_argument("--compare-cluster", nargs="+", action="extend", default=[], metavar="CLUSTER",
@@ -157,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--no-progress", action="store_true", help="no progress bar")
     fid = sub.add_parser("fidelity", help="predict the validation suite's published measurements and print each error, "
                                           "with the median and p90")
-    fid.add_argument("--format", choices=FORMATS, default="table", help="stdout as a table for people (default), or the whole result as JSON or CSV (field,value) for other tools; other lines go to stderr")
+    _add_format(fid)
     fid.add_argument("--only", nargs="+", metavar="NAME", help="these entries only (names: pathsim presets --kind validation)")
     fid.add_argument("--slow", action="store_true", help="also the slow entries (the largest pipelines: minutes)")
     fid.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
@@ -165,6 +190,11 @@ def _parser() -> argparse.ArgumentParser:
     fid.add_argument("--residuals", type=Path, metavar="OUT",
                      help="write each training entry's measured / predicted step-time ratio, the error bars' evidence "
                           "(run with --slow to ship it as validation/residuals.json)")
+    for action in sub._choices_actions:  # each subcommand's --help opens with its summary and ends with examples
+        command = sub.choices[action.dest]
+        command.description = action.help
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.epilog = "examples:\n" + "\n".join(f"  {example}" for example in EXAMPLES[action.dest])
     return parser
 
 

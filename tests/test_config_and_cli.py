@@ -268,3 +268,16 @@ def test_a_dense_run_prints_no_moe_only_lines(capsys):
     sparse = capsys.readouterr().out
     for line in ("dropped tokens", "all to all", "straggler", "expert slot(s)", "all-to-all "):
         assert line not in dense and line in sparse, line
+
+
+def test_every_subcommand_describes_itself_with_examples_that_parse():
+    import shlex
+    from pathsim.cli import EXAMPLES, _parser
+    parser = _parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == set(EXAMPLES)
+    for name, command in commands.items():
+        assert command.description and command.epilog.startswith("examples:"), name
+        for example in EXAMPLES[name]:
+            args = parser.parse_args(shlex.split(example)[1:])  # argparse accepts it (files are read only when run)
+            assert args.command == name
