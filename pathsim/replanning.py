@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel
 
 from pathsim.errors import PathsimConfigError
+from pathsim.limits import check_allocation
 from pathsim.output_files import write_file
 from pathsim.numeric_files import read_numeric_array
 from pathsim.placement import Placement, check_shape, read_placement
@@ -236,6 +237,9 @@ def random_walk_drift(setup: RunSetup, windows: int, sigma: float, seed: int = 0
         raise PathsimConfigError("<arguments>", "drift", f"random walk needs >= 2 windows and sigma > 0 (got {windows}, {sigma})",
                                  "e.g. --drift random-walk:0.3 --windows 8")
     base = setup.plan.probabilities
+    # The walk, its steps and the histograms it becomes: three arrays of windows x the routing's size.
+    check_allocation(3 * 8.0 * windows * base.size, f"a random walk over {windows:,} windows of {base.size:,} routing "
+                     "probabilities", "<command line>", "--windows", "use fewer windows (each is a re-plan's period)")
     rng = np.random.default_rng([seed, 7])
     steps = rng.normal(0.0, sigma, size=(windows - 1, *base.shape))
     walk = np.concatenate([np.zeros((1, *base.shape)), np.cumsum(steps, axis=0)])

@@ -34,6 +34,7 @@ import numpy as np
 from pathsim.collectives import collective_phases, time_phases
 from pathsim import kernel_costs as kc
 from pathsim.device import DeviceModel
+from pathsim.errors import PathsimConfigError
 from pathsim.engine.graph import COMPUTE, DCN, NETWORK, Await, Item, Op, Prefetch, fuse, fuse_runs
 from pathsim.memory import (OPTIMIZER_STATE_BYTES, Held, expert_slots_on_busiest_chip,
                             optimizer_params_per_chip)
@@ -49,6 +50,9 @@ from pathsim.workload import Layout, WorkloadConfig
 
 # Kernel families whose backward is half input gradients, half weight gradients (X·W: dX = dY·Wᵀ, dW = Xᵀ·dY).
 WEIGHTED_FAMILIES = ("matmul", "ffn", "router")
+
+
+MAX_BUCKETS = 10_000  # gradient buckets of one collective (each an op): a real step has tens to hundreds
 
 
 class StepCoster:
@@ -458,6 +462,11 @@ class StepCoster:
         """One chain of ops per bucket: its collectives (op, bytes, groups) in order, each split into its runs
         of phases on the slice's network or the DCN (an all-reduce across slices: slice / DCN / slice)."""
         buckets = max(1, math.ceil(stages[0][1] / self.workload.training.grad_bucket_bytes))
+        if buckets > MAX_BUCKETS:  # each bucket is an op of the step's graph: checked before any is made
+            raise PathsimConfigError(f"<workload {self.workload.name}>", "training.grad_bucket_bytes",
+                                     f"splits {name}'s {stages[0][1]:.4g} bytes into {buckets:,} buckets, more than the "
+                                     f"{MAX_BUCKETS:,} one collective may have", "raise training.grad_bucket_bytes, or check "
+                                     "the model's sizes (model.vocab, model.d_model, model.layers)")
         segments = [seg for op, nbytes, groups in stages for seg in self.collective_segments(op, nbytes / buckets, groups)
                     if seg[1] > 0]
         if not segments:

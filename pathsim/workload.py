@@ -361,6 +361,9 @@ def _checked_ids(parse, field: str, experts: int) -> np.ndarray:
     return ids
 
 
+MAX_ID = 2**24  # expert and chip ids stay below this: 16.8 million, far above any published model or cluster
+
+
 def parse_id_ranges(spec: "str | list[int]", what: str = "expert") -> np.ndarray:
     """'0-63,128-135' or [0, 5, 7] -> sorted unique int array of `what` ids (experts, chips)."""
     if isinstance(spec, list):
@@ -376,12 +379,16 @@ def parse_id_ranges(spec: "str | list[int]", what: str = "expert") -> np.ndarray
             lo_i, hi_i = int(lo), int(hi) if sep else int(lo)
             if hi_i < lo_i:
                 raise ValueError(f"range {piece!r} runs backwards")
+            if hi_i >= MAX_ID:  # checked before the ids are made: '0-100000000000' would be 745 GiB of them
+                raise ValueError(f"range {piece!r} names {what} {hi_i:,}, beyond any pathsim models (ids below {MAX_ID:,})")
             parts.append(np.arange(lo_i, hi_i + 1))
         ids = np.concatenate(parts) if parts else np.array([], dtype=np.int64)
     if ids.size == 0:
         raise ValueError(f"lists no {what}s")
     if ids.min() < 0:
         raise ValueError(f"{what} ids must be >= 0")
+    if ids.max() >= MAX_ID:
+        raise ValueError(f"names {what} {int(ids.max()):,}, beyond any pathsim models (ids below {MAX_ID:,})")
     return np.unique(ids)
 
 

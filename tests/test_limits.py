@@ -98,3 +98,33 @@ def test_a_non_finite_result_is_stopped_naming_its_field():
     broken = result.model_copy(update={"algbw_bytes_per_s": float("inf")})
     with pytest.raises(PathsimConfigError, match=r"<result>: algbw_bytes_per_s: came out inf in the collective"):
         require_finite(broken, "the collective")
+
+
+def _pathways(tmp_path, change) -> str:
+    import yaml
+    from pathsim.presets import preset_path
+    data = yaml.safe_load(preset_path("workloads", "pathways-multitask").read_text())
+    change(data)
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_id_ranges_are_bounded_before_the_ids_are_made(tmp_path, refused):
+    # '0-100000000000' was 745 GiB of int64 ids before anything checked it against the model's experts.
+    workload = _pathways(tmp_path, lambda d: d["tasks"][1]["affinity"].update(experts="0-100000000000"))
+    err = refused(["simulate", "--cluster", "tpu-v4-4x4x4", "--workload", workload])
+    assert f"{workload}: tasks[1].affinity.experts: range '0-100000000000' names expert 100,000,000,000" in err
+    err = refused(["plan", "--cluster", "tpu-v4-4x4x4", "--workload", "pathways-multitask", "--together", "0-100000000000"])
+    assert "--together: range '0-100000000000'" in err
+
+
+def test_a_huge_model_is_refused_before_its_gradient_buckets_are_built(tmp_path, refused):
+    workload = _pathways(tmp_path, lambda d: d["model"].update(vocab=10**15))  # it ran 54 s into a MemoryError
+    assert "training.grad_bucket_bytes: splits" in refused(["simulate", "--cluster", "tpu-v4-4x4x4", "--workload", workload])
+
+
+def test_a_million_drift_windows_are_refused_with_the_estimate(refused):
+    err = refused(["plan", "--cluster", "tpu-v4-4x4x4", "--workload", "pathways-multitask", "--drift", "random-walk:0.3",
+                   "--windows", "1000000"])
+    assert "--windows: a random walk over 1,000,000 windows" in err and "TiB" in err
