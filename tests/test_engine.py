@@ -106,7 +106,7 @@ def test_a_simulated_timeline_and_trace_show_ops_not_their_fusions(tmp_path):
     assert {"L0 attention proj fwd", "L0 attention core fwd", "L1 router fwd", "L1 permute fwd"} <= names
     assert not any(" .. " in n for n in names)
     traced = {e["name"] for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"] if e["ph"] == "X"}
-    assert "L1 router fwd" in traced and not any(" .. " in n for n in traced)
+    assert "router fwd" in traced and not any(" .. " in n or n.startswith("L1 ") for n in traced)  # the layer is in args
 
 
 def test_a_simulated_step_leaves_no_cycles_for_the_collector():
@@ -176,3 +176,21 @@ def test_sums_in_order_are_the_floats_a_loop_would_give():
     assert added_in_order(0.5, values) == total
     assert 0.5 + float(values.sum()) != total  # (numpy adds pairwise: another float)
     assert added_in_order(0.25, values[:0]) == 0.25
+
+
+def test_the_trace_has_a_slice_per_step_ops_grouped_by_name_and_no_empty_tracks(tmp_path):
+    import json
+    from pathsim import simulate
+    result = simulate("tpu-v4-8x8x8", "switch-base-128", steps=2, trace=tmp_path / "t.json")
+    events = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+    steps = [e for e in events if e["ph"] == "X" and e["cat"] == "step"]
+    assert [e["name"] for e in steps] == ["step 0", "step 1"]
+    assert sum(e["dur"] for e in steps) / 2e6 == pytest.approx(result.step_time.mean_s, rel=1e-9)
+    work = [e for e in events if e["ph"] == "X" and e["cat"] != "step"]
+    routers = [e for e in work if e["name"] == "router fwd"]
+    from pathsim.workload import load_workload
+    assert {e["args"]["layer"] for e in routers} == set(load_workload("switch-base-128").model.moe_layers)  # one name, every layer
+    assert all(e["args"]["flops_per_chip"] > 0 for e in routers)
+    assert any("link_bytes" in e["args"] for e in work if "all-to-all" in e["name"])
+    declared = {(e["pid"], e["tid"]) for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert declared == {(e["pid"], e["tid"]) for e in events if e["ph"] == "X"}  # every track declared holds events
