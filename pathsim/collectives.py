@@ -436,8 +436,9 @@ def time_phases(topology: Topology, network, op: str, nbytes: float, groups: np.
     all_to_all = op == "all_to_all"
     timings = [network.phase(p.traffic, all_to_all=all_to_all, in_switch=p.in_switch) for p in phases]
     library = topology.collective_library
-    if library is None or all_to_all or any(p.in_switch for p in phases):
-        return CollectiveTiming("Simple" if any(p.in_switch for p in phases) and library is not None else "",
+    in_switch = any(p.in_switch for p in phases)
+    if library is None or all_to_all or in_switch:
+        return CollectiveTiming("Simple" if in_switch and library is not None else "",
                                 [TimedPhase(p, t, p.repeat * t.bandwidth_time_s, p.repeat * t.latency_s, p.repeat * t.time_s)
                                  for p, t in zip(phases, timings)])
     node_of = topology.node_of

@@ -30,7 +30,8 @@ from pathsim.task_addition import read_added_task
 from pathsim.simulation import simulate
 from pathsim.workload import load_workload, parse_id_ranges
 from pathsim.topology import build_topology
-from pathsim.units import MAGNITUDE, format_bandwidth, format_bytes, format_flops, format_id_ranges, format_seconds, parse_bytes, parse_count, parse_seconds
+from pathsim.units import (MAGNITUDE, format_bandwidth, format_bytes, format_flops, format_id_ranges, format_seconds, format_usd,
+                           parse_bytes, parse_count, parse_given, parse_seconds)
 from pathsim.yaml_config import read_yaml_mapping, validate_model
 
 
@@ -404,24 +405,15 @@ def _cmd_collective(args) -> int:
     return 0
 
 
-def _quantity(text: str | None, parse, flag: str, example: str) -> float | None:
-    if text is None:
-        return None
-    try:
-        return parse(text)
-    except ValueError as exc:
-        raise PathsimConfigError("<command line>", flag, str(exc), f"write e.g. {flag} {example}") from None
-
-
 def _cmd_report(args) -> int:
     from pathsim.report import build_report, write_report
 
     report = build_report(args.cluster, args.workload, compare_clusters=tuple(args.compare_cluster), dense=args.dense,
-                          run_tokens=_quantity(args.run_tokens, parse_count, "--run-tokens", "1T"), run_steps=args.run_steps,
-                          deadline_s=_quantity(args.deadline, parse_seconds, "--deadline", "30d"), steps=args.steps,
+                          run_tokens=parse_given(args.run_tokens, parse_count, "<command line>", "--run-tokens", "--run-tokens 1T"), run_steps=args.run_steps,
+                          deadline_s=parse_given(args.deadline, parse_seconds, "<command line>", "--deadline", "--deadline 30d"), steps=args.steps,
                           seed=args.seed, placement=args.placement, profile=_profile(args), price=args.price,
                           provider=args.provider, region=args.region,
-                          grid_intensity=_quantity(args.grid_intensity, float, "--grid-intensity", "0.4"), pue=args.pue)
+                          grid_intensity=parse_given(args.grid_intensity, float, "<command line>", "--grid-intensity", "--grid-intensity 0.4"), pue=args.pue)
     require_finite(report, "the report")
     out = args.out or Path("out") / f"{report.workload}-on-{report.cluster}"
     written = write_report(report, out)
@@ -437,7 +429,7 @@ def _amount(value: float | None, unit: str) -> str:
     if unit == "s":
         return format_seconds(value)
     if unit == "USD":
-        return f"${value:,.0f}" if value >= 100 else f"${value:.3g}"
+        return format_usd(value)
     return f"{value:,.0f}" if value >= 1e4 else f"{value:.4g}"
 
 

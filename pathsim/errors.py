@@ -47,14 +47,10 @@ def require_finite(result, what: str) -> None:
     an answer. The field named is the first non-finite one, depth first."""
     import math
 
-    stack = [("", result.model_dump())]
-    while stack:
-        path, value = stack.pop()
+    from pathsim.nested import leaves
+
+    for path, value in leaves(result.model_dump()):
         if isinstance(value, float) and not math.isfinite(value):
-            raise PathsimConfigError("<result>", path.lstrip("."), f"came out {value} in {what}: the inputs' magnitudes "
+            raise PathsimConfigError("<result>", path, f"came out {value} in {what}: the inputs' magnitudes "
                                      "together overflow the models, though each passed its own check",
                                      "check the cluster's rates and the workload's sizes for extreme values")
-        if isinstance(value, dict):
-            stack.extend((f"{path}.{key}", item) for key, item in reversed(list(value.items())))
-        elif isinstance(value, (list, tuple)):
-            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from pathsim.errors import PathsimConfigError
+from pathsim.nested import leaves
 
 FORMATS = ("table", "json", "csv")  # what a command prints its result as (--format)
 
@@ -151,13 +152,6 @@ def result_csv(result) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["field", "value"])
-    stack = [("", result.model_dump(mode="json"))]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(list(value.items())))
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
-        else:
-            writer.writerow([path, repr(value) if isinstance(value, float) else csv_cell(value)])
+    writer.writerows([path, repr(value) if isinstance(value, float) else csv_cell(value)]
+                     for path, value in leaves(result.model_dump(mode="json")))
     return buffer.getvalue()

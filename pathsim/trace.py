@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from pathsim.engine import DCN, StepRun
-from pathsim.network.linear import dense_link_bytes
+from pathsim.network.linear import total_link_bytes
 from pathsim.engine.categories import BY_KEY, CATEGORIES
 from pathsim.output_files import write_file
 
@@ -52,7 +52,7 @@ def trace_events(runs: list[StepRun], title: str) -> list[dict]:
             if op.flops > 0:
                 args["flops_per_chip"] = op.flops
             if op.link_bytes is not None:
-                args["link_bytes"] = float(dense_link_bytes(op.link_bytes).sum())  # summed over the links it loads
+                args["link_bytes"] = total_link_bytes(op.link_bytes)  # summed over the links it loads
             if span.waited_s > 0:
                 args["waited_us"] = span.waited_s * 1e6
             start = offset_us + span.start_s * 1e6

@@ -146,6 +146,24 @@ def format_seconds(t: float) -> str:
     return f"{t / 1e-9:.4g} ns"
 
 
+def format_usd(amount: float) -> str:
+    """Money as people read it: '$8,960' from $100 up, three significant figures below ('$0.00896')."""
+    return f"${amount:,.0f}" if amount >= 100 else f"${amount:.3g}"
+
+
+def parse_given(value, parse, source: str, field: str, example: str):
+    """A quantity given as a number, or as a string `parse` reads ('1T', '30d'); None stays None. A string it
+    cannot read is a PathsimConfigError naming `field`."""
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return parse(value)
+    except ValueError as exc:
+        from pathsim.errors import PathsimConfigError
+
+        raise PathsimConfigError(source, field, str(exc), f"write e.g. {example}") from None
+
+
 def format_count(n: float) -> str:
     """A count as people write it, the inverse of parse_count: 1e12 -> '1T', 6e11 -> '600B', 2500 -> '2,500'."""
     for unit, scale in (("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6)):

@@ -174,8 +174,8 @@ def validate_model(model: type[ModelT], data: dict[str, Any], source: str, names
         return model.model_validate(data)
     except ValidationError as exc:
         error = _translate(exc, model, data, source)
-        if names and error.field.split(".")[0].split("[")[0] in names:
-            head = error.field.split(".")[0].split("[")[0]
+        head = error.field.split(".")[0].split("[")[0]
+        if names and head in names:
             error = PathsimConfigError(error.source, names[head] + error.field[len(head):], error.problem, error.fix)
         raise error from None
 

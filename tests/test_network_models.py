@@ -139,3 +139,15 @@ def test_a_dispatch_priced_from_its_basis_is_priced_as_routed(cluster, sampling)
             direct_total += 2 * timing.link_bytes
         np.testing.assert_allclose(total, direct_total, rtol=1e-12, atol=1e-6)
     assert times[-1] == 0.0  # nothing sent: no latency either
+
+
+def test_a_phase_s_total_link_bytes_need_no_per_link_array(rng):
+    from pathsim.network.linear import dense_link_bytes, total_link_bytes
+    topology = build_topology(load_cluster("dgx-h100-4"))
+    n, k = topology.num_chips, 5
+    src, dst = rng.integers(0, n, 60), rng.integers(0, n, 60)
+    component = rng.integers(0, k, 60)
+    basis = get_model("fast", topology).basis(src, dst, component, k, lambda w: Traffic.from_flows(n, src, dst, w[component]))
+    _, records = basis.price(rng.random((3, k)) * 1e6)
+    for record in records:
+        assert total_link_bytes(record) == pytest.approx(float(dense_link_bytes(record).sum()), rel=1e-12)

@@ -16,6 +16,7 @@ the phase as its model would route it (every non-zero weight set to one).
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -48,6 +49,11 @@ class PhaseBasis:
             self.links, self.loads = np.zeros(0, dtype=np.int64), np.zeros((size, 0))
         self._bandwidth = topology.reached_bandwidth(all_to_all)[self.links]
         self._latency: dict[bytes, float] = {}
+
+    @cached_property
+    def load_totals(self) -> np.ndarray:
+        """Each basis traffic's bytes summed over its links."""
+        return self.loads.sum(axis=1)
 
     def price(self, weights: np.ndarray) -> tuple[np.ndarray, list["LinkBytes"]]:
         """Time of each phase (one row of weights ≥ 0 per phase) under the fast model — the most loaded link's
@@ -88,6 +94,10 @@ class LinkBytes:
         out[self.basis.links] = self.weights @ self.basis.loads
         return out
 
+    def total(self) -> float:
+        """Bytes summed over every link, without the per-link array: the weights times each basis traffic's total."""
+        return float(self.weights @ self.basis.load_totals)
+
 
 def add_link_bytes(total: np.ndarray, records: list[tuple[np.ndarray | LinkBytes, int]]) -> None:
     """Add `count` times each record's link bytes to `total` in place; records over one basis are summed as
@@ -101,6 +111,11 @@ def add_link_bytes(total: np.ndarray, records: list[tuple[np.ndarray | LinkBytes
             total += record * count if count > 1 else record
     for basis, weights in by_basis.values():
         total[basis.links] += weights @ basis.loads
+
+
+def total_link_bytes(record: "np.ndarray | LinkBytes") -> float:
+    """Bytes summed over every link of the topology."""
+    return record.total() if isinstance(record, LinkBytes) else float(record.sum())
 
 
 def dense_link_bytes(record: "np.ndarray | LinkBytes") -> np.ndarray:

@@ -87,7 +87,7 @@ def anneal(setup: RunSetup, demand: ExpertDemand, budget: SlotBudget, starts: li
         copies = np.bincount(np.concatenate([np.asarray(r, dtype=np.int64) for r in current]), minlength=len(weights))
         copy_load = weights / np.maximum(copies, 1)
         loads = np.array([copy_load[rank].sum() if rank else 0.0 for rank in current])
-        layer_deadline = time.perf_counter() + (deadline - time.perf_counter()) / (layers - l) if math.isfinite(deadline) else math.inf
+        layer_deadline = time.perf_counter() + (deadline - time.perf_counter()) / (layers - l)  # inf without a time budget
         temperature0 = START_TEMPERATURE * best_time
         used = len(scored)
         while used < evals_per_layer:

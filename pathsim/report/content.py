@@ -20,7 +20,7 @@ from pathsim.footprint import PRICE_TERMS, Footprint, footprint, resolve_site, r
 from pathsim.result import SimulationResult
 from pathsim.run_setup import prepare_run
 from pathsim.simulation import simulate
-from pathsim.units import format_bytes, format_count, format_seconds, parse_count, parse_seconds
+from pathsim.units import format_bytes, format_count, format_seconds, format_usd, parse_count, parse_given, parse_seconds
 from pathsim.version import __version__
 
 DENSE_CHOICES = ("both", "active_flops", "total_params", "none")
@@ -115,20 +115,6 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def _quantity(value, parse, field: str, example: str):
-    """A number, or a unit string as the command line writes it, parsed; None stays None."""
-    if value is None or not isinstance(value, str):
-        return value
-    try:
-        return parse(value)
-    except ValueError as exc:
-        raise PathsimConfigError("<arguments>", field, str(exc), f"write e.g. {example}") from None
-
-
-def _usd(amount: float) -> str:
-    return f"${amount:,.0f}" if amount >= 100 else f"${amount:.3g}"
-
-
 def _recommendation(options: list[ClusterOption], deadline_s: float | None, basis: str) -> str:
     """Which candidate to pick and why: the cheapest that fits in HBM (and meets the deadline, if there is one)."""
     if not options:
@@ -142,10 +128,10 @@ def _recommendation(options: list[ClusterOption], deadline_s: float | None, basi
     per = "the run" if basis == "run" else "a million tokens"
     why = "the cheapest that fits in HBM" + (" and meets the deadline" if deadline_s is not None else "")
     text = (f"Pick {pick.cluster} at {pick.price_term.replace('_', ' ')} ({pick.chips:,} chips): {why}, "
-            f"{_usd(pick.usd)} and {format_seconds(pick.time_s)} for {per}.")
+            f"{format_usd(pick.usd)} and {format_seconds(pick.time_s)} for {per}.")
     if fastest is not pick and fastest.time_s < pick.time_s:
         text += (f" The fastest, {fastest.cluster} at {fastest.price_term.replace('_', ' ')}, takes {format_seconds(fastest.time_s)} "
-                 f"for {_usd(fastest.usd)}.")
+                 f"for {format_usd(fastest.usd)}.")
     return text
 
 
@@ -209,8 +195,8 @@ def build_report(cluster: "str | Path", workload: "str | Path", *, compare_clust
                  grid_intensity: float | None = None, pue: "str | float | None" = None) -> Report:
     """Simulate and price `workload` on `cluster` (and its dense counterparts, and other clusters) for a report.
     `run_tokens` and `deadline_s` take numbers or the command line's strings ("1T", "30d")."""
-    run_tokens = _quantity(run_tokens, parse_count, "run_tokens", "1T")
-    deadline_s = _quantity(deadline_s, parse_seconds, "deadline_s", "30d")
+    run_tokens = parse_given(run_tokens, parse_count, "<arguments>", "run_tokens", "1T")
+    deadline_s = parse_given(deadline_s, parse_seconds, "<arguments>", "deadline_s", "30d")
     if dense not in DENSE_CHOICES:
         raise PathsimConfigError("<arguments>", "dense", f"unknown choice {dense!r}", f"use one of {', '.join(DENSE_CHOICES)}")
     if deadline_s is not None and not deadline_s > 0:

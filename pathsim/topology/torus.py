@@ -346,8 +346,7 @@ class Torus(Topology):
             hops = np.zeros(self.dims + self.dims, dtype=np.uint16)
             for d, k in enumerate(self.dims):
                 a = np.arange(k)
-                gap = np.abs(a[:, None] - a[None, :])
-                ring = np.minimum(gap, k - gap) if self.wrap[d] else gap
+                ring = self._ring_gap(a[:, None], a[None, :], d)
                 shape = [1] * (2 * self.ndim)
                 shape[d], shape[self.ndim + d] = k, k
                 hops += ring.astype(np.uint16).reshape(shape)
