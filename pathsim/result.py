@@ -159,3 +159,14 @@ class SimulationResult(BaseModel):
     pathsim_version: str = __version__
     detail: SimulationDetail | None = None
     pipeline: PipelineSummary | None = None  # pipeline-parallel runs only
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-ready data: what ``--json`` writes, nested as the fields are."""
+        return self.model_dump(mode="json")
+
+    def to_frame(self, table: str = "summary"):
+        """A pandas DataFrame: ``summary`` (one row, a column per dotted field), or ``steps``, ``tasks``,
+        ``layers``, ``modalities``, ``links`` or ``stages`` (a row per item). Needs pandas (``pathsim[frame]``)."""
+        from pathsim.frames import result_frame
+
+        return result_frame(self, table)

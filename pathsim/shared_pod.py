@@ -106,6 +106,17 @@ class SharedPodResult(BaseModel):
     converged: bool
     contended_links: list[LinkShare]  # links more than one job uses, busiest total first (at most 10)
 
+    def to_dict(self) -> dict:
+        """The result as plain JSON-ready data: what ``--json`` writes."""
+        return self.model_dump(mode="json")
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per job: its shared-pod figures, then its simulation's summary row
+        (``result.step_time.mean_s`` and so on). Needs pandas (``pathsim[frame]``)."""
+        from pathsim.frames import job_frame
+
+        return job_frame(self)
+
 
 def load_shared_pod(spec: "str | Path | dict | SharedPodConfig") -> SharedPodConfig:
     """A SharedPodConfig from a preset name (`pathsim presets --kind shared-pods`), a YAML path or a dict."""
