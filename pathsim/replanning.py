@@ -39,7 +39,7 @@ from pathsim.planner.packing import PackingError
 from pathsim.planning import PlacementReport, evaluate_placement
 from pathsim.routing import cap_probabilities
 from pathsim.run_setup import RunSetup, prepare_run
-from pathsim.task_addition import AddedTask, expand_workload, read_added_task
+from pathsim.task_addition import AddedTask, errors_in_task, expand_workload, read_added_task
 from pathsim.version import __version__
 
 LOCATION_BLIND_POLICIES = ("balanced",)  # any permutation of their ranks balances alike: relabel to move less
@@ -114,7 +114,17 @@ def add_task(cluster, workload, placement: "str | Path | Placement", task: "str 
     old = check_shape(old, moe.experts, before.layout.expert, before.moe_layers, source)
     task_source = str(task) if not isinstance(task, AddedTask) else "<python task>"
     added = task if isinstance(task, AddedTask) else read_added_task(task)
-    after = prepare_run(cluster, expand_workload(before.workload, added, task_source), seed=seed, sampling=sampling, profile=profile, place=False)
+    grown = expand_workload(before.workload, added, task_source)
+    with errors_in_task(before.source, task_source, grown, len(before.workload.tasks)):
+        return _options_for(cluster, before, old, source, added, task_source, grown, policy, options, byte_budget,
+                            seed, steps, sampling, profile)
+
+
+def _options_for(cluster, before: RunSetup, old: Placement, source: str, added: AddedTask, task_source: str,
+                 grown, policy: str, options: PlanOptions | None, byte_budget: float, seed: int, steps: int,
+                 sampling: str, profile) -> tuple[TaskAdditionReport, dict[str, Placement], RunSetup]:
+    moe = before.workload.model.moe
+    after = prepare_run(cluster, grown, seed=seed, sampling=sampling, profile=profile, place=False)
     if after.layout.expert != before.layout.expert:
         raise PathsimConfigError(task_source, "new_experts", f"{added.new_experts} more experts change the expert-parallel group "
                                  f"from {before.layout.expert} to {after.layout.expert} ranks, so no copy could stay where it is",

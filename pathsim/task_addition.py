@@ -20,9 +20,9 @@ A task file (YAML)::
 
 from __future__ import annotations
 
-from typing import ClassVar
-
+import contextlib
 from pathlib import Path
+from typing import ClassVar, Iterator
 
 import numpy as np
 from pydantic import Field, StrictInt, model_validator
@@ -120,3 +120,30 @@ def expand_workload(workload: WorkloadConfig, task: AddedTask, source: str = "<t
     data["tasks"][-1]["share"] = 1.0 - sum(t["share"] for t in tasks)
     expanded = validate_model(WorkloadConfig, data, source)
     return expanded.model_copy(update={"base_dir": workload.base_dir})
+
+
+# Fields of the grown workload's new task that a task file sets under another name.
+_TASK_FIELD = {"reachable_experts": "reuses", "affinity": "new_expert_weight"}
+
+
+@contextlib.contextmanager
+def errors_in_task(workload_source: str, task_source: str, grown: WorkloadConfig, index: int) -> Iterator[None]:
+    """Re-anchor a mistake met while running the grown workload where the user would mend it: the new task's own
+    fields (``tasks[index].…``) and the grown expert count in the task file; anything else in the workload, saying
+    which task was added. Errors that already name a file pass through."""
+    try:
+        yield
+    except PathsimConfigError as error:
+        if error.source != f"<workload {grown.name}>":
+            raise
+        prefix = f"tasks[{index}]"
+        if error.field == prefix or error.field.startswith(prefix + "."):
+            rest = error.field[len(prefix) + 1:]
+            head = rest.split(".")[0]
+            field = _TASK_FIELD[head] if head in _TASK_FIELD else rest
+            raise PathsimConfigError(task_source, field, error.problem, error.fix) from None
+        if error.field.startswith("model.moe.experts"):
+            raise PathsimConfigError(task_source, "new_experts", f"{error.problem} (the workload's experts and the "
+                                     "new ones together)", error.fix) from None
+        raise PathsimConfigError(f"{workload_source} with {task_source} added", error.field, error.problem,
+                                 error.fix) from None

@@ -19,7 +19,7 @@ from pathsim.planner.packing import lpt_pack
 from pathsim.replanning import add_task, random_walk_drift, read_drift, routing_drift
 from pathsim.routing import build_plan
 from pathsim.run_setup import prepare_run
-from pathsim.task_addition import AddedTask, expand_workload, read_added_task
+from pathsim.task_addition import AddedTask, errors_in_task, expand_workload, read_added_task
 from pathsim.workload import load_workload, resolve_parallelism
 from test_planner import skewed_multitask
 
@@ -217,6 +217,37 @@ def test_an_old_placement_of_another_shape_is_refused():
     with pytest.raises(PathsimConfigError) as err:
         add_task(CLUSTER, old_workload(), round_robin(64, 16), new_task())
     assert "ranks" in str(err.value)
+
+
+def test_errors_met_running_the_grown_workload_name_the_task_file(tmp_path):
+    # A histogram of the wrong shape is found only when the grown workload routes: the task file is to blame.
+    np.save(tmp_path / "h.npy", np.ones(10))
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "share": 0.1, "new_experts": 8,
+                                    "routing": {"kind": "histogram", "file": "h.npy"}}))
+    with pytest.raises(PathsimConfigError) as err:
+        add_task(CLUSTER, old_workload(), round_robin(64, 32), path)
+    assert (err.value.source, err.value.field) == (str(path), "routing.file")
+
+
+@pytest.mark.parametrize("field, source, anchored", [
+    ("tasks[4].routing.exponent", "task.yaml", "routing.exponent"),
+    ("tasks[4].reachable_experts", "task.yaml", "reuses"),
+    ("tasks[4].affinity.weight", "task.yaml", "new_expert_weight"),
+    ("model.moe.experts", "task.yaml", "new_experts"),
+    ("tasks[0].share", "w.yaml with task.yaml added", "tasks[0].share"),
+    ("parallelism.expert", "w.yaml with task.yaml added", "parallelism.expert"),
+])
+def test_grown_workload_errors_are_re_anchored(field, source, anchored):
+    grown = expand_workload(old_workload(), new_task())
+    with pytest.raises(PathsimConfigError) as err:
+        with errors_in_task("w.yaml", "task.yaml", grown, 4):
+            raise PathsimConfigError(f"<workload {grown.name}>", field, "wrong", "mend it")
+    assert (err.value.source, err.value.field) == (source, anchored)
+    with pytest.raises(PathsimConfigError) as err:  # an error that already names a file is left alone
+        with errors_in_task("w.yaml", "task.yaml", grown, 4):
+            raise PathsimConfigError("cluster.yaml", field, "wrong")
+    assert (err.value.source, err.value.field) == ("cluster.yaml", field)
 
 
 def workload_file(folder):
