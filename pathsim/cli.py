@@ -50,6 +50,8 @@ EXAMPLES = {
                "--compare-cluster tpu-v5p-8x8x8 dgx-h100-32 --deadline 30d --out out/my-plan/"],
     "calibrate": ["pathsim calibrate --quick", "pathsim calibrate --validate NAME --detail"],
     "fidelity": ["pathsim fidelity", "pathsim fidelity --slow --out out/fidelity"],
+    "completion": ["pathsim completion bash > ~/.local/share/bash-completion/completions/pathsim",
+                   "pathsim completion zsh > ~/.zfunc/_pathsim   # with fpath+=~/.zfunc before compinit in ~/.zshrc"],
 }
 
 
@@ -190,6 +192,9 @@ def _parser() -> argparse.ArgumentParser:
     fid.add_argument("--residuals", type=Path, metavar="OUT",
                      help="write each training entry's measured / predicted step-time ratio, the error bars' evidence "
                           "(run with --slow to ship it as validation/residuals.json)")
+    comp = sub.add_parser("completion", help="print a shell completion script for pathsim (subcommands, flags, "
+                                             "choices, preset names and paths)")
+    comp.add_argument("shell", choices=("bash", "zsh"))
     for action in sub._choices_actions:  # each subcommand's --help opens with its summary and ends with examples
         command = sub.choices[action.dest]
         command.description = action.help
@@ -229,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             from pathsim.presets import print_presets
 
             return print_presets(args)
+        if args.command == "completion":  # generated from this parser; needs no simulator either
+            from pathsim.completion import completion_script
+
+            sys.stdout.write(completion_script(_parser(), args.shell))
+            return 0
         from pathsim.commands import COMMANDS  # the simulator, imported once the command line is known to be good
 
         args.stdout = sys.stdout  # the result's stream; with --format json or csv, every other line goes to stderr
