@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from pathsim.version import __version__
-from pathsim.choices import ALGORITHMS, NETWORK_MODELS, OPS, POLICIES, SAMPLING_MODES
+from pathsim.choices import ALGORITHMS, DEFAULT_POLICY, NETWORK_MODELS, OPS, POLICIES, SAMPLING_MODES
 from pathsim.errors import PathsimConfigError
 from pathsim.output_files import FORMATS, check_distinct, check_output
 from pathsim.presets import PRESET_KINDS
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_format(sim)
     sim.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
     sim.add_argument("--workload", required=True, help="workload preset name or YAML file")
-    sim.add_argument("--placement", default=None, help=f"expert placement: {' | '.join(POLICIES)} (planned with default options) or a placement JSON from `pathsim plan --out` (default round_robin)")
+    sim.add_argument("--placement", default=None, help=f"expert placement: {' | '.join(POLICIES)} (planned with default options) or a placement JSON from `pathsim plan --out` (default {DEFAULT_POLICY}, as plan's)")
     sim.add_argument("--steps", type=int, default=1, help="training steps to simulate (default 1)")
     sim.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")
     sim.add_argument("--network", default="fast", help="network model: fast (fluid is for single phases: `pathsim collective --model fluid`)")
@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_format(plan)
     plan.add_argument("--cluster", required=True, help="cluster preset name or YAML file")
     plan.add_argument("--workload", required=True, help="workload preset name or YAML file")
-    plan.add_argument("--policy", default="balanced", choices=POLICIES, help="placement policy (default balanced)")
+    plan.add_argument("--policy", default=DEFAULT_POLICY, choices=POLICIES, help=f"placement policy (default {DEFAULT_POLICY})")
     plan.add_argument("--compare", action="store_true", help="run every policy and print them side by side")
     plan.add_argument("--replicas", type=int, default=None, help="extra expert copies per MoE layer and expert-parallel group")
     plan.add_argument("--together", action="append", default=[], metavar="IDS",
@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "(default: the offer's provider)")
     rep.add_argument("--steps", type=int, default=2, help="training steps to simulate per cluster (default 2)")
     rep.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")
-    rep.add_argument("--placement", default=None, help="expert placement policy or placement JSON (default round_robin)")
+    rep.add_argument("--placement", default=None, help=f"expert placement policy or placement JSON (default {DEFAULT_POLICY}, as simulate's and plan's)")
     rep.add_argument("--profile", type=Path, help="device profile JSON for the main cluster (default: the cluster's)")
     rep.add_argument("--force-profile", action="store_true", help="apply --profile though it was measured on another kind of chip")
     rep.add_argument("--out", type=Path, metavar="DIR", help="folder to write (default out/WORKLOAD-on-CLUSTER/)")

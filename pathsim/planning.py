@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from pathsim.choices import DEFAULT_POLICY
 from pathsim.output_files import write_file
 from pathsim.placement import Placement
 from pathsim.planner import POLICIES, PlanOptions, expected_demand, place_experts
@@ -91,7 +92,7 @@ def _timed_plan(policy: str, setup: RunSetup, options: PlanOptions, demand) -> t
     return placement, time.perf_counter() - began
 
 
-def plan(cluster, workload, policy: str = "balanced", options: PlanOptions | None = None, *, seed: int = 0, steps: int = 1,
+def plan(cluster, workload, policy: str = DEFAULT_POLICY, options: PlanOptions | None = None, *, seed: int = 0, steps: int = 1,
          sampling: str = "auto", profile=None) -> tuple[Placement, PlacementReport]:
     """One placement by `policy`, with its report."""
     setup = prepare_run(cluster, workload, seed=seed, sampling=sampling, profile=profile, place=False)

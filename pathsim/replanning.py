@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel
 
+from pathsim.choices import DEFAULT_POLICY
 from pathsim.errors import PathsimConfigError
 from pathsim.limits import check_allocation
 from pathsim.output_files import write_file
@@ -101,7 +102,7 @@ def _byte_marks(moves, fractions=(0.1, 0.25, 0.5, 1.0)) -> list[int]:
 
 
 def add_task(cluster, workload, placement: "str | Path | Placement", task: "str | Path | AddedTask", *,
-             policy: str = "balanced", options: PlanOptions | None = None, byte_budget: float = math.inf,
+             policy: str = DEFAULT_POLICY, options: PlanOptions | None = None, byte_budget: float = math.inf,
              seed: int = 0, steps: int = 1, sampling: str = "auto", profile=None
              ) -> tuple[TaskAdditionReport, dict[str, Placement], "RunSetup"]:
     """Options for adding `task` to a model placed as `placement`: keep, move within budgets, re-plan."""
@@ -267,7 +268,7 @@ def _window_setup(setup: RunSetup, histograms: np.ndarray) -> RunSetup:
     return dataclasses.replace(setup, plan=dataclasses.replace(setup.plan, probabilities=probabilities))
 
 
-def routing_drift(cluster, workload, drift: "str | Path | np.ndarray", *, policy: str = "balanced",
+def routing_drift(cluster, workload, drift: "str | Path | np.ndarray", *, policy: str = DEFAULT_POLICY,
                   replan_every: "tuple[int, ...] | list[int]" = (1, 2), steps_per_window: int = 1000,
                   options: PlanOptions | None = None, seed: int = 0, steps: int = 1, sampling: str = "auto",
                   profile=None) -> DriftReport:

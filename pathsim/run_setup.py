@@ -112,7 +112,7 @@ def prepare_run(cluster: "str | Path | dict | ClusterConfig", workload: "str | P
                 chips: np.ndarray | None = None,
                 placement: "str | Path | Placement | None" = None, place: bool = True) -> RunSetup:
     """Everything a run needs; `chips` runs the workload on those chips of the cluster only. An MoE run's
-    `placement` (a policy, default round_robin; a placement JSON; a Placement) is resolved unless `place` is
+    `placement` (a policy, default pathsim.choices.DEFAULT_POLICY; a placement JSON; a Placement) is resolved unless `place` is
     false (a planner about to place the experts itself)."""
     seed = check_seed(seed)
     if network not in STEP_MODELS:

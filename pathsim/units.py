@@ -134,16 +134,20 @@ def format_bytes(n: float) -> str:
     return f"{n:.4g} B"
 
 
+# (unit, seconds in one, least count of it worth using): "90 min" and "36 h" read better than "1.5 h" and "1.5 d".
+_TIME_UNITS = (("d", 86400.0, 2), ("h", 3600.0, 1), ("min", 60.0, 10), ("s", 1.0, 1), ("ms", 1e-3, 1), ("us", 1e-6, 1))
+
+
+def time_unit(t: float) -> tuple[str, float]:
+    """The unit a duration of `t` seconds (or an axis reaching to it) reads in, and the seconds in one."""
+    return next(((unit, scale) for unit, scale, least in _TIME_UNITS if abs(t) >= least * scale), ("ns", 1e-9))
+
+
 def format_seconds(t: float) -> str:
     if t == 0:
         return "0 s"
-    for unit, scale, least in (("d", 86400.0, 2), ("h", 3600.0, 1), ("min", 60.0, 10)):
-        if abs(t) >= least * scale:  # "90 min" and "36 h" read better than "1.5 h" and "1.5 d"
-            return f"{t / scale:.4g} {unit}"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if abs(t) >= scale:
-            return f"{t / scale:.4g} {unit}"
-    return f"{t / 1e-9:.4g} ns"
+    unit, scale = time_unit(t)
+    return f"{t / scale:.4g} {unit}"
 
 
 def format_usd(amount: float) -> str:

@@ -239,3 +239,57 @@ def test_link_utilisation_is_drawn_on_an_absolute_scale():
     assert 0 < busiest < 1
     drawn = link_figure(result)
     assert {image.norm.vmax for ax in drawn.figure.axes for image in ax.images} == {1.0}  # not the busiest link's share
+
+
+def _boxes(figure):
+    """Every axes' drawn extent and the footnote's, in display pixels, as the saved PNG lays them out."""
+    from pathsim.report.figures import _FOOTER, _renderer, png_bytes
+    png_bytes(figure)  # places the footnote
+    renderer = _renderer(figure)
+    footer = next(t for t in figure.texts if t.get_gid() == _FOOTER).get_window_extent(renderer)
+    return [ax.get_tightbbox(renderer) for ax in figure.axes], footer
+
+
+def test_a_footnote_sits_below_the_axis_labels_however_short_the_figure():
+    from pathsim import simulate
+    from pathsim.report.figures import expert_load_figure
+    result = simulate("tpu-v4-4x4x4", "switch-base-128", steps=1, detail=True)  # one task: the shortest heat map
+    drawn = expert_load_figure(result)
+    axes, footer = _boxes(drawn.figure)
+    assert footer.y1 < min(box.y0 for box in axes)  # wholly below the x label, which it used to print over
+
+
+def test_the_timeline_has_a_row_per_stream_that_ran_and_reads_in_the_step_unit():
+    from pathsim import simulate
+    from pathsim.report.figures import gantt_figure
+    result = simulate("tpu-v4-4x4x4", "switch-base-128", steps=1, detail=True)  # no tensor parallelism
+    drawn = gantt_figure(result)
+    rows = [label.get_text() for label in drawn.figure.axes[0].get_yticklabels()]
+    assert rows == ["compute", "all-to-all", "gradient sync"]
+    legend = [t.get_text() for t in drawn.figure.axes[0].get_legend().get_texts()]
+    assert "tensor-parallel" not in legend and "optimizer" in legend
+    assert result.step_time.mean_s < 1 and drawn.figure.axes[1].get_xlabel() == "time in the step (ms)"
+
+
+def _options(points):
+    from pathsim.report.content import ClusterOption
+    return [ClusterOption(cluster=f"cluster-{i}", chips=8, chip="c", price_term="on_demand", usd_per_chip_hour=1.0,
+                          step_time_s=1.0, time_s=t * 86400.0, usd=usd, facility_kwh=1.0, tco2e=1.0, memory_fits=True,
+                          pareto=False, meets_deadline=None) for i, (t, usd) in enumerate(points)]
+
+
+def test_cost_labels_do_not_overlap_and_a_far_deadline_does_not_stretch_the_axis():
+    from pathsim.report.figures import _renderer, cost_time_figure
+    # Four candidates close together (two nearly on top of each other), and a deadline a decade beyond them.
+    drawn = cost_time_figure(_options([(10.0, 5e5), (10.5, 5.1e5), (12.0, 5.05e5), (11.0, 4.9e5)]), "run", 365 * 86400.0)
+    ax = drawn.figure.axes[0]
+    renderer = _renderer(drawn.figure)
+    labels = [t for t in ax.texts if t.get_text().startswith("cluster-")]
+    assert len(labels) == 4
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert ax.get_xlim()[1] < 20  # days: the points fill the axis
+    assert any(t.get_text() == "deadline 365 d →" for t in ax.texts)
+    near = cost_time_figure(_options([(10.0, 5e5), (20.0, 3e5)]), "run", 30 * 86400.0).figure.axes[0]
+    assert [line.get_xdata()[0] for line in near.get_lines() if line.get_linestyle() == "--"] == [30.0]
+    assert near.get_xlim()[1] > 30

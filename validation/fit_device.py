@@ -43,7 +43,7 @@ def log_ratios(entries, scale: float) -> np.ndarray:
     for e in entries:
         key = (e.cluster, e.workload, e.metric in LAYER_METRICS)
         if key not in runs:
-            runs[key] = simulate(e.cluster, load_workload(e.workload), steps=e.steps, seed=e.seed, profile=profile,
+            runs[key] = simulate(e.cluster, load_workload(e.workload), steps=e.steps, seed=e.seed, profile=profile, placement=e.placement,
                                  detail=key[2])
         value = metric_value(e, runs[key], load_workload(e.workload))
         out.append(np.log(_ratio(e.metric, value / e.measured - 1)))

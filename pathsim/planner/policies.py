@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pathsim.errors import PathsimConfigError
-from pathsim.choices import POLICIES, SHAPE_ONLY_POLICIES
+from pathsim.choices import DEFAULT_POLICY, POLICIES, SHAPE_ONLY_POLICIES
 from pathsim.placement import Placement, check_shape, read_placement, shape_only_placement
 from pathsim.planner.constraints import PlanOptions, SlotBudget, slot_budget
 from pathsim.planner.demand import ExpertDemand, expected_demand
@@ -181,10 +181,10 @@ def place_experts(policy: str, setup: RunSetup, options: PlanOptions | None = No
 
 
 def resolve_placement(spec: "str | Path | Placement | None", setup: RunSetup) -> Placement:
-    """What ``simulate(placement=...)`` accepts: None (round_robin), a policy name, a JSON file or a Placement."""
+    """What ``simulate(placement=...)`` accepts: None (DEFAULT_POLICY), a policy name, a JSON file or a Placement."""
     moe = setup.workload.model.moe
     if isinstance(spec, Placement):
         return check_shape(spec, moe.experts, setup.layout.expert, setup.moe_layers, "<python placement>")
     if spec is None or str(spec) in POLICIES:  # the run reports whether memory fits; it does not refuse
-        return place_experts(str(spec or "round_robin"), setup, PlanOptions(enforce_hbm=False))
+        return place_experts(str(spec or DEFAULT_POLICY), setup, PlanOptions(enforce_hbm=False))
     return check_shape(read_placement(spec), moe.experts, setup.layout.expert, setup.moe_layers, str(spec))

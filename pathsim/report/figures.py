@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
-from matplotlib.transforms import offset_copy
+from matplotlib.transforms import Bbox
 
 from pathsim.cluster import ClusterConfig
 from pathsim.report.content import ClusterOption
@@ -26,7 +27,7 @@ from pathsim.engine import DCN
 from pathsim.engine.categories import CATEGORIES
 from pathsim.topology import FatTree, MultiSlice, Torus, build_topology
 from pathsim.topology.torus import AXIS_NAMES
-from pathsim.units import format_seconds
+from pathsim.units import format_seconds, time_unit
 
 # One colour per cause (pathsim.engine.categories), used by every figure that shows it.
 CAUSE_COLOURS = {c.label: c.colour for c in CATEGORIES}
@@ -61,15 +62,37 @@ class Drawn:
 
 def png_bytes(figure: Figure, dpi: int = 100) -> bytes:
     """The figure as PNG, without the matplotlib version stamp (the same inputs give the same bytes)."""
+    _place_footer(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None}, bbox_inches="tight")
     return buffer.getvalue()
 
 
+_FOOTER = "pathsim-footer"  # the gid that marks a figure's footnote
+_FOOTER_GAP_PT = 6.0
+
+
 def _footer(figure: Figure, text: str) -> None:
-    """A note under the whole figure (below its bottom edge, so it never covers an axis label)."""
-    below = offset_copy(figure.transFigure, fig=figure, y=-6, units="points")
-    figure.text(0.01, 0.0, text, transform=below, fontsize=7, color="#555555", ha="left", va="top")
+    """A note under the whole figure; :func:`png_bytes` moves it below the lowest thing the axes draw (tick labels,
+    axis label, colour bar), so it never covers an axis label however short the figure is."""
+    figure.text(0.01, 0.0, text, fontsize=7, color="#555555", ha="left", va="top", gid=_FOOTER)
+
+
+def _renderer(figure: Figure):
+    """The Agg renderer that will draw the figure: text sizes are known only to it."""
+    if not isinstance(figure.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(figure)
+    return figure.canvas.get_renderer()
+
+
+def _place_footer(figure: Figure) -> None:
+    notes = [t for t in figure.texts if t.get_gid() == _FOOTER]
+    if not notes or not figure.axes:
+        return
+    renderer = _renderer(figure)
+    lowest = min(ax.get_tightbbox(renderer).y0 for ax in figure.axes)  # display pixels from the figure's bottom
+    gap = _FOOTER_GAP_PT * figure.dpi / 72.0
+    notes[0].set_position((0.01, (lowest - gap) / figure.bbox.height))
 
 
 @plain_text
@@ -111,13 +134,11 @@ def gantt_figure(result: SimulationResult) -> Drawn:
     figure = Figure(figsize=(11, 4.2))
     grid = figure.add_gridspec(2, 1, height_ratios=[3, 1.3], hspace=0.08)
     ax = figure.add_subplot(grid[0])
-    tracks = ["compute", "all_to_all", "tensor_parallel", "grad_sync"]
-    if any(s.category == "weight_gather" for s in detail.timeline):
-        tracks.insert(3, "weight_gather")  # sharded weights (ZeRO-3): their gathers get their own row
-    if any(s.category == "pipeline_p2p" for s in detail.timeline):
-        tracks.append("pipeline_p2p")  # activations and their gradients between pipeline stages
-    if any(s.resource == DCN for s in detail.timeline):
-        tracks.append("dcn")  # a multi-slice cluster: what crosses the data-center network gets its own row
+    # A row per stream of work the step ran, in the registry's order; a stream it did not run (no tensor parallelism,
+    # no sharded weights) gets no empty row. What crosses a multi-slice cluster's data-center network has its own.
+    ran = {"dcn" if s.resource == DCN else s.category for s in detail.timeline}
+    streams = [c.key for c in CATEGORIES if c.track and c.track != "compute"] + ["dcn"]
+    tracks = ["compute"] + [t for t in streams if t in ran]
     names = {**{c.key: c.track for c in CATEGORIES}, "dcn": "DCN (between slices)"}
     stages = result.pipeline.stages if result.pipeline else 1
     if stages > 1:  # one compute row per pipeline stage: its bubbles are the gaps
@@ -148,10 +169,13 @@ def gantt_figure(result: SimulationResult) -> Drawn:
     ax.set_xlim(0, step_s)
     ax.tick_params(labelbottom=False)
     shown = ["compute", *(t for t in tracks if not t.startswith("stage ") and t != "compute")]
-    ax.legend(handles=[Patch(color=CATEGORY_COLOURS[c], label=names[c]) for c in shown]
-              + [Patch(color=CATEGORY_COLOURS["optimizer"], label="optimizer")]  # drawn on the compute row
-              + [Patch(color=CAUSE_COLOURS["straggler"], label="waiting for the slowest chip")],
-              ncols=6, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    handles = [Patch(color=CATEGORY_COLOURS[c], label=names[c]) for c in shown]
+    if "optimizer" in ran:  # drawn on the compute row
+        handles.append(Patch(color=CATEGORY_COLOURS["optimizer"], label="optimizer"))
+    if any(s.straggler_s > 0 for s in detail.timeline):
+        handles.append(Patch(color=CAUSE_COLOURS["straggler"], label="waiting for the slowest chip"))
+    ax.legend(handles=handles, ncols=min(len(handles), 6), fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              frameon=False)
 
     power = figure.add_subplot(grid[1], sharex=ax)
     inputs = result.energy.inputs
@@ -166,9 +190,11 @@ def gantt_figure(result: SimulationResult) -> Drawn:
                               alpha=0.35, transform=power.get_xaxis_transform(), linewidth=0)
     power.set_ylim(0, watts.max(initial=1.0) / 1e3 * 1.15)
     power.set_ylabel("IT power (kW)", fontsize=8)
-    power.set_xlabel("time in the step (s)")
+    unit, scale = time_unit(step_s)  # a 30 ms step reads in ms, not as 0.000 to 0.030 s
+    power.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / scale:.4g}"))
+    power.set_xlabel(f"time in the step ({unit})")
     power.legend(handles=[Patch(color=STATE_COLOURS[s], alpha=0.5, label=f"mean chip {s}") for s in STATES], fontsize=7,
-                 ncols=3, loc="lower right", frameon=False)
+                 loc="center left", bbox_to_anchor=(1.005, 0.5), frameon=False)  # beside the strip, which it would cover
     _footer(figure, f"Step {detail.timeline_step} of {result.steps} (the one nearest the median). Power: {inputs.chips} chips at "
                     f"{chip_watts['idle']:.0f}/{chip_watts['communication']:.0f}/{chip_watts['compute']:.0f} W idle/communicating/"
                     f"computing, {inputs.hosts} hosts at {inputs.host_w:.0f} W, network {inputs.network_w():.0f} W."
@@ -332,41 +358,121 @@ def energy_figure(variants: list[tuple[str, dict[str, float], float]], inputs_no
                  "each variant on the same cluster.", figure, ["variant", "component", "kwh_per_million_tokens"], rows)
 
 
+def _mantissa(value: float) -> int:
+    """The leading digit of a positive number, as a minor tick of a log axis sits on (2 for 200, 3 for 0.03)."""
+    return int(round(value / 10 ** np.floor(np.log10(value) + 1e-9)))
+
+
+def _log_span(values: np.ndarray, margin: float) -> tuple[float, float]:
+    """Log-axis limits around positive `values`, `margin` of their span (in decades, at least 0.15) on each side."""
+    low, high = np.log10(values.min()), np.log10(values.max())
+    pad = max(margin * (high - low), 0.15)
+    return 10 ** (low - pad), 10 ** (high + pad)
+
+
+def _deadline(ax, at: float, text: str):
+    """A vertical deadline at `at` if it lies within 1.5x of the axis, the axis widened to it; else an arrow at the
+    edge it lies beyond, saying where. Returns the line for the legend, or None when the arrow stands in for it."""
+    low, high = ax.get_xlim()
+    if low / 1.5 <= at <= high * 1.5:
+        ax.set_xlim(min(low, at / 1.15), max(high, at * 1.15))
+        return ax.axvline(at, color="black", linestyle="--", linewidth=0.8, label=f"deadline {text}")
+    right = at > high
+    ax.annotate(f"deadline {text} →" if right else f"← deadline {text}",
+                xy=(1.0 if right else 0.0, 0.02), xycoords="axes fraction", ha="right" if right else "left",
+                va="bottom", fontsize=7, color="black",
+                xytext=(-3 if right else 3, 0), textcoords="offset points")
+    return None
+
+
+# Where a point's label may go, tried in order (offset in points, alignment): beside, then above or below.
+_LABEL_SPOTS = (((5, 3), "left", "bottom"), ((5, -3), "left", "top"), ((-5, 3), "right", "bottom"),
+                ((-5, -3), "right", "top"), ((0, 7), "center", "bottom"), ((0, -7), "center", "top"))
+
+
+def _label_points(ax, points: list[tuple[float, float]], labels: list[str]) -> None:
+    """Label each point where its text overlaps no label placed before it, no marker and no axis edge: the first
+    free spot of _LABEL_SPOTS, else the one overlapping least. Deterministic: the same points give the same figure."""
+    renderer = _renderer(ax.figure)
+    frame = ax.get_window_extent(renderer)
+    to_pixels = ax.transData.transform
+    markers = [Bbox.from_bounds(px - 5, py - 5, 10, 10) for px, py in (to_pixels(p) for p in points)]
+    placed: list[Bbox] = []
+
+    def overlap(box: Bbox) -> float:
+        area = sum(_area(box, other) for other in placed + markers)
+        inside = _area(box, frame)
+        return area + (box.width * box.height - inside) * 4  # outside the axes is worse than a neighbour
+
+    for (x, y), label in zip(points, labels):
+        best = None
+        for offset, ha, va in _LABEL_SPOTS:
+            text = ax.annotate(label, (x, y), xytext=offset, textcoords="offset points", fontsize=7, ha=ha, va=va)
+            box = text.get_window_extent(renderer)
+            cost = overlap(box)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, text, box)
+            else:
+                text.remove()
+            if cost == 0:
+                break
+        placed.append(best[2])
+
+
+def _area(a: Bbox, b: Bbox) -> float:
+    """Area of the intersection of two boxes (0 when they do not meet)."""
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(width, 0.0) * max(height, 0.0)
+
+
 @plain_text
 def cost_time_figure(options: list[ClusterOption], basis: str, deadline_s: float | None) -> Drawn:
     """Money against time for each candidate cluster and price term, the Pareto front joined."""
     figure = Figure(figsize=(8, 4.6))
     ax = figure.add_subplot()
     markers = {"on_demand": "o", "commit_1y": "s", "commit_3y": "D", "user": "*"}
-    longest = max(o.time_s for o in options)
-    unit, scale = next((u, k) for u, k in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0), ("seconds", 1.0))
-                       if longest >= 2 * k or k == 1.0)
+    unit, scale = time_unit(max(o.time_s for o in options))
+    unit = {"d": "days", "h": "hours", "min": "minutes"}.get(unit, unit)
+    times = np.array([o.time_s / scale for o in options])
+    usds = np.array([o.usd for o in options])
     unfit = "#AAAAAA"  # a candidate the model does not fit on: drawn hollow, never on the front
-    for o in options:
+    for o, x, y in zip(options, times, usds):
         colour = "#C44E52" if o.pareto else "#4C72B0" if o.memory_fits else unfit
-        ax.scatter(o.time_s / scale, o.usd, marker=markers[o.price_term], zorder=3, s=36,
+        ax.scatter(x, y, marker=markers[o.price_term], zorder=3, s=36,
                    **({"color": colour} if o.memory_fits else {"facecolors": "none", "edgecolors": unfit}))
-        ax.annotate(f"{o.cluster} ({o.price_term})", (o.time_s / scale, o.usd), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
     front = sorted((o for o in options if o.pareto), key=lambda o: o.time_s)
     ax.plot([o.time_s / scale for o in front], [o.usd for o in front], color="#C44E52", linewidth=1, zorder=2,
             drawstyle="steps-post", label="Pareto front (nothing both faster and cheaper)")
-    if deadline_s is not None:
-        ax.axvline(deadline_s / scale, color="black", linestyle="--", linewidth=0.8, label="deadline")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # Limits from the points alone, with room for their labels: a deadline far beyond them must not squash them
+    # into a corner of a decade-wide axis, so it is drawn where it is only when it falls near the points.
+    ax.set_xlim(*_log_span(times, 0.25))
+    ax.set_ylim(*_log_span(usds, 0.25))
+    deadline_line = None
+    if deadline_s is not None:
+        deadline_line = _deadline(ax, deadline_s / scale, f"{format_seconds(deadline_s)}")
     for axis, money in ((ax.xaxis, False), (ax.yaxis, True)):
         formatter = FuncFormatter(lambda v, _, money=money: (f"${v:,.0f}" if v >= 10 else f"${v:.3g}") if money else f"{v:.3g}")
         axis.set_major_formatter(formatter)
-        axis.set_minor_formatter(formatter)
-        axis.set_tick_params(which="minor", labelsize=7)
+        # The time axis labels its minor ticks at 2, 3 and 5 times a power of ten only: side by side, 9 would print
+        # over 10. The money axis stacks its labels, so each has room.
+        shown = (1, 2, 3, 4, 5, 6, 7, 8, 9) if money else (2, 3, 5)
+        axis.set_minor_formatter(FuncFormatter(lambda v, pos, f=formatter, shown=shown:
+                                               f(v, pos) if _mantissa(v) in shown else ""))
+        axis.set_tick_params(which="both", labelsize=7)
     ax.set_xlabel(f"time for {'the run' if basis == 'run' else 'a million tokens'} ({unit}, log)")
     ax.set_ylabel(f"USD for {'the run' if basis == 'run' else 'a million tokens'} (log)")
     kinds = [Patch(color="#C44E52", label="on the Pareto front"), Patch(color="#4C72B0", label="dominated")]
     if not all(o.memory_fits for o in options):
         kinds.append(Patch(facecolor="none", edgecolor=unfit, label="does not fit in HBM"))
-    ax.legend(handles=kinds + ([ax.get_lines()[-1]] if deadline_s is not None else []), fontsize=7, loc="upper right", frameon=False)
-    ax.margins(0.25)
+    handles = kinds + ([deadline_line] if deadline_line is not None else [])
+    ax.legend(handles=handles, fontsize=7, ncols=len(handles), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              frameon=False)  # above the axes: a legend inside would sit on points or the deadline
+    _label_points(ax, list(zip(times, usds)), [f"{o.cluster} ({o.price_term})" for o in options])
     rows = [[o.cluster, o.chips, o.price_term, o.usd_per_chip_hour, o.time_s, o.usd, o.memory_fits, o.pareto] for o in options]
     _footer(figure, "Markers: circle on demand, square 1-year commitment, diamond 3-year commitment, star user price.")
     return Drawn("cost_vs_time", "Cost against time across clusters",

@@ -21,6 +21,7 @@ import io
 from pathlib import Path
 
 from pathsim.output_files import csv_cell, write_folder
+from pathsim.units import format_seconds
 from pathsim.report.content import Report
 from pathsim.report.figures import (Drawn, breakdown_figure, cost_time_figure, energy_figure, expert_load_figure,
                                     gantt_figure, link_figure, png_bytes)
@@ -125,7 +126,7 @@ def _sections(report: Report) -> list[tuple[str, str, tuple[list[str], list[list
     sections = [("Headline", f"{report.verdict} {run}".strip(), _headline_rows(report))]
     if len(report.variants) > 1:
         sections.append(("Sparse against dense", report.comparison.statement if report.comparison else "", _variant_rows(report)))
-    deadline = f" Deadline: {fmt(report.deadline_s)} s." if report.deadline_s is not None else ""
+    deadline = f" Deadline: {format_seconds(report.deadline_s)}." if report.deadline_s is not None else ""
     sections.append(("Clusters", "Every candidate cluster at every published price term; the Pareto front is what "
                                  "nothing fitting in HBM beats on both time and money." + deadline
                                  + (f" {report.recommendation}" if report.recommendation else ""), _cluster_rows(report)))
