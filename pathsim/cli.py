@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     share.add_argument("--steps", type=int, default=1, help="training steps per job and round (default 1)")
     share.add_argument("--seed", type=int, default=0, help="routing seed (default 0)")
     share.add_argument("--json", type=Path, metavar="OUT", help="also write the full result as JSON")
+    share.add_argument("--trace", type=Path, metavar="OUT", help="write a Perfetto trace of every job's shared steps, "
+                                                                  "each job on processes of its own")
 
     plan = sub.add_parser("plan", help="plan expert placement (replicas of hot experts included) and judge it by simulation")
     _add_format(plan)
@@ -127,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--force-profile", action="store_true", help="apply --profile though it was measured on another kind of chip")
     plan.add_argument("--out", type=Path, metavar="PLACEMENT.json", help="write the placement (with --compare: the best one)")
     plan.add_argument("--json", type=Path, metavar="OUT", help="also write the report(s) as JSON")
+    plan.add_argument("--trace", type=Path, metavar="OUT", help="write a Perfetto trace of the steps with the chosen "
+                                                                 "placement (with --compare: the best; with --add-task: the option --out writes)")
     grow = plan.add_argument_group("a task added to a placed model (SEN / Pathways: learn new tasks)")
     grow.add_argument("--from", dest="from_placement", type=Path, metavar="PLACEMENT.json", help="the placement the model runs with now")
     grow.add_argument("--add-task", type=Path, metavar="TASK.yaml", help="the task to add, with its new experts (see workloads/added-tasks/)")
@@ -165,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--profile", type=Path, help="device profile JSON for the main cluster (default: the cluster's)")
     rep.add_argument("--force-profile", action="store_true", help="apply --profile though it was measured on another kind of chip")
     rep.add_argument("--out", type=Path, metavar="DIR", help="folder to write (default out/WORKLOAD-on-CLUSTER/)")
+    rep.add_argument("--trace", type=Path, metavar="OUT", help="write a Perfetto trace of the main cluster's simulated steps")
 
     cal = sub.add_parser("calibrate", help="time pathsim's kernels with JAX on this machine, fit a device profile, measure its error")
     cal.add_argument("--quick", action="store_true", help="a small bf16 sweep (about a minute on 2 CPU cores) instead of the full one")

@@ -160,11 +160,23 @@ def _cmd_simulate(args) -> int:
                       network=args.network, sampling=args.sampling, profile=_profile(args), dense=args.dense, trace=args.trace)
     require_finite(result, "the simulated step")
     _emit(args, result, lambda: format_simulation(result))
-    if args.trace:
-        print(f"wrote {args.trace} (open it in https://ui.perfetto.dev)")
+    _say_trace(args)
     if args.json:
         _write_json(args.json, result.model_dump_json(indent=2), "--json")
     return 0
+
+
+def _say_trace(args) -> None:
+    if getattr(args, "trace", None):
+        print(f"wrote {args.trace} (open it in https://ui.perfetto.dev)")
+
+
+def _trace_placement(args, cluster, workload, placement) -> None:
+    """--trace of a planning command: the steps of the placement it chose, simulated once more with the trace on."""
+    if args.trace:
+        simulate(cluster, workload, placement=placement, steps=args.steps, seed=args.seed, sampling=args.sampling,
+                 profile=_profile(args), trace=args.trace)
+        _say_trace(args)
 
 
 def format_shared(result: SharedPodResult) -> str:
@@ -185,11 +197,12 @@ def format_shared(result: SharedPodResult) -> str:
 
 
 def _cmd_share(args) -> int:
-    result = simulate_shared(args.jobs, steps=args.steps, seed=args.seed)
+    result = simulate_shared(args.jobs, steps=args.steps, seed=args.seed, trace=args.trace)
     require_finite(result, "the shared pod's steps")
     _emit(args, result, lambda: format_shared(result))
     if args.json:
         _write_json(args.json, result.model_dump_json(indent=2), "--json")
+    _say_trace(args)
     return 0
 
 
@@ -278,9 +291,10 @@ def _cmd_add_task(args, options: PlanOptions) -> int:
                                          profile=_profile(args))
     require_finite(report, "the task addition")
     _emit(args, report, lambda: format_task_addition(report))
+    fits = [o for o in report.options if o.migrated_bytes <= budget]
+    chosen = min(fits, key=lambda o: o.report.step_time_s)
+    _trace_placement(args, args.cluster, setup.workload, placements[chosen.name])
     if args.out:
-        fits = [o for o in report.options if o.migrated_bytes <= budget]
-        chosen = min(fits, key=lambda o: o.report.step_time_s)
         path = write_placement(placements[chosen.name], args.out)
         workload_path = write_workload(setup, path.with_suffix(".workload.yaml"))
         print(f"wrote {path} ({chosen.name}) and {workload_path}; use them with "
@@ -323,12 +337,17 @@ def _cmd_plan(args) -> int:
     if args.add_task is not None:
         return _cmd_add_task(args, options)
     if args.drift is not None:
+        if args.trace:
+            raise PathsimConfigError("<command line>", "--trace", "a drift study simulates a placement per window, so "
+                                     "there is no one run to trace", "trace a window's placement with `pathsim simulate "
+                                     "--placement FILE --trace OUT`")
         return _cmd_drift(args, options)
     policies = POLICIES if args.compare else (args.policy,)
     comparison, placements = compare_placements(args.cluster, args.workload, policies, options, seed=args.seed,
                                                 steps=args.steps, sampling=args.sampling, profile=_profile(args))
     require_finite(comparison, "the placement plan")
     _emit(args, comparison, lambda: format_plan(comparison))
+    _trace_placement(args, args.cluster, args.workload, placements[comparison.best])
     if args.out:
         path = write_placement(placements[comparison.best], args.out)
         print(f"wrote {path} ({comparison.best}); use it with `pathsim simulate --placement {path}`")
@@ -413,12 +432,14 @@ def _cmd_report(args) -> int:
                           deadline_s=parse_given(args.deadline, parse_seconds, "<command line>", "--deadline", "--deadline 30d"), steps=args.steps,
                           seed=args.seed, placement=args.placement, profile=_profile(args), price=args.price,
                           provider=args.provider, region=args.region,
-                          grid_intensity=parse_given(args.grid_intensity, float, "<command line>", "--grid-intensity", "--grid-intensity 0.4"), pue=args.pue)
+                          grid_intensity=parse_given(args.grid_intensity, float, "<command line>", "--grid-intensity", "--grid-intensity 0.4"), pue=args.pue,
+                          trace=args.trace)
     require_finite(report, "the report")
     out = args.out or Path("out") / f"{report.workload}-on-{report.cluster}"
     written = write_report(report, out)
     _emit(args, report, lambda: format_report_summary(report))
     print(f"wrote {len(written)} files under {out}/: open {out / 'index.html'}")
+    _say_trace(args)
     return 0
 
 

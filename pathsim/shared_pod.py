@@ -41,6 +41,7 @@ from pathsim.result import SimulationResult
 from pathsim.run_setup import RunSetup, prepare_run
 from pathsim.simulation import MAX_STEPS, run_steps
 from pathsim.topology import MultiSlice, build_topology
+from pathsim.trace import TraceRecorder
 from pathsim.workload import StrictModel, parse_id_ranges
 from pathsim.yaml_config import load_config, resolve_reference
 
@@ -171,8 +172,10 @@ def jobs_chips(config: SharedPodConfig, topology, source: str) -> list[np.ndarra
 
 
 def simulate_shared(spec: "str | Path | dict | SharedPodConfig", *, steps: int = 1, seed: int = 0,
-                    max_rounds: int = 8, tolerance: float = 1e-3, min_free_share: float = 0.05) -> SharedPodResult:
-    """Simulate the jobs of `spec` together on its cluster; see the module docstring for the model."""
+                    max_rounds: int = 8, tolerance: float = 1e-3, min_free_share: float = 0.05,
+                    trace: "str | Path | None" = None) -> SharedPodResult:
+    """Simulate the jobs of `spec` together on its cluster; see the module docstring for the model. `trace`: a file
+    for a trace of every job's shared steps (the last round's), each job on processes of its own."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
         raise PathsimConfigError("<arguments>", "steps", f"must be an integer from 1 to {MAX_STEPS}, got {steps!r}", "e.g. --steps 2")
     for name, value, ok, fix in [("max_rounds", max_rounds, isinstance(max_rounds, int) and max_rounds >= 1, "e.g. 8"),
@@ -195,14 +198,17 @@ def simulate_shared(spec: "str | Path | dict | SharedPodConfig", *, steps: int =
                                      exc.fix) from None
 
     bandwidth = topology.link_bandwidth
-    alone = [run_steps(s, steps, detail=True) for s in setups]
+    recorder = TraceRecorder() if trace is not None else None
+    titles = [f"job {job.name}: {s.workload.name} on {s.layout.total_chips} chips" for job, s in zip(config.jobs, setups)]
+    alone = [run_steps(s, steps, detail=True, trace=recorder, trace_title=t) for s, t in zip(setups, titles)]
     busy = np.array([_busy_share(r, 1.0) for r in alone])  # jobs × links, at full bandwidth
     shared, converged, rounds = alone, True, 0
     if (np.count_nonzero(busy, axis=0) > 1).any():
         converged = False
         for rounds in range(1, max_rounds + 1):
             free = np.maximum(1.0 - (busy.sum(axis=0)[None, :] - busy), min_free_share)  # what the others leave
-            latest = [run_steps(_with_bandwidth(s, bandwidth * free[j]), steps, detail=True) for j, s in enumerate(setups)]
+            latest = [run_steps(_with_bandwidth(s, bandwidth * free[j]), steps, detail=True, trace=recorder,
+                                trace_title=titles[j]) for j, s in enumerate(setups)]
             moved = max(abs(a.step_time.mean_s / b.step_time.mean_s - 1) for a, b in zip(latest, shared))
             # Damped: a job that slows down keeps its links busy for less of its step, which frees them for the
             # others, which speeds it up again; averaging with the last round stops that see-saw.
@@ -211,6 +217,8 @@ def simulate_shared(spec: "str | Path | dict | SharedPodConfig", *, steps: int =
             if moved <= tolerance:
                 converged = True
                 break
+    if recorder is not None:
+        recorder.write(trace)
     return _outcome(config, cluster, topology, alone, shared, busy, rounds, converged)
 
 

@@ -35,7 +35,7 @@ from pathsim.routing import LoadSample, step_rng
 from pathsim.run_setup import RunSetup, prepare_run
 from pathsim.step_ops import StepCoster
 from pathsim.topology import FatTree, MultiSlice, Torus
-from pathsim.trace import write_trace
+from pathsim.trace import TraceRecorder
 from pathsim.uncertainty import energy_band, run_regime, step_time_band
 from pathsim.workload import WorkloadConfig
 
@@ -64,8 +64,10 @@ def simulate(cluster: "str | Path | dict | ClusterConfig", workload: "str | Path
     return run_steps(setup, int(steps), trace, detail)
 
 
-def run_steps(setup: RunSetup, steps: int, trace: "str | Path | None" = None, detail: bool = False) -> SimulationResult:
-    """Simulate `steps` steps of a prepared run, with the placement it holds."""
+def run_steps(setup: RunSetup, steps: int, trace: "str | Path | TraceRecorder | None" = None, detail: bool = False,
+              trace_title: str | None = None) -> SimulationResult:
+    """Simulate `steps` steps of a prepared run, with the placement it holds. `trace`: a file to write the steps'
+    trace to, or a TraceRecorder to add them to (under `trace_title`, which replaces an earlier run of that title)."""
     workload, layout, placement = setup.workload, setup.layout, setup.placement
     if setup.plan is not None and placement is None:
         raise ValueError("an MoE run needs its placement resolved first (prepare_run places, or setup.with_placement)")
@@ -83,7 +85,11 @@ def run_steps(setup: RunSetup, steps: int, trace: "str | Path | None" = None, de
             del graph
             routings += samples
         if trace is not None:
-            write_trace(trace, runs, f"{workload.name} on {setup.cluster.name}")
+            recorder = trace if isinstance(trace, TraceRecorder) else TraceRecorder()
+            recorder.add(trace_title or f"{workload.name} on {setup.cluster.name}", runs, setup.topology,
+                         power_inputs(setup.cluster, setup.topology, layout.all_chips()))
+            if recorder is not trace:
+                recorder.write(trace)
         result = _result(setup.cluster, workload, setup.device_profile, setup.topology, layout, builder.coster,
                          placement, setup.plan, runs, routings, setup.network_name, setup.seed, detail,
                          builder if isinstance(builder, Pipeline) else None)

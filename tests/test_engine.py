@@ -194,3 +194,31 @@ def test_the_trace_has_a_slice_per_step_ops_grouped_by_name_and_no_empty_tracks(
     assert any("link_bytes" in e["args"] for e in work if "all-to-all" in e["name"])
     declared = {(e["pid"], e["tid"]) for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
     assert declared == {(e["pid"], e["tid"]) for e in events if e["ph"] == "X"}  # every track declared holds events
+
+
+@pytest.mark.parametrize("cluster, workload", [("dgx-h100-4", "mixtral-8x7b"), ("tpu-v4-4x4x4", "switch-base-128")])
+def test_trace_counters_integrate_to_the_step_energy_and_the_link_bytes(tmp_path, cluster, workload):
+    """The power counter over the steps is the steps' IT energy; each link class's utilisation counter, times the
+    class's bandwidth, integrates to the bytes its links carried (the result's per-link utilisation)."""
+    import json
+    import numpy as np
+    from pathsim import simulate
+    from pathsim.cluster import load_cluster
+    from pathsim.topology import build_topology
+    result = simulate(cluster, workload, steps=2, trace=tmp_path / "t.json", detail=True)
+    events = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+    end_us = sum(e["dur"] for e in events if e["ph"] == "X" and e["cat"] == "step")
+
+    def integral(name: str, series: str) -> float:
+        points = [(e["ts"], e["args"][series]) for e in events if e["ph"] == "C" and e["name"] == name]
+        times = np.array([t for t, _ in points] + [end_us]) / 1e6
+        return float(np.sum(np.diff(times) * np.array([v for _, v in points])))
+
+    assert integral("IT power (kW)", "kW") * 1e3 == pytest.approx(2 * result.energy.it_j(), rel=1e-5)
+    topology = build_topology(load_cluster(cluster))
+    carried = np.array(result.detail.link_utilisation) * topology.link_bandwidth * 2 * result.step_time.mean_s
+    for name in np.unique(topology.link_class.astype(str)):
+        links = topology.link_class.astype(str) == name
+        bandwidth = topology.link_bandwidth[links].sum()
+        assert integral("link utilisation", name) * bandwidth == pytest.approx(carried[links].sum(), rel=1e-4, abs=1.0)
+    assert any(e["ph"] == "M" and e["args"].get("name", "").endswith("cluster power and links") for e in events)

@@ -192,9 +192,11 @@ def build_report(cluster: "str | Path", workload: "str | Path", *, compare_clust
                  run_tokens: "float | str | None" = None, run_steps: int | None = None, deadline_s: "float | str | None" = None,
                  steps: int = 2, seed: int = 0, placement: "str | Path | None" = None, profile: "str | Path | None" = None,
                  price: "str | float" = "on_demand", provider: str | None = None, region: str | None = None,
-                 grid_intensity: float | None = None, pue: "str | float | None" = None) -> Report:
+                 grid_intensity: float | None = None, pue: "str | float | None" = None,
+                 trace: "str | Path | None" = None) -> Report:
     """Simulate and price `workload` on `cluster` (and its dense counterparts, and other clusters) for a report.
-    `run_tokens` and `deadline_s` take numbers or the command line's strings ("1T", "30d")."""
+    `run_tokens` and `deadline_s` take numbers or the command line's strings ("1T", "30d"); `trace`, a file for the
+    trace of the main cluster's simulated steps."""
     run_tokens = parse_given(run_tokens, parse_count, "<arguments>", "run_tokens", "1T")
     deadline_s = parse_given(deadline_s, parse_seconds, "<arguments>", "deadline_s", "30d")
     if dense not in DENSE_CHOICES:
@@ -213,7 +215,8 @@ def build_report(cluster: "str | Path", workload: "str | Path", *, compare_clust
         return Variant(key=key, label=label, result=result,
                        footprint=footprint(result, at, run_tokens=run_tokens, run_steps=run_steps))
 
-    main = simulate(setup.cluster, setup.workload, placement=placement, steps=steps, seed=seed, profile=profile, detail=True)
+    main = simulate(setup.cluster, setup.workload, placement=placement, steps=steps, seed=seed, profile=profile, detail=True,
+                    trace=trace)
     variants = [priced("sparse" if main.layers else "dense", f"{main.workload} (as configured)", main)]
     if setup.plan is not None:
         for match in ("active_flops", "total_params"):
