@@ -222,6 +222,19 @@ def _check_outputs(args) -> None:
     check_distinct(outputs)
 
 
+def _fitted(command, args) -> int:
+    """Run a command whose stdout is for people: every line it prints fits the terminal (pathsim/console.py)."""
+    from pathsim.console import FittedStream
+
+    stream = FittedStream(sys.stdout)
+    args.stdout = stream
+    try:
+        with contextlib.redirect_stdout(stream):
+            return command(args)
+    finally:
+        stream.flush()
+
+
 class _Terminated(BaseException):
     """SIGTERM as an exception, so the same clean-up as for Ctrl-C runs (no half-written output is left)."""
 
@@ -238,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "presets":  # a listing: no simulator needed
             from pathsim.presets import print_presets
 
-            return print_presets(args)
+            return _fitted(print_presets, args)
         if args.command == "completion":  # generated from this parser; needs no simulator either
             from pathsim.completion import completion_script
 
@@ -246,9 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from pathsim.commands import COMMANDS  # the simulator, imported once the command line is known to be good
 
-        args.stdout = sys.stdout  # the result's stream; with --format json or csv, every other line goes to stderr
-        with contextlib.redirect_stdout(sys.stderr) if getattr(args, "format", "table") != "table" else contextlib.nullcontext():
-            return COMMANDS[args.command](args)
+        if getattr(args, "format", "table") != "table":
+            args.stdout = sys.stdout  # the result's stream; every other line goes to stderr
+            with contextlib.redirect_stdout(sys.stderr):
+                return COMMANDS[args.command](args)
+        return _fitted(COMMANDS[args.command], args)
     except PathsimConfigError as exc:
         print(f"pathsim: error: {exc.one_line()}", file=sys.stderr)
         return EXIT_USER_ERROR

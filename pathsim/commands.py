@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pathsim import console
 from pathsim.cluster import load_cluster
 from pathsim.collectives import CollectiveResult, run_collective
 from pathsim.device import load_profile
@@ -47,12 +48,7 @@ def _load_matrix(path: Path) -> np.ndarray:
     return matrix.astype(np.float64)
 
 
-def _table(rows: list[tuple], headers: tuple) -> str:
-    cells = [tuple(str(c) for c in headers)] + [tuple(str(c) for c in row) for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join("    " + line for line in lines)
+_table = console.table
 
 
 def format_collective(result: CollectiveResult) -> str:
@@ -137,7 +133,8 @@ def format_simulation(result: SimulationResult) -> str:
 def _emit(args, result, table) -> None:
     """The command's result on stdout: `table()` for people, or with --format the whole result as JSON or CSV."""
     form = getattr(args, "format", "table")
-    text = result.model_dump_json(indent=2) if form == "json" else result_csv(result).rstrip("\n") if form == "csv" else table()
+    text = (result.model_dump_json(indent=2) if form == "json" else result_csv(result).rstrip("\n") if form == "csv"
+            else table())
     print(text, file=getattr(args, "stdout", None) or sys.stdout)
 
 

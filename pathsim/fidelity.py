@@ -265,10 +265,11 @@ def residuals(suite: SuiteResult) -> dict:
 
 
 def format_suite(suite: SuiteResult) -> str:
-    header = f"{'entry':34s} {'metric':30s} {'measured':>11s} {'predicted':>11s} {'error':>8s}  set-up"
-    lines = [header, "-" * len(header)]
-    for r in suite.entries:
-        lines.append(f"{r.name:34s} {r.metric:30s} {r.measured:11.4g} {r.predicted:11.4g} {r.error:+8.1%}  {r.setup}")
+    from pathsim.console import table
+
+    rows = [(r.name, f"{r.measured:.4g}", f"{r.predicted:.4g}", f"{r.error:+.1%}", f"{r.metric} of {r.setup}")
+            for r in suite.entries]
+    lines = [table(rows, ("entry", "measured", "predicted", "error", "what"), indent="")]
     verdict = "meets" if suite.meets_goals() else "misses"
     lines.append(f"{len(suite.entries)} entries: median |error| {suite.median_abs_error:.1%}, p90 {suite.p90_abs_error:.1%} "
                  f"({verdict} the goals: median <= {GOALS['median']:.0%}, p90 <= {GOALS['p90']:.0%})")

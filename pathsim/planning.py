@@ -20,6 +20,7 @@ from pathsim.output_files import write_file
 from pathsim.placement import Placement
 from pathsim.planner import POLICIES, PlanOptions, expected_demand, place_experts
 from pathsim.routing import route_layer
+from pathsim.units import format_seconds
 from pathsim.run_setup import RunSetup, prepare_run
 from pathsim.simulation import run_steps
 from pathsim.version import __version__
@@ -78,7 +79,8 @@ def evaluate_placement(setup: RunSetup, placement: Placement, steps: int = 1, pl
                                              + (": the placement depends on this machine's speed" if search["stopped_by"] == "time" else "")
                                              + f"; {search['layers_searched']} of "
                                              f"{setup.moe_layers} MoE layers searched), their time "
-                                             f"{search['moe_layer_time_start_s'] * 1e3:.2f} -> {search['moe_layer_time_best_s'] * 1e3:.2f} ms"]))
+                                             f"{format_seconds(search['moe_layer_time_start_s'])} -> "
+                                             f"{format_seconds(search['moe_layer_time_best_s'])}"]))
     return PlacementReport(
         policy=placement.policy, replicas=float(replicas.mean()), slots_per_rank=int(placement.experts_per_rank.max()),
         imbalance_mean=float(np.mean(imbalance)), imbalance_max=float(np.max(imbalance)), hop_bytes=hop_bytes,

@@ -228,8 +228,9 @@ def test_validate_recognises_every_kind_of_file_pathsim_reads(tmp_path, capsys):
     pod = preset_dir("shared-pods") / "two-jobs-one-torus-tpu-v4.yaml"
     files = [str(tmp_path / "mine2.yaml"), str(tmp_path / "c.yaml"), str(task), str(pod), "two-jobs-one-torus-tpu-v4"]
     assert main(["validate", *files]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert "ok - workload mine2" in out[0] and "ok - c: 32 x NVIDIA H100" in out[1]
+    # One record per file; a record longer than the width wraps onto indented lines.
+    out = [" ".join(record.split()) for record in re.split(r"\n(?=\S)", capsys.readouterr().out.strip())]
+    assert len(out) == 5 and "ok - workload mine2" in out[0] and "ok - c: 32 x NVIDIA H100" in out[1]
     assert "ok - task to add sign-language-video" in out[2] and "ok - shared pod two-jobs-one-torus-tpu-v4: 2 jobs" in out[3]
     assert "ok - shared pod" in out[4]
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 PRESET_KINDS = ("topologies", "workloads", "profiles", "economics", "shared-pods", "validation")
@@ -17,6 +18,8 @@ _LOCATIONS = {
     "validation": ("presets/validation", "validation", ".yaml"),  # published measurements (pathsim.fidelity)
 }
 
+
+from pathsim.console import width
 
 def preset_dir(kind: str) -> Path:
     """Folder holding the presets of one kind."""
@@ -48,7 +51,11 @@ def describe(kind: str, name: str) -> str:
         data = read_json(path, str(path), "", "a device profile")
         return f"{data.get('device_kind', '?')}; {', '.join(data.get('dtypes', {}))}; measured {data.get('created', '?')}"
     data = parse_yaml(read_text(path, str(path), "", "a preset"), str(path))
-    return str(data.get("description", "")) if isinstance(data, dict) else ""
+    if not isinstance(data, dict):
+        return ""
+    if kind == "validation":  # an entry says what was measured, on what
+        return f"measured {data.get('measured', '?')} {data.get('unit', '')} ({', '.join(map(str, data.get('tags', [])))})"
+    return str(data.get("description", ""))
 
 
 def print_presets(args) -> int:
@@ -56,6 +63,7 @@ def print_presets(args) -> int:
     for kind in ([args.kind] if args.kind else PRESET_KINDS):
         names = preset_names(kind)
         print(f"{kind}:" + ("" if names else " (none yet)"))
-        for name in names:
-            print(f"  {name:28s} {describe(kind, name)}")
+        for name in names:  # the description wraps under itself, so the names stay a column
+            print(textwrap.fill(f"  {name:28s} {describe(kind, name)}", width(), subsequent_indent=" " * 31,
+                                break_on_hyphens=False, break_long_words=False))
     return 0
