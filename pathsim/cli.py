@@ -239,13 +239,62 @@ class _Terminated(BaseException):
     """SIGTERM as an exception, so the same clean-up as for Ctrl-C runs (no half-written output is left)."""
 
 
-def _raise_terminated(signum, frame):
-    raise _Terminated
+class _StopSignals:
+    """Ctrl-C and SIGTERM as exceptions that cannot be lost. Python raises a signal's exception wherever the main
+    thread happens to be, and where that is a garbage-collector callback (JAX registers one, so `calibrate` meets
+    it often while JAX imports and compiles) the exception is printed as "ignored" and the run goes on. So the
+    first signal also starts a thread that delivers it again every second (``_thread.interrupt_main``) until
+    :func:`main` has caught it, and the "ignored" report of a lost one is kept off the terminal (the signal is not
+    lost; no traceback is shown); once caught, further signals are ignored while the clean-up runs."""
+
+    REPEAT_S = 1.0
+    EXCEPTIONS = {signal.SIGINT: KeyboardInterrupt}
+
+    def __init__(self):
+        self.caught = False
+        self._repeating = False
+        self._previous = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # (signals can only be set from the main thread)
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)
+                              if signal.getsignal(s) is not signal.SIG_IGN}  # (a background job's stays ignored)
+            self._unraisable = sys.unraisablehook
+            sys.unraisablehook = self._quiet_if_stopping
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        if self._previous:
+            sys.unraisablehook = self._unraisable
+
+    def _quiet_if_stopping(self, unraisable) -> None:
+        if not issubclass(unraisable.exc_type, (KeyboardInterrupt, _Terminated)):
+            self._unraisable(unraisable)
+
+    def _handle(self, signum, frame):
+        if self.caught:
+            return
+        if not self._repeating:
+            self._repeating = True
+            threading.Thread(target=self._repeat, args=(signum,), daemon=True, name="pathsim-stop-signal").start()
+        raise self.EXCEPTIONS.get(signum, _Terminated)
+
+    def _repeat(self, signum: int) -> None:
+        import _thread
+        import time
+
+        while True:
+            time.sleep(self.REPEAT_S)
+            if self.caught:
+                return
+            _thread.interrupt_main(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if threading.current_thread() is threading.main_thread() else None
+    stops = _StopSignals()
+    stops.install()
     try:
         _check_outputs(args)
         if args.command == "presets":  # a listing: no simulator needed
@@ -271,14 +320,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except KeyboardInterrupt:
+        stops.caught = True
         print("\npathsim: interrupted; nothing half-written was left behind", file=sys.stderr)
         return EXIT_INTERRUPTED
     except _Terminated:
+        stops.caught = True
         print("pathsim: terminated; nothing half-written was left behind", file=sys.stderr)
         return EXIT_TERMINATED
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        stops.caught = True
+        stops.restore()
 
 
 if __name__ == "__main__":

@@ -108,6 +108,29 @@ def test_ctrl_c_exits_130_in_one_line_and_leaves_the_old_report(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["fidelity"]
 
 
+def test_a_ctrl_c_lost_in_a_garbage_collector_callback_still_stops_the_run(tmp_path):
+    """Python raises a signal's exception wherever the main thread is; in a gc callback (JAX has one) it is printed
+    as "ignored" and lost. Here the first collection after main() starts delivers the Ctrl-C inside the callback."""
+    script = textwrap.dedent(f"""
+        import gc, signal, sys
+        from pathsim.cli import main
+        sent = []
+        def deliver_inside_gc(phase, info):  # once main() has set its handler (its imports collect soon after)
+            if phase == "start" and not sent and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+                sent.append(1)
+                signal.raise_signal(signal.SIGINT)  # the handler's KeyboardInterrupt is swallowed by the collector
+        def start(argv):
+            gc.callbacks.append(deliver_inside_gc)
+            return main(argv)
+        sys.exit(start(["fidelity", "--slow", "--json", {str(tmp_path / "s.json")!r}]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines() == ["pathsim: interrupted; nothing half-written was left behind"]
+    assert os.listdir(tmp_path) == []
+
+
 def test_sigterm_exits_143(tmp_path):
     child = subprocess.Popen([sys.executable, "-m", "pathsim.cli", "fidelity", "--slow", "--json", str(tmp_path / "s.json")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
