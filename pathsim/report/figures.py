@@ -466,9 +466,11 @@ def cost_time_figure(options: list[ClusterOption], basis: str, deadline_s: float
         axis.set_tick_params(which="both", labelsize=7)
     ax.set_xlabel(f"time for {'the run' if basis == 'run' else 'a million tokens'} ({unit}, log)")
     ax.set_ylabel(f"USD for {'the run' if basis == 'run' else 'a million tokens'} (log)")
-    kinds = [Patch(color="#C44E52", label="on the Pareto front"), Patch(color="#4C72B0", label="dominated")]
-    if not all(o.memory_fits for o in options):
-        kinds.append(Patch(facecolor="none", edgecolor=unfit, label="does not fit in HBM"))
+    kinds = [patch for patch, present in (
+        (Patch(color="#C44E52", label="on the Pareto front"), any(o.pareto for o in options)),
+        (Patch(color="#4C72B0", label="dominated"), any(o.memory_fits and not o.pareto for o in options)),
+        (Patch(facecolor="none", edgecolor=unfit, label="does not fit in HBM"), not all(o.memory_fits for o in options)))
+        if present]  # only the kinds of point drawn
     handles = kinds + ([deadline_line] if deadline_line is not None else [])
     ax.legend(handles=handles, fontsize=7, ncols=len(handles), loc="lower center", bbox_to_anchor=(0.5, 1.0),
               frameon=False)  # above the axes: a legend inside would sit on points or the deadline
