@@ -24,8 +24,33 @@ from pathsim.yaml_config import load_config
 MAX_CHIPS = 65536
 
 
+# Far beyond any built fabric (Llama 3's cluster: 1:7 between pods), and small enough that switch counts derived
+# from it stay integers.
+MAX_OVERSUBSCRIPTION = 1024.0
+# The largest integer a config may give: the models compute in float64, which holds every integer up to 2^53
+# exactly; a larger one (1e30 experts, an id beyond int64) would overflow numpy or lose its meaning silently.
+MAX_EXACT_INT = 2**53
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _integers_in_range(cls, value):
+        """Every integer of every config (in lists and mappings too) within ±2^53."""
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, (list, tuple)):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_EXACT_INT:
+                shown = f"{float(item):.4g}" if item.bit_length() < 1000 else f"a {item.bit_length()}-bit integer"
+                raise ValueError(f"{shown} is beyond the integers pathsim computes with exactly "
+                                 f"(at most 2^53 = {MAX_EXACT_INT:,})")
+        return value
 
 
 def _check_chip_count(count: int) -> None:
@@ -198,7 +223,7 @@ class PodSpec(StrictModel):
     """The third tier of a fat tree: pods of consecutive nodes, each with its own spines, joined by core switches."""
 
     nodes: int = Field(gt=0, description="nodes per pod (the last pod may hold fewer)")
-    oversubscription: float = Field(1.0, ge=1.0, allow_inf_nan=False,
+    oversubscription: float = Field(1.0, ge=1.0, le=MAX_OVERSUBSCRIPTION, allow_inf_nan=False,
                                     description="a spine's bandwidth down to its leaves : up to the core")
     switch_radix: int | None = Field(None, gt=1, le=4096, description="ports per spine and core switch "
                                                                       "(default: the leaves' switch_radix)")
@@ -221,7 +246,8 @@ class FatTreeSpec(StrictModel):
     nics_per_gpu: int = Field(1, gt=0)
     fabric: str | None = Field(None, description="link class between leaves and spines (default: the nic class)")
     switch_radix: int = Field(gt=1, le=4096, description="ports per leaf and spine switch")
-    oversubscription: float = Field(1.0, ge=1.0, allow_inf_nan=False, description="leaf down-ports : up-ports")
+    oversubscription: float = Field(1.0, ge=1.0, le=MAX_OVERSUBSCRIPTION, allow_inf_nan=False,
+                                    description="leaf down-ports : up-ports")
     pod: PodSpec | None = Field(None, description="pods and a core tier above the spines (three-tier fabrics)")
     pxn: bool = Field(True, description="rail_optimized: traffic to another node's GPU on another rail crosses NVLink to "
                                         "the GPU on that rail first and stays on its rail (NCCL's PXN, on by default "
@@ -278,7 +304,7 @@ class DcnSpec(StrictModel):
     nic: str = Field("dcn", description="link class of one host NIC into the DCN (per direction)")
     nics_per_host: int = Field(1, gt=0)
     host_link: str | None = Field(None, description="link class between a chip and its host (default: as fast as the host's NICs)")
-    oversubscription: float = Field(1.0, ge=1.0, allow_inf_nan=False,
+    oversubscription: float = Field(1.0, ge=1.0, le=MAX_OVERSUBSCRIPTION, allow_inf_nan=False,
                                     description="a slice's total NIC bandwidth : its uplink into the DCN core")
 
 

@@ -29,6 +29,9 @@ from pathsim.units import Bytes
 from pathsim.yaml_config import load_config, resolve_reference, validate_model
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
+# A step is simulated op by op, a few tens of ops per layer and micro-batch: beyond the deepest trained models
+# (DeepNet's 1,000 layers) by ten, and a bound on the step graph a typo (layers: 1e9) would otherwise build.
+MAX_LAYERS = 10_000
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 
 
@@ -59,7 +62,7 @@ class MoESpec(StrictModel):
 
 
 class ModelSpec(StrictModel):
-    layers: PositiveInt
+    layers: PositiveInt = Field(le=MAX_LAYERS, description="transformer layers (encoder and decoder together)")
     d_model: PositiveInt
     heads: PositiveInt
     kv_heads: PositiveInt | None = Field(None, description="key/value heads (GQA/MQA); default: heads")

@@ -69,6 +69,11 @@ BAD_FILES = [
     ("boolean as a dimension", "extends: tpu-v4-4x4x4\nname: x\ntopology: {dims: [true, 4]}\n", "topology.dims[0]"),
     ("denormal bandwidth", "extends: tpu-v4-4x4x4\nname: x\nlinks: {ici: {bandwidth: 1e-320}}\n", "links.ici.bandwidth"),
     ("wraparound length", "extends: tpu-v4-4x4x4\nname: x\ntopology: {wraparound: [true, true]}\n", "topology"),
+    # Found by benchmarks/bad_input_corpus.py (each was an OverflowError traceback):
+    ("chips per host beyond int64", "extends: tpu-v4-4x4x4\nname: x\nhost: {chips_per_host: 9223372036854775808}\n",
+     "host.chips_per_host"),
+    ("oversubscription overflowing a switch count", "extends: dgx-h100-4\nname: x\ntopology: {oversubscription: 1e308}\n",
+     "topology.oversubscription"),
 ]
 
 

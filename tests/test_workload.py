@@ -77,6 +77,12 @@ BAD_WORKLOADS = [
     ("tokens-huge", GOOD.replace("65536", "100000000000000000000000"), "training.tokens_per_step", "less than or equal"),
     ("expert-degree", GOOD + "parallelism: {expert: many}\n", "parallelism.expert", "auto"),
     ("missing-nested", GOOD.replace("expert_ffn: 128, ", ""), "model.moe.expert_ffn", "required field is missing"),
+    # Found by benchmarks/bad_input_corpus.py: a step graph of 1e9 layers hung; an int beyond int64 overflowed numpy.
+    ("layers-huge", GOOD.replace("layers: 4", "layers: 1000000000"), "model.layers", "less than or equal to 10000"),
+    ("beyond-int64", GOOD.replace("expert_ffn: 128", "expert_ffn: 1000000000000000000000000000000"),
+     "model.moe.expert_ffn", "at most 2^53"),
+    ("beyond-int64-in-a-list", GOOD + "parallelism: {stage_layers: [2, 9223372036854775808]}\n",
+     "parallelism.stage_layers", "at most 2^53"),
 ]
 
 
