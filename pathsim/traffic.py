@@ -68,6 +68,14 @@ class Traffic:
         return cls(np.shape(left)[0], factors=(left, right))
 
     @classmethod
+    def _of_checked_factors(cls, left: np.ndarray, right: np.ndarray) -> "Traffic":
+        """Factors made from factors already checked (scaled by a finite non-negative number, transposed,
+        stacked): not scanned again, which at 32K chips is two passes over two N×r arrays per phase."""
+        traffic = cls.__new__(cls)
+        traffic.num_chips, traffic._matrix, traffic._flows, traffic.factors = left.shape[0], None, None, (left, right)
+        return traffic
+
+    @classmethod
     def from_flows(cls, num_chips: int, src, dst, nbytes) -> "Traffic":
         return cls(num_chips, src=src, dst=dst, nbytes=nbytes)
 
@@ -128,7 +136,10 @@ class Traffic:
     def scaled(self, factor: float) -> "Traffic":
         """The same pattern with every byte count multiplied by `factor` (e.g. tokens → bytes)."""
         if self.factors is not None and self._matrix is None:
-            return Traffic.from_factors(self.factors[0], self.factors[1] * factor)
+            factor = float(factor)
+            if not (factor >= 0 and np.isfinite(factor * float(self.factors[1].max(initial=0.0)))):
+                raise ValueError(f"traffic bytes must be finite (scaling by {factor} overflows)")
+            return Traffic._of_checked_factors(self.factors[0], self.factors[1] * factor)
         if self._matrix is not None:
             return Traffic(self.num_chips, matrix=self._matrix * factor)
         src, dst, nbytes = self._flows
@@ -138,7 +149,7 @@ class Traffic:
         """The reverse phase: every byte goes back from destination to source (a combine after a dispatch)."""
         if self.factors is not None and self._matrix is None:
             left, right = self.factors
-            return Traffic.from_factors(right.T, left.T)
+            return Traffic._of_checked_factors(right.T, left.T)
         if self._matrix is not None:
             return Traffic(self.num_chips, matrix=self._matrix.T)
         src, dst, nbytes = self._flows
@@ -149,7 +160,8 @@ class Traffic:
         if other.num_chips != self.num_chips:
             raise ValueError("cannot add traffic over different numbers of chips")
         if self.factors is not None and other.factors is not None and self._matrix is None and other._matrix is None:
-            return Traffic.from_factors(np.hstack([self.factors[0], other.factors[0]]), np.vstack([self.factors[1], other.factors[1]]))
+            return Traffic._of_checked_factors(np.hstack([self.factors[0], other.factors[0]]),
+                                               np.vstack([self.factors[1], other.factors[1]]))
         if self.is_dense and other.is_dense:
             return Traffic(self.num_chips, matrix=self.matrix + other.matrix)
         a, b = self.flows(), other.flows()

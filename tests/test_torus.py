@@ -110,3 +110,25 @@ def test_long_mesh_latency_does_not_overflow():
     one_pair = np.zeros((300, 300))
     one_pair[0, 299] = 1.0
     assert mesh.max_path_latency(Traffic.from_matrix(one_pair)) == 299.0
+
+
+@pytest.mark.parametrize("dims, wrap, twisted", [((4, 4, 4), (True,) * 3, False), ((6, 4), (False, True), False),
+                                                 ((8, 4, 4), (True,) * 3, False), ((4, 4, 8), (True,) * 3, True)])
+def test_the_longest_route_of_factored_traffic_is_the_brute_force_one(dims, wrap, twisted):
+    """Terms whose chip sets are boxes (expert groups) are measured together in closed form, the rest one by one;
+    either way the longest route is the largest hop count over every (source, destination) pair of every term."""
+    torus = Torus("t", list(dims), list(wrap), 1e9, 1e-6, twisted=twisted)
+    n, rng = torus.num_chips, np.random.default_rng(7)
+    terms = []
+    for _ in range(12):  # boxes: a random coordinate subset per dimension, for sources and for destinations
+        pick = [rng.random(k) < 0.5 for k in dims]
+        terms.append(np.all([pick[d][torus.coords[:, d]] for d in range(len(dims))], axis=0))
+    terms += [rng.random(n) < 0.1 for _ in range(6)]  # scattered sets: not boxes
+    left = np.column_stack([t * rng.random(n) for t in terms])
+    right = np.vstack([np.roll(t, 3) * rng.random(n) for t in terms])
+    hops = torus._hop_matrix
+    brute = max(int(hops[np.ix_(np.flatnonzero(left[:, r] > 0), np.flatnonzero(right[r] > 0))].max(initial=0))
+                for r in range(len(terms)))
+    assert torus.max_path_latency(Traffic.from_factors(left, right)) == pytest.approx(brute * 1e-6)
+    assert torus.max_path_latency(Traffic.from_factors(left, right)) == torus.max_path_latency(
+        Traffic.from_matrix(left @ right))  # the dense path agrees

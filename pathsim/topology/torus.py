@@ -361,13 +361,43 @@ class Torus(Topology):
 
     def max_path_latency(self, traffic: Traffic, link_bytes: np.ndarray | None = None) -> float:
         if traffic.factors is not None:
-            left, right = traffic.factors
-            hops = max((self._max_hops_between(left[:, r] > 0, right[r] > 0) for r in range(left.shape[1])), default=0)
-            return float(hops) * self.hop_latency
+            return float(self._factored_max_hops(*traffic.factors)) * self.hop_latency
         if traffic.is_dense:
             longest = np.max(self._hop_matrix, where=traffic.matrix > 0, initial=0)
             return float(longest) * self.hop_latency
         return super().max_path_latency(traffic)
+
+    def _factored_max_hops(self, left: np.ndarray, right: np.ndarray) -> int:
+        """Longest route of ``left @ right``: over its rank-one terms r, from the chips with ``left[:, r] > 0`` to
+        those with ``right[r] > 0``. On a regular torus every term whose two chip sets are boxes (an expert group's
+        sources and destinations) is measured at once from per-dimension coordinate sets, so the cost is one pass
+        over the factors, not one per term; the other terms (and a twisted torus) go one by one."""
+        sends, gets = left > 0, right > 0
+        terms = np.flatnonzero(sends.any(axis=0) & gets.any(axis=1))
+        if not len(terms):
+            return 0
+        longest, rest = 0, terms
+        if not self.twisted:
+            boxes = np.zeros(len(terms), dtype=bool)
+            chunk = max(1, 2**23 // (4 * self.num_chips))  # terms per pass: 32 MB of float32 chip masks at most
+            rings = [self._ring_gap(np.arange(k)[:, None], np.arange(k)[None, :], d).astype(np.int16)
+                     for d, k in enumerate(self.dims)]
+            onehots = [np.eye(k, dtype=np.float32)[self.coords[:, d]] for d, k in enumerate(self.dims)]  # chips × k
+            for lo in range(0, len(terms), chunk):
+                part = terms[lo:lo + chunk]
+                src, dst = sends[:, part].astype(np.float32), gets[part].astype(np.float32)  # chips × t, t × chips
+                src_box, dst_box, gaps = np.ones(len(part)), np.ones(len(part)), np.zeros(len(part), dtype=np.int64)
+                for ring, onehot in zip(rings, onehots):
+                    a, b = (onehot.T @ src).T > 0, (dst @ onehot) > 0  # t × k: the coordinates used along d
+                    src_box *= a.sum(axis=1)
+                    dst_box *= b.sum(axis=1)
+                    farthest = np.where(b[:, None, :], ring[None], -1).max(axis=2)  # t × k: from each coordinate
+                    gaps += np.where(a, farthest, -1).max(axis=1)
+                box = (src_box == src.sum(axis=0)) & (dst_box == dst.sum(axis=1))  # every coordinate combination used
+                boxes[lo:lo + chunk] = box
+                longest = max(longest, int(gaps[box].max(initial=0)))
+            rest = terms[~boxes]
+        return max([longest, *(self._max_hops_between(sends[:, r], gets[r]) for r in rest)])
 
     def _max_hops_between(self, sources: np.ndarray, destinations: np.ndarray) -> int:
         """Longest route from any chip in `sources` to any in `destinations` (boolean masks), cached by the masks."""
