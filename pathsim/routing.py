@@ -192,6 +192,13 @@ class DispatchMap:
         self._received = count[self.group]  # ranks × classes: the sources sending to each rank
 
     @cached_property
+    def _copy_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """(copies × positions) the chip of each rank of each copy of the expert set, and its source class."""
+        layout = self.layout
+        ranks = layout.rank_at(np.arange(layout.expert_replication)[:, None], np.arange(layout.expert)[None, :])
+        return layout.chip(ranks), self.row_of[ranks]
+
+    @cached_property
     def destinations(self) -> np.ndarray:
         """(ranks × positions) the chip at every position of each rank's own copy of the expert set."""
         layout = self.layout
@@ -206,16 +213,14 @@ class DispatchMap:
         """The dispatch of `per_rank` in token-assignments, in whichever form is cheapest to hold and route."""
         layout, classes = self.layout, self.classes
         chips, physical = layout.chips, layout.physical_chips
-        chip, group, row_of = self.chip, self.group, self.row_of
+        chip, row_of = self.chip, self.row_of
         rank = layout.expert_replication * classes
         if rank * 4 <= chips:
-            # Every source of one class in one copy sends the same row: dispatch = left @ right with
-            # left[s, (copy, class)] = 1 and right[(copy, class), c] = per_rank[class, position of c].
-            left = np.zeros((physical, rank))
-            left[chip, group * classes + row_of] = 1.0
-            right = np.zeros((rank, physical))
-            right[group[None, :] * classes + np.arange(classes)[:, None], chip[None, :]] = per_rank[:, self.position]
-            return Traffic.from_factors(left, right)
+            # Every source of one class in one copy sends the same row: copies of one pattern, whose low-rank
+            # factors (left[s, (copy, class)] = 1, right[(copy, class), c] = per_rank[class, position of c])
+            # are built only for a router that needs them.
+            chip_of, class_of = self._copy_grid
+            return Traffic.from_copies(physical, chip_of, class_of, per_rank)
         dest = self.destinations
         if chips * layout.expert * 16 <= physical * physical:
             # Far fewer flows than the cluster's N×N entries (a pipeline stage's or a job's part of the cluster):

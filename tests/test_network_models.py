@@ -151,3 +151,29 @@ def test_a_phase_s_total_link_bytes_need_no_per_link_array(rng):
     _, records = basis.price(rng.random((3, k)) * 1e6)
     for record in records:
         assert total_link_bytes(record) == pytest.approx(float(dense_link_bytes(record).sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_copies_of_a_pattern_hold_the_matrix_they_describe(reverse):
+    """G copies of a P-rank pattern (an MoE dispatch): the bytes per chip, the network bytes, the factors, and the
+    scaled and transposed phases all equal those of the N×N matrix written out pair by pair."""
+    from pathsim.traffic import Traffic
+    rng = np.random.default_rng(11)
+    n, copies, positions, classes = 48, 3, 8, 4
+    chip_of = rng.permutation(n)[: copies * positions].reshape(copies, positions)
+    class_of = rng.integers(0, classes, (copies, positions))
+    weights = rng.random((classes, positions))
+    matrix = np.zeros((n, n))
+    for g in range(copies):
+        for p in range(positions):
+            for q in range(positions):
+                a, b = chip_of[g, p], chip_of[g, q]
+                matrix[(b, a) if reverse else (a, b)] += weights[class_of[g, p], q]
+    traffic, dense = Traffic.from_copies(n, chip_of, class_of, weights, reverse), Traffic.from_matrix(matrix)
+    np.testing.assert_allclose(traffic.sent_per_chip(), dense.sent_per_chip())
+    np.testing.assert_allclose(traffic.received_per_chip(), dense.received_per_chip())
+    assert traffic.network_bytes == pytest.approx(dense.network_bytes)
+    np.testing.assert_allclose(traffic.factors[0] @ traffic.factors[1], matrix)
+    np.testing.assert_allclose(traffic.scaled(3.0).transposed().matrix, 3.0 * matrix.T)
+    with pytest.raises(ValueError, match="finite"):
+        traffic.scaled(1e308).scaled(1e308)

@@ -132,3 +132,46 @@ def test_the_longest_route_of_factored_traffic_is_the_brute_force_one(dims, wrap
     assert torus.max_path_latency(Traffic.from_factors(left, right)) == pytest.approx(brute * 1e-6)
     assert torus.max_path_latency(Traffic.from_factors(left, right)) == torus.max_path_latency(
         Traffic.from_matrix(left @ right))  # the dense path agrees
+
+
+def _copies_on(torus: Torus, blocks: list[np.ndarray], classes: np.ndarray, rng) -> Traffic:
+    """An MoE dispatch as copies of one pattern: copy g's ranks on the chips of blocks[g], position by position."""
+    chip_of = np.stack(blocks)
+    weights = rng.random((int(classes.max()) + 1, chip_of.shape[1]))
+    return Traffic.from_copies(torus.num_chips, chip_of, classes, weights)
+
+
+def _block(torus: Torus, origin, shape) -> np.ndarray:
+    """Chip ids of the box of `shape` at `origin` (wrapping where the torus wraps), in C order."""
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).reshape(-1, len(shape))
+    coords = (grid + np.asarray(origin)) % np.asarray(torus.dims)
+    return torus.index(coords)
+
+
+@pytest.mark.parametrize("dims, wrap", [((8, 4, 4), (True,) * 3), ((8, 4), (False, True)), ((4, 4, 4), (False,) * 3)])
+def test_copies_of_a_pattern_route_as_their_factors_do(dims, wrap):
+    """Copies that are translations of one another (expert groups tiling the torus, in two families of classes,
+    one family not a product of per-axis shifts) give the factor path's link loads and longest route, both ways."""
+    torus = Torus("t", list(dims), list(wrap), 1e9, 1e-6)
+    rng = np.random.default_rng(3)
+    shape = (2,) + tuple(dims[1:])
+    blocks = [_block(torus, (2 * g,) + (0,) * (len(dims) - 1), shape) for g in range(dims[0] // 2)]
+    classes = np.zeros((len(blocks), len(blocks[0])), dtype=np.int64)
+    classes[:, ::3] = 1
+    classes[-1] = 2  # one copy of its own family: loads are summed per family
+    for traffic in (_copies_on(torus, blocks, classes, rng), _copies_on(torus, blocks, classes, rng).transposed()):
+        assert torus._copy_translations(traffic.copies) is not None  # the fast path is the one under test
+        left, right = traffic.copies.factors(torus.num_chips)
+        reference = Traffic.from_factors(left, right)
+        np.testing.assert_allclose(torus.link_loads(traffic), torus.link_loads(reference), rtol=1e-12, atol=1e-9)
+        assert torus.max_path_latency(traffic) == torus.max_path_latency(reference)
+
+
+def test_copies_that_are_not_translations_fall_back_to_their_factors():
+    torus = Torus("t", [4, 4], [True, True], 1e9, 1e-6)
+    rng = np.random.default_rng(5)
+    blocks = [np.array([0, 1, 2, 3]), np.array([4, 6, 5, 7])]  # the second copy's positions are permuted
+    traffic = _copies_on(torus, blocks, np.zeros((2, 4), dtype=np.int64), rng)
+    assert torus._copy_translations(traffic.copies) is None
+    left, right = traffic.copies.factors(torus.num_chips)
+    np.testing.assert_allclose(torus.link_loads(traffic), torus.link_loads(Traffic.from_factors(left, right)))

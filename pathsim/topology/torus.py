@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from pathsim.limits import check_allocation
 from pathsim.topology.base import Topology
-from pathsim.traffic import Traffic
+from pathsim.traffic import CopyPattern, Traffic
 
 AXIS_NAMES = "xyz"
 
@@ -262,6 +262,10 @@ class Torus(Topology):
 
     # ---- routing: whole dense matrices ------------------------------------
     def link_loads(self, traffic: Traffic) -> np.ndarray:
+        if traffic.copies is not None and not self.twisted:
+            families = self._copy_translations(traffic.copies)
+            if families is not None:
+                return sum(self._translated_sum(self._dense_loads(factors=base), shifts) for base, shifts in families)
         if traffic.factors is not None and not self.twisted:
             return self._dense_loads(factors=traffic.factors)
         if traffic.is_dense and not self.twisted:
@@ -360,12 +364,85 @@ class Torus(Topology):
         return hops
 
     def max_path_latency(self, traffic: Traffic, link_bytes: np.ndarray | None = None) -> float:
+        if traffic.copies is not None and not self.twisted:
+            families = self._copy_translations(traffic.copies)
+            if families is not None:  # every copy's routes are its family's first copy's, moved: so is the longest
+                return float(max(self._factored_max_hops(*base) for base, _ in families)) * self.hop_latency
         if traffic.factors is not None:
             return float(self._factored_max_hops(*traffic.factors)) * self.hop_latency
         if traffic.is_dense:
             longest = np.max(self._hop_matrix, where=traffic.matrix > 0, initial=0)
             return float(longest) * self.hop_latency
         return super().max_path_latency(traffic)
+
+    # ---- copies of one pattern: compute one copy, move it to the others -------------------------------------------
+    MAX_LOOSE_TRANSLATIONS = 1024  # a family's shifts summed one by one when not a product of per-axis sets
+
+    def _copy_translations(self, copies: CopyPattern) -> list[tuple[tuple[np.ndarray, np.ndarray], np.ndarray]] | None:
+        """The copies as families of translations: copies with the same classes at the same positions whose chips
+        are the family's first copy's, every one shifted by one vector of the torus. Per family, the first copy's
+        traffic as factors (rank: the classes) and the shifts (members × dimensions); None when the copies are not
+        so made. A regular torus routes by coordinate differences only, so a moved copy's routes, and their link
+        loads, are the first copy's moved. Along a dimension without wraparound a shift must hold without
+        wrapping (then the routes stay between the copy's own chips)."""
+        key = (id(copies.chip_of), id(copies.class_of))
+        cached = self.__dict__.setdefault("_translation_cache", {})
+        if key not in cached or cached[key][0] is not copies.chip_of or cached[key][1] is not copies.class_of:
+            cached.clear()  # one layout's grid at a time: every layer and micro-batch of a step reuses it
+            cached[key] = (copies.chip_of, copies.class_of, self._families_of(copies.chip_of, copies.class_of))
+        families = cached[key][2]
+        if families is None:
+            return None
+        out = []
+        for first, shifts in families:
+            classes = copies.weights.shape[0]
+            left = np.zeros((self.num_chips, classes))
+            left[copies.chip_of[first], copies.class_of[first]] = 1.0
+            right = np.zeros((classes, self.num_chips))
+            right[:, copies.chip_of[first]] = copies.weights
+            out.append((((right.T, left.T) if copies.reverse else (left, right)), shifts))
+        return out
+
+    def _families_of(self, chip_of: np.ndarray, class_of: np.ndarray) -> list[tuple[int, np.ndarray]] | None:
+        """(first copy, shifts of the family's copies from it) per family of copies with the same class row."""
+        _, first_of, family = np.unique(class_of, axis=0, return_index=True, return_inverse=True)
+        families = []
+        for f, first in enumerate(first_of):
+            members = np.flatnonzero(family.ravel() == f)
+            delta = self.coords[chip_of[members]] - self.coords[chip_of[first]][None]  # (members, P, D)
+            for d, k in enumerate(self.dims):
+                if self.wrap[d]:
+                    delta[..., d] %= k
+            if not (delta == delta[:, :1, :]).all():
+                return None
+            shifts = delta[:, 0, :]
+            if not self._separable(shifts) and len(shifts) > self.MAX_LOOSE_TRANSLATIONS:
+                return None
+            families.append((int(first), shifts))
+        return families
+
+    @staticmethod
+    def _separable(shifts: np.ndarray) -> bool:
+        """The shifts are every combination of per-dimension values (copies tiling the torus in blocks)."""
+        per_axis = [np.unique(shifts[:, d]) for d in range(shifts.shape[1])]
+        return len(np.unique(shifts, axis=0)) == len(shifts) == int(np.prod([len(u) for u in per_axis]))
+
+    def _translated_sum(self, loads: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+        """The sum of `loads` moved by every shift: per dimension one roll per distinct value when the shifts
+        are a product of per-dimension sets, else one roll per shift."""
+        grid = np.nan_to_num(self.by_direction(loads)).reshape(*self.dims, self.ndim, 2)
+        axes = tuple(range(self.ndim))
+        if self._separable(shifts):
+            for d in axes:
+                values = np.unique(shifts[:, d])
+                if len(values) > 1 or values[0] != 0:
+                    grid = sum(np.roll(grid, int(v), axis=d) for v in values)
+        else:
+            grid = sum(np.roll(grid, tuple(int(v) for v in shift), axis=axes) for shift in shifts)
+        out = np.zeros(self.num_links)
+        present = self._full_to_link >= 0
+        out[self._full_to_link[present]] = grid.reshape(-1)[present]
+        return out
 
     def _factored_max_hops(self, left: np.ndarray, right: np.ndarray) -> int:
         """Longest route of ``left @ right``: over its rank-one terms r, from the chips with ``left[:, r] > 0`` to
