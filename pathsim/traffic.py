@@ -175,6 +175,16 @@ class Traffic:
             self._flows = (src.astype(np.int64), dst.astype(np.int64), m[src, dst])
         return self._flows
 
+    def uniform_flows(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """(src, dst, bytes of each) when the phase is held as flows that all carry the same bytes (a ring step),
+        else None: such a phase is its chip pairs' pattern times one number."""
+        if self._flows is None or self._matrix is not None or self._factors is not None or self.copies is not None:
+            return None
+        src, dst, nbytes = self._flows
+        if not len(nbytes) or not (nbytes == nbytes[0]).all():
+            return None
+        return src, dst, float(nbytes[0])
+
     @property
     def network_bytes(self) -> float:
         """Bytes that cross the network (self-traffic excluded)."""

@@ -162,7 +162,7 @@ def test_copies_of_a_pattern_route_as_their_factors_do(dims, wrap):
     for traffic in (_copies_on(torus, blocks, classes, rng), _copies_on(torus, blocks, classes, rng).transposed()):
         assert torus._copy_translations(traffic.copies) is not None  # the fast path is the one under test
         left, right = traffic.copies.factors(torus.num_chips)
-        reference = Traffic.from_factors(left, right)
+        reference = Traffic.from_matrix(left @ right)  # the whole matrix: no factors, no box, no translation
         np.testing.assert_allclose(torus.link_loads(traffic), torus.link_loads(reference), rtol=1e-12, atol=1e-9)
         assert torus.max_path_latency(traffic) == torus.max_path_latency(reference)
 
@@ -175,3 +175,17 @@ def test_copies_that_are_not_translations_fall_back_to_their_factors():
     assert torus._copy_translations(traffic.copies) is None
     left, right = traffic.copies.factors(torus.num_chips)
     np.testing.assert_allclose(torus.link_loads(traffic), torus.link_loads(Traffic.from_factors(left, right)))
+
+
+@pytest.mark.parametrize("dims, wrap", [((8, 8, 4), (True,) * 3), ((8, 6), (False, True))])
+def test_factors_inside_a_box_load_the_links_the_whole_matrix_does(dims, wrap):
+    """Factors whose chips lie in a box (a few planes) are routed over that box's lines only; routes that leave the
+    box along the routed dimension (the shorter way round) still load the links outside it."""
+    torus = Torus("t", list(dims), list(wrap), 1e9, 1e-6)
+    rng = np.random.default_rng(2)
+    inside = np.all([np.isin(torus.coords[:, d], [0, 1, dims[d] - 2][: 2 + (d == 0)]) for d in range(len(dims))], axis=0)
+    left = rng.random((torus.num_chips, 3)) * inside[:, None]
+    right = rng.random((3, torus.num_chips)) * inside[None, :]
+    assert torus._box_of(left, right) is not None
+    np.testing.assert_allclose(torus.link_loads(Traffic.from_factors(left, right)),
+                               torus.link_loads(Traffic.from_matrix(left @ right)), rtol=1e-12, atol=1e-9)

@@ -33,10 +33,12 @@ def build_topology(cluster: ClusterConfig, source: str | None = None) -> Topolog
         raise exc.within(source or exc.source) from None
     # Link classes named after the cluster's link specs (nvlink, nic; a torus's ici+x, ici-y, ...) take their
     # all-to-all share.
+    classes, class_of_link = np.unique(topology.link_class, return_inverse=True)  # a few names for every link
     for attribute, default in (("all_to_all_share", 1.0), ("in_switch_share", 0.0), ("in_switch_latency", 0.0)):
         shares = {name: getattr(spec, attribute) for name, spec in cluster.links.items()}
-        setattr(topology, attribute, np.array([shares.get(str(c), shares.get(str(c).split("+")[0].split("-")[0], default))
-                                               for c in topology.link_class]))
+        per_class = np.array([shares.get(str(c), shares.get(str(c).split("+")[0].split("-")[0], default)) for c in classes],
+                             dtype=np.float64)
+        setattr(topology, attribute, per_class[class_of_link.ravel()])
     library = cluster.collective_library
     topology.collective_library = None if library is None else NcclTuning(library.arch, library.host_cpu, tuple(library.protocols))
     if not topology.is_connected():

@@ -314,6 +314,10 @@ class Torus(Topology):
         With factors, the partial sum per line is a product of partial sums of
         the factors: O(N·k·rank) per dimension instead of O(N²).
         """
+        if factors is not None:
+            box = self._box_of(*factors)
+            if box is not None:
+                return self._box_loads(*factors, box)
         D = self.ndim
         full = matrix.reshape(self.dims + self.dims) if matrix is not None else None
         letters = "ijk"[:D]
@@ -339,6 +343,42 @@ class Torus(Topology):
                 ids = self.link_id(chips, d, negative)
                 present = ids >= 0
                 loads[ids[present]] += per_chip.ravel()[present]
+        return loads
+
+    def _box_of(self, left: np.ndarray, right: np.ndarray) -> list[np.ndarray] | None:
+        """Per dimension, the coordinates of the chips that send or receive, when their product is a box smaller
+        than the torus (one expert group's chips: a few planes of it); else None."""
+        busy = np.flatnonzero(left.any(axis=1) | right.any(axis=0))
+        if not len(busy):
+            return None
+        box = [np.unique(self.coords[busy, d]) for d in range(self.ndim)]
+        return box if np.prod([len(b) for b in box]) * 2 <= self.num_chips else None
+
+    def _box_loads(self, left: np.ndarray, right: np.ndarray, box: list[np.ndarray]) -> np.ndarray:
+        """:meth:`_dense_loads` of ``left @ right`` whose chips all lie in `box` (coordinates per dimension): the
+        same sums over the box's lines only. Along the dimension being routed a line is the whole ring (a route
+        passes coordinates outside the box), across it only the box's coordinates: O(box · k · rank)."""
+        D, rank = self.ndim, left.shape[1]
+        letters = "ijk"[:D]
+        inside = np.ix_(*box)
+        left_box = left.reshape(self.dims + (rank,))[inside]  # (|box_0|, ..., rank)
+        right_box = np.moveaxis(right.reshape((rank,) + self.dims), 0, -1)[inside]  # (|box_0|, ..., rank)
+        loads = np.zeros(self.num_links)
+        for d in range(D):
+            if self.dims[d] == 1:
+                continue
+            u = left_box.sum(axis=tuple(e for e in range(D) if e < d))  # sources summed over the dims before d
+            v = np.moveaxis(right_box.sum(axis=tuple(e for e in range(D) if e > d)), -1, 0)  # destinations after d
+            per_line = np.tensordot(u, v, axes=([-1], [0]))
+            spec_line = "a" + letters[d + 1:] + letters[:d] + "b"
+            lines = [np.arange(k) if e == d else box[e] for e, k in enumerate(self.dims)]
+            chips = self.index(np.stack(np.meshgrid(*lines, indexing="ij"), axis=-1).reshape(-1, D))
+            for negative, tensor in zip((False, True), self._ring_tensors[d]):
+                tensor = tensor[np.ix_(box[d], box[d], np.arange(self.dims[d]))]
+                per_chip = np.einsum(f"{spec_line},ab{letters[d]}->{letters}", per_line, tensor, optimize=True)
+                ids = self.link_id(chips, d, negative)
+                present = ids >= 0
+                loads[ids[present]] += per_chip.ravel()[present]  # (one link per chip: no id twice)
         return loads
 
     @cached_property
@@ -432,11 +472,21 @@ class Torus(Topology):
         are a product of per-dimension sets, else one roll per shift."""
         grid = np.nan_to_num(self.by_direction(loads)).reshape(*self.dims, self.ndim, 2)
         axes = tuple(range(self.ndim))
-        if self._separable(shifts):
-            for d in axes:
-                values = np.unique(shifts[:, d])
+        per_axis = [np.unique(shifts[:, d]) for d in axes]
+        lattice = np.stack(np.meshgrid(*per_axis, indexing="ij"), axis=-1).reshape(-1, self.ndim)
+        span = 2 * np.asarray(self.dims)  # a shift along a mesh dimension may be negative: code it from -k
+        weights = np.cumprod(np.concatenate([[1], span[:-1]]))
+        code = lambda s: (s + np.asarray(self.dims)) @ weights  # noqa: E731
+        missing = lattice[~np.isin(code(lattice), code(shifts))]
+        if len(missing) < len(shifts):
+            # The shifts fill most of the product of their per-axis values (a family that all but one copy is in):
+            # the product's sum, per axis, less the few shifts it has beyond the family.
+            whole = grid
+            for d, values in zip(axes, per_axis):
                 if len(values) > 1 or values[0] != 0:
-                    grid = sum(np.roll(grid, int(v), axis=d) for v in values)
+                    whole = sum(np.roll(whole, int(v), axis=d) for v in values)
+            grid = whole - sum((np.roll(grid, tuple(int(v) for v in m), axis=axes) for m in missing), np.zeros_like(grid))
+            grid[grid < 1e-12 * grid.max(initial=0.0)] = 0.0  # the residue of bytes taken off exactly: none
         else:
             grid = sum(np.roll(grid, tuple(int(v) for v in shift), axis=axes) for shift in shifts)
         out = np.zeros(self.num_links)
