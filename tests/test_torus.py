@@ -153,6 +153,7 @@ def test_copies_of_a_pattern_route_as_their_factors_do(dims, wrap):
     """Copies that are translations of one another (expert groups tiling the torus, in two families of classes,
     one family not a product of per-axis shifts) give the factor path's link loads and longest route, both ways."""
     torus = Torus("t", list(dims), list(wrap), 1e9, 1e-6)
+    torus.LARGE = 0  # the paths a large torus takes, on a small one
     rng = np.random.default_rng(3)
     shape = (2,) + tuple(dims[1:])
     blocks = [_block(torus, (2 * g,) + (0,) * (len(dims) - 1), shape) for g in range(dims[0] // 2)]
@@ -169,6 +170,7 @@ def test_copies_of_a_pattern_route_as_their_factors_do(dims, wrap):
 
 def test_copies_that_are_not_translations_fall_back_to_their_factors():
     torus = Torus("t", [4, 4], [True, True], 1e9, 1e-6)
+    torus.LARGE = 0
     rng = np.random.default_rng(5)
     blocks = [np.array([0, 1, 2, 3]), np.array([4, 6, 5, 7])]  # the second copy's positions are permuted
     traffic = _copies_on(torus, blocks, np.zeros((2, 4), dtype=np.int64), rng)
@@ -177,11 +179,12 @@ def test_copies_that_are_not_translations_fall_back_to_their_factors():
     np.testing.assert_allclose(torus.link_loads(traffic), torus.link_loads(Traffic.from_factors(left, right)))
 
 
-@pytest.mark.parametrize("dims, wrap", [((8, 8, 4), (True,) * 3), ((8, 6), (False, True))])
+@pytest.mark.parametrize("dims, wrap", [((8, 8, 4), (True,) * 3), ((16, 8), (False, True))])
 def test_factors_inside_a_box_load_the_links_the_whole_matrix_does(dims, wrap):
     """Factors whose chips lie in a box (a few planes) are routed over that box's lines only; routes that leave the
     box along the routed dimension (the shorter way round) still load the links outside it."""
     torus = Torus("t", list(dims), list(wrap), 1e9, 1e-6)
+    torus.LARGE = 0
     rng = np.random.default_rng(2)
     inside = np.all([np.isin(torus.coords[:, d], [0, 1, dims[d] - 2][: 2 + (d == 0)]) for d in range(len(dims))], axis=0)
     left = rng.random((torus.num_chips, 3)) * inside[:, None]

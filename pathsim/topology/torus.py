@@ -262,7 +262,7 @@ class Torus(Topology):
 
     # ---- routing: whole dense matrices ------------------------------------
     def link_loads(self, traffic: Traffic) -> np.ndarray:
-        if traffic.copies is not None and not self.twisted:
+        if traffic.copies is not None and not self.twisted and self.num_chips >= self.LARGE:
             families = self._copy_translations(traffic.copies)
             if families is not None:
                 return sum(self._translated_sum(self._dense_loads(factors=base), shifts) for base, shifts in families)
@@ -352,7 +352,8 @@ class Torus(Topology):
         if not len(busy):
             return None
         box = [np.unique(self.coords[busy, d]) for d in range(self.ndim)]
-        return box if np.prod([len(b) for b in box]) * 2 <= self.num_chips else None
+        small = np.prod([len(b) for b in box]) * 16 <= self.num_chips and self.num_chips >= self.LARGE
+        return box if small else None
 
     def _box_loads(self, left: np.ndarray, right: np.ndarray, box: list[np.ndarray]) -> np.ndarray:
         """:meth:`_dense_loads` of ``left @ right`` whose chips all lie in `box` (coordinates per dimension): the
@@ -404,7 +405,7 @@ class Torus(Topology):
         return hops
 
     def max_path_latency(self, traffic: Traffic, link_bytes: np.ndarray | None = None) -> float:
-        if traffic.copies is not None and not self.twisted:
+        if traffic.copies is not None and not self.twisted and self.num_chips >= self.LARGE:
             families = self._copy_translations(traffic.copies)
             if families is not None:  # every copy's routes are its family's first copy's, moved: so is the longest
                 return float(max(self._factored_max_hops(*base) for base, _ in families)) * self.hop_latency
@@ -417,6 +418,9 @@ class Torus(Topology):
 
     # ---- copies of one pattern: compute one copy, move it to the others -------------------------------------------
     MAX_LOOSE_TRANSLATIONS = 1024  # a family's shifts summed one by one when not a product of per-axis sets
+    # Below this many chips the whole torus's arrays cost less than moving one copy's loads or restricting a
+    # route to a box (measured: 0.23 ms whole, 0.36 ms boxed, at 512 chips; 1.18 against 0.41 ms at 4,096).
+    LARGE = 2048
 
     def _copy_translations(self, copies: CopyPattern) -> list[tuple[tuple[np.ndarray, np.ndarray], np.ndarray]] | None:
         """The copies as families of translations: copies with the same classes at the same positions whose chips
