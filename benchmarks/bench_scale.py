@@ -21,7 +21,8 @@ import numpy as np
 
 # (family, chips) -> cluster spec: TPU v5p tori grown a dimension at a time, DGX H100 fat trees of more nodes
 # (three tiers past one pod's 3,072 GPUs, as Llama 3's cluster).
-TORUS_DIMS = {4096: [16, 16, 16], 8192: [16, 16, 32], 16384: [16, 32, 32], 32768: [32, 32, 32], 65536: [32, 32, 64]}
+TORUS_DIMS = {4096: [16, 16, 16], 8192: [16, 16, 32], 16384: [16, 32, 32], 32768: [32, 32, 32], 65536: [32, 32, 64],
+              131072: [32, 64, 64]}
 FAT_TREE_NODES = {4096: 512, 8192: 1024, 16384: 2048, 32768: 4096, 65536: 8192, 98304: 12288}
 WORKLOADS = ("switch-base-128", "pathways-multitask", "deepseek-v3")
 
@@ -73,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=("torus", "fat_tree"), action="append")
     parser.add_argument("--workload", choices=WORKLOADS, action="append")
-    parser.add_argument("--max-chips", type=int, default=98304)
+    parser.add_argument("--max-chips", type=int, default=131072)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per point (default 300)")
     args = parser.parse_args()
     for family in args.family or ("torus", "fat_tree"):

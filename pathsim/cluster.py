@@ -21,7 +21,7 @@ from pathsim.yaml_config import load_config
 
 
 # Dense N×N traffic matrices and uint16 hop tables stay workable up to here.
-MAX_CHIPS = 65536
+MAX_CHIPS = 131072
 
 
 # Far beyond any built fabric (Llama 3's cluster: 1:7 between pods), and small enough that switch counts derived

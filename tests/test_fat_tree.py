@@ -192,3 +192,26 @@ def test_flow_and_factor_loads_equal_the_routed_incidence(name):
     assert topology.max_path_latency(inside) == topology.max_path_latency(Traffic.from_matrix(groups @ (3.0 * groups.T)))
     loads = topology.link_loads(inside)
     assert loads[topology.link_class == "nic"].sum() == 0.0
+
+
+def test_copies_of_a_pattern_load_a_fabric_as_their_factors_do():
+    """Copies of one pattern on Llama 3's three-tier fabric (two pods): those alike in which of their ranks share a
+    node, leaf and pod are summed once; the loads are the factors' (forward and reversed), random copies included."""
+    from pathsim.cluster import load_cluster
+    from pathsim.topology import build_topology
+    from pathsim.traffic import Traffic
+    config = load_cluster("llama3-h100-16k").model_dump(mode="json", exclude_none=True)
+    config["topology"]["nodes"], config["name"] = 512, "two-pods"
+    fabric = build_topology(load_cluster(config))
+    assert not fabric.pxn and fabric.n_pods == 2
+    rng = np.random.default_rng(9)
+    n = fabric.num_chips
+    aligned = np.arange(n).reshape(32, 128)  # expert groups of 16 whole nodes: one family
+    scattered = rng.permutation(n)[:6 * 40].reshape(6, 40)  # copies alike in nothing
+    for chip_of in (aligned, scattered):
+        class_of = rng.integers(0, 3, chip_of.shape[1])[None, :].repeat(len(chip_of), axis=0)
+        traffic = Traffic.from_copies(n, chip_of, class_of, rng.random((3, chip_of.shape[1])))
+        for phase in (traffic, traffic.transposed()):
+            left, right = phase.copies.factors(n)
+            np.testing.assert_allclose(fabric.link_loads(phase), fabric._factored_loads(left, right), rtol=1e-9, atol=1e-6)
+    assert len(fabric._copy_families(aligned, np.zeros_like(aligned))) == 1

@@ -41,7 +41,7 @@ import scipy.sparse as sp
 
 from pathsim.errors import PathsimConfigError
 from pathsim.topology.base import Topology
-from pathsim.traffic import Traffic
+from pathsim.traffic import CopyPattern, Traffic
 
 
 class FatTree(Topology):
@@ -241,6 +241,8 @@ class FatTree(Topology):
     def link_loads(self, traffic: Traffic) -> np.ndarray:
         if not traffic.is_dense:
             return self._flow_loads(*traffic.flows())
+        if traffic.copies is not None and traffic._matrix is None and not self.pxn:
+            return self._copy_loads(traffic.copies)
         if _factored(traffic):
             return self._factored_loads(*traffic.factors)
         T = traffic.matrix.copy()
@@ -317,6 +319,74 @@ class FatTree(Topology):
         count = self.n_pods * pairs
         loads[self._core_up:self._core_up + count] = np.repeat(np.maximum(pod_out, 0.0) / pairs, pairs)
         loads[self._core_down:self._core_down + count] = np.repeat(np.maximum(pod_in, 0.0) / pairs, pairs)
+
+    def _copy_loads(self, copies: CopyPattern) -> np.ndarray:
+        """Loads of copies of one pattern, without PXN: what a copy's rank sends over NVLink, out of its node, out
+        of its leaf and out of its pod depends only on which of its copy's ranks share its node, leaf and pod and
+        on the classes. Copies alike in that (their chips' node, leaf and pod labels equal once renumbered in order
+        of appearance) share one P×P computation, and each copy's sums go to its own chips, leaves and pods by
+        bincount: O(families · P² + G · P) for the phase, where the factors cost O(N · G · classes)."""
+        n, gpn = self.num_chips, self.gpus_per_node
+        families = self._copy_families(copies.chip_of, copies.class_of)
+        chip_of = copies.chip_of
+        sums = {name: np.zeros(chip_of.shape) for name in ("nv_out", "nv_in", "nic_out", "nic_in", "leaf_out", "leaf_in",
+                                                           "pod_out", "pod_in")}
+        for members, (node, leaf, pod) in families:
+            first = members[0]
+            m = copies.weights[copies.class_of[first]]  # (P, P): rank p to position q
+            m = m * ~np.eye(len(m), dtype=bool)  # a rank's bytes to itself stay put
+            same_node = (node[:, None] == node[None, :]) & (gpn > 1)
+            off = m * ~same_node
+            cross = off * (leaf[:, None] != leaf[None, :])
+            far = cross * (pod[:, None] != pod[None, :])
+            for name, part in (("nv", m * same_node), ("nic", off), ("leaf", cross), ("pod", far)):
+                sums[f"{name}_out"][members] = part.sum(axis=1)
+                sums[f"{name}_in"][members] = part.sum(axis=0)
+        up, down = ("in", "out") if copies.reverse else ("out", "in")  # a combine runs the dispatch backwards
+        chips = chip_of.ravel()
+        loads = np.zeros(self.num_links)
+        if gpn > 1:
+            loads[self._nv_up:self._nv_up + n] = np.bincount(chips, sums[f"nv_{up}"].ravel(), minlength=n)
+            loads[self._nv_down:self._nv_down + n] = np.bincount(chips, sums[f"nv_{down}"].ravel(), minlength=n)
+        loads[self._nic_up:self._nic_up + n] = np.bincount(chips, sums[f"nic_{up}"].ravel(), minlength=n)
+        loads[self._nic_down:self._nic_down + n] = np.bincount(chips, sums[f"nic_{down}"].ravel(), minlength=n)
+        if self.n_spines:
+            leaves = self.leaf_of[chips]
+            self._spread_leaf_uplinks(loads, np.bincount(leaves, sums[f"leaf_{up}"].ravel(), minlength=self.n_leaves),
+                                      np.bincount(leaves, sums[f"leaf_{down}"].ravel(), minlength=self.n_leaves))
+            if self.n_cores:
+                pods = self.pod_of[chips]
+                self._spread_over_cores(loads, np.bincount(pods, sums[f"pod_{up}"].ravel(), minlength=self.n_pods),
+                                        np.bincount(pods, sums[f"pod_{down}"].ravel(), minlength=self.n_pods))
+        return loads
+
+    def _copy_families(self, chip_of: np.ndarray, class_of: np.ndarray) -> list[tuple[np.ndarray, tuple]]:
+        """Copies grouped by their class row and their chips' node, leaf and pod labels renumbered in order of
+        appearance; per family, its copies and those labels. Cached for the layout's grid (every layer reuses it)."""
+        cached = self.__dict__.get("_copy_family_cache")
+        if cached is not None and cached[0] is chip_of and cached[1] is class_of:
+            return cached[2]
+
+        def renumbered(labels: np.ndarray) -> np.ndarray:  # (G, P) -> the same partition, labels 0, 1, ... in order
+            order = np.argsort(labels, axis=1, kind="stable")
+            sorted_ = np.take_along_axis(labels, order, axis=1)
+            new = np.concatenate([np.ones((len(labels), 1), dtype=bool), sorted_[:, 1:] != sorted_[:, :-1]], axis=1)
+            group = np.cumsum(new, axis=1) - 1  # by sorted value
+            first = np.full(labels.shape, labels.shape[1], dtype=np.int64)  # first position of each group
+            rows = np.repeat(np.arange(len(labels)), labels.shape[1])
+            np.minimum.at(first, (rows, group.ravel()), order.ravel())
+            rank = np.argsort(np.argsort(first, axis=1, kind="stable"), axis=1, kind="stable")
+            out = np.empty_like(labels)
+            np.put_along_axis(out, order, np.take_along_axis(rank, group, axis=1), axis=1)
+            return out
+
+        node, leaf, pod = (renumbered(a[chip_of]) for a in (self.node_of, self.leaf_of, self.pod_of))
+        key = np.concatenate([class_of, node, leaf, pod], axis=1)
+        _, first, family = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        family = family.ravel()
+        families = [(np.flatnonzero(family == f), (node[i], leaf[i], pod[i])) for f, i in enumerate(first)]
+        self._copy_family_cache = (chip_of, class_of, families)
+        return families
 
     def _flow_loads(self, src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
         """Loads of a list of flows, routed as :meth:`incidence` routes them, by bincount: no sparse matrix."""
@@ -465,5 +535,5 @@ def _grouped_sum(index: np.ndarray, values: np.ndarray, groups: int) -> np.ndarr
 
 
 def _factored(traffic: Traffic) -> bool:
-    """Traffic held as low-rank factors and not (yet) as a matrix: its loads need no N×N array."""
-    return traffic.factors is not None and traffic._matrix is None
+    """Traffic held as low-rank factors or copies and not (yet) as a matrix: its loads need no N×N array."""
+    return (traffic.copies is not None or traffic._factors is not None) and traffic._matrix is None

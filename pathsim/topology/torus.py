@@ -384,7 +384,7 @@ class Torus(Topology):
 
     @cached_property
     def _hop_matrix(self) -> np.ndarray:
-        """Hops between every chip pair (uint16, N×N; configs cap chips at 65536), cached per topology."""
+        """Hops between every chip pair (uint16, N×N: a route of at most 65,535 hops), cached per topology."""
         n = self.num_chips
         if not self.twisted:
             # Regular: the sum over dimensions of ring distances, broadcast over the 2D-dim grid.
