@@ -254,6 +254,7 @@ class _StopSignals:
         self.caught = False
         self._repeating = False
         self._previous = {}
+        self._unraisable = None
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # (signals can only be set from the main thread)
@@ -265,7 +266,7 @@ class _StopSignals:
     def restore(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
-        if self._previous:
+        if self._unraisable is not None:
             sys.unraisablehook = self._unraisable
 
     def _quiet_if_stopping(self, unraisable) -> None:
