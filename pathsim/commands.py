@@ -138,6 +138,15 @@ def _emit(args, result, table) -> None:
     print(text, file=getattr(args, "stdout", None) or sys.stdout)
 
 
+def _answer(args, result, what: str, table) -> None:
+    """A command's result: refused if any number in it is not finite (naming `what`), printed for people or as
+    --format asks, and written whole to --json when the command has one and it is given."""
+    require_finite(result, what)
+    _emit(args, result, table)
+    if getattr(args, "json", None):
+        _write_json(args.json, result.model_dump_json(indent=2), "--json")
+
+
 def _write_json(path: Path, text: str, flag: str) -> None:
     write_file(path, text + "\n", flag)
     print(f"wrote {path}")
@@ -155,11 +164,8 @@ def _profile(args):
 def _cmd_simulate(args) -> int:
     result = simulate(args.cluster, args.workload, placement=args.placement, steps=args.steps, seed=args.seed,
                       network=args.network, sampling=args.sampling, profile=_profile(args), dense=args.dense, trace=args.trace)
-    require_finite(result, "the simulated step")
-    _emit(args, result, lambda: format_simulation(result))
+    _answer(args, result, "the simulated step", lambda: format_simulation(result))
     _say_trace(args)
-    if args.json:
-        _write_json(args.json, result.model_dump_json(indent=2), "--json")
     return 0
 
 
@@ -195,10 +201,7 @@ def format_shared(result: SharedPodResult) -> str:
 
 def _cmd_share(args) -> int:
     result = simulate_shared(args.jobs, steps=args.steps, seed=args.seed, trace=args.trace)
-    require_finite(result, "the shared pod's steps")
-    _emit(args, result, lambda: format_shared(result))
-    if args.json:
-        _write_json(args.json, result.model_dump_json(indent=2), "--json")
+    _answer(args, result, "the shared pod's steps", lambda: format_shared(result))
     _say_trace(args)
     return 0
 
@@ -286,8 +289,7 @@ def _cmd_add_task(args, options: PlanOptions) -> int:
     report, placements, setup = add_task(args.cluster, args.workload, args.from_placement, args.add_task, policy=args.policy,
                                          options=options, seed=args.seed, steps=args.steps, sampling=args.sampling,
                                          profile=_profile(args))
-    require_finite(report, "the task addition")
-    _emit(args, report, lambda: format_task_addition(report))
+    _answer(args, report, "the task addition", lambda: format_task_addition(report))
     fits = [o for o in report.options if o.migrated_bytes <= budget]
     chosen = min(fits, key=lambda o: o.report.step_time_s)
     _trace_placement(args, args.cluster, setup.workload, placements[chosen.name])
@@ -296,8 +298,6 @@ def _cmd_add_task(args, options: PlanOptions) -> int:
         workload_path = write_workload(setup, path.with_suffix(".workload.yaml"))
         print(f"wrote {path} ({chosen.name}) and {workload_path}; use them with "
               f"`pathsim simulate --workload {workload_path} --placement {path}`")
-    if args.json:
-        _write_json(args.json, report.model_dump_json(indent=2), "--json")
     return 0
 
 
@@ -315,10 +315,7 @@ def _cmd_drift(args, options: PlanOptions) -> int:
     report = routing_drift(args.cluster, args.workload, drift, policy=args.policy, replan_every=args.replan_every,
                            steps_per_window=args.window_steps, options=options, seed=args.seed, steps=args.steps,
                            sampling=args.sampling, profile=_profile(args))
-    require_finite(report, "the drift study")
-    _emit(args, report, lambda: format_drift(report))
-    if args.json:
-        _write_json(args.json, report.model_dump_json(indent=2), "--json")
+    _answer(args, report, "the drift study", lambda: format_drift(report))
     return 0
 
 
@@ -342,14 +339,11 @@ def _cmd_plan(args) -> int:
     policies = POLICIES if args.compare else (args.policy,)
     comparison, placements = compare_placements(args.cluster, args.workload, policies, options, seed=args.seed,
                                                 steps=args.steps, sampling=args.sampling, profile=_profile(args))
-    require_finite(comparison, "the placement plan")
-    _emit(args, comparison, lambda: format_plan(comparison))
+    _answer(args, comparison, "the placement plan", lambda: format_plan(comparison))
     _trace_placement(args, args.cluster, args.workload, placements[comparison.best])
     if args.out:
         path = write_placement(placements[comparison.best], args.out)
         print(f"wrote {path} ({comparison.best}); use it with `pathsim simulate --placement {path}`")
-    if args.json:
-        _write_json(args.json, comparison.model_dump_json(indent=2), "--json")
     return 0
 
 
@@ -414,10 +408,7 @@ def _cmd_collective(args) -> int:
         raise PathsimConfigError("<command line>", "--matrix", f"a traffic matrix applies to all_to_all, not {args.op}", "drop --matrix")
     result = run_collective(args.cluster, args.op, args.bytes, model=args.model, groups=args.groups,
                             algorithm=args.algorithm, matrix=matrix)
-    require_finite(result, "the collective")
-    _emit(args, result, lambda: format_collective(result))
-    if args.json:
-        _write_json(args.json, result.model_dump_json(indent=2), "--json")
+    _answer(args, result, "the collective", lambda: format_collective(result))
     return 0
 
 
@@ -431,10 +422,9 @@ def _cmd_report(args) -> int:
                           provider=args.provider, region=args.region,
                           grid_intensity=parse_given(args.grid_intensity, float, "<command line>", "--grid-intensity", "--grid-intensity 0.4"), pue=args.pue,
                           trace=args.trace)
-    require_finite(report, "the report")
+    _answer(args, report, "the report", lambda: format_report_summary(report))
     out = args.out or Path("out") / f"{report.workload}-on-{report.cluster}"
     written = write_report(report, out)
-    _emit(args, report, lambda: format_report_summary(report))
     print(f"wrote {len(written)} files under {out}/: open {out / 'index.html'}")
     _say_trace(args)
     return 0
@@ -462,9 +452,7 @@ def format_report_summary(report) -> str:
 def _cmd_fidelity(args) -> int:
     from pathsim.fidelity import format_suite, run_suite, suite_entries
     suite = run_suite(suite_entries(args.only, slow=args.slow))
-    _emit(args, suite, lambda: format_suite(suite))
-    if args.json:
-        _write_json(args.json, suite.model_dump_json(indent=2), "--json")
+    _answer(args, suite, "the validation suite", lambda: format_suite(suite))
     if args.residuals:
         from pathsim.fidelity import residuals
         _write_json(args.residuals, json.dumps(residuals(suite), indent=1), "--residuals")
