@@ -206,6 +206,11 @@ def _cmd_share(args) -> int:
     return 0
 
 
+def _headroom(report) -> str:
+    """A placement's HBM headroom per chip, marked where the plan does not fit."""
+    return format_bytes(report.memory_headroom_bytes) + ("" if report.fits else " OVER")
+
+
 def format_plan(comparison: PlanComparison) -> str:
     c = comparison
     head = (f"{c.workload} on {c.cluster}: {c.experts} experts x {c.moe_layers} MoE layers over expert-parallel groups of "
@@ -216,7 +221,7 @@ def format_plan(comparison: PlanComparison) -> str:
         rows.append((r.policy + (" *" if r.policy == c.best and len(c.reports) > 1 else ""), format_seconds(r.step_time_s), relative,
                      format_seconds(r.all_to_all_s), f"{r.imbalance_mean:.3f} / {r.imbalance_max:.3f}",
                      format_bytes(r.hop_bytes), format_bytes(r.max_link_bytes), f"{r.replicas:g}",
-                     format_bytes(r.memory_headroom_bytes) + ("" if r.fits else " OVER"), format_seconds(r.plan_time_s)))
+                     _headroom(r), format_seconds(r.plan_time_s)))
     lines = [head, _table(rows, ("policy", "step time", "vs round_robin", "all-to-all", "imbalance mean/max", "hop-bytes",
                                  "max link", "replicas", "HBM headroom", "plan time"))]
     lines.append("  imbalance: max/mean expected tokens per chip; hop-bytes and max link: one forward micro-batch's "
@@ -252,7 +257,7 @@ def format_task_addition(report: TaskAdditionReport) -> str:
             even = "-" if o.migration_s == 0 else f"{o.break_even_steps:,.{1 if o.break_even_steps < 100 else 0}f}"
         rows.append((o.name, format_seconds(o.report.step_time_s), f"{o.report.imbalance_mean:.3f}", f"{o.migrated_copies:,}",
                      format_bytes(o.migrated_bytes), format_seconds(o.migration_s), format_seconds(o.step_saving_s), even,
-                     format_bytes(o.report.memory_headroom_bytes) + ("" if o.report.fits else " OVER")))
+                     _headroom(o.report)))
     return "\n".join([head, _table(rows, ("option", "step time", "imbalance", "copies moved", "bytes moved", "migration",
                                           "saving/step", "break-even steps", "HBM headroom")),
                       "  copies moved: per expert group and tensor rank, all MoE layers; bytes: the whole cluster; migration: "
