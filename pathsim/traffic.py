@@ -48,8 +48,8 @@ class CopyPattern:
         classes = self.weights.shape[0]
         own = self.weights[self.class_of, np.arange(positions)[None, :]]  # (G, P): a rank's bytes to itself
         out = self.weights.sum(axis=1)[self.class_of] - own  # (G, P): each source's network bytes
-        count = np.zeros((copies, classes))  # sources of each class in each copy
-        np.add.at(count, (np.repeat(np.arange(copies), positions), self.class_of.ravel()), 1.0)
+        term = (np.arange(copies)[:, None] * classes + self.class_of).ravel()
+        count = np.bincount(term, minlength=copies * classes).reshape(copies, classes)  # sources per class and copy
         into = count @ self.weights - own  # (G, P): what each position receives from the other ranks of its copy
         sent = np.bincount(self.chip_of.ravel(), weights=out.ravel(), minlength=num_chips)
         received = np.bincount(self.chip_of.ravel(), weights=into.ravel(), minlength=num_chips)
@@ -141,7 +141,7 @@ class Traffic:
     def factors(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(left, right)`` with ``left @ right`` the traffic, when it is held as factors or as copies (whose
         factors are built on first use: O(N × G × classes), which routers that understand copies never ask for)."""
-        if self._factors is None and self.copies is not None and self._matrix is None:
+        if self._factors is None and self.copies is not None:
             self._factors = self.copies.factors(self.num_chips)
         return self._factors
 
@@ -178,7 +178,7 @@ class Traffic:
     def uniform_flows(self) -> tuple[np.ndarray, np.ndarray, float] | None:
         """(src, dst, bytes of each) when the phase is held as flows that all carry the same bytes (a ring step),
         else None: such a phase is its chip pairs' pattern times one number."""
-        if self._flows is None or self._matrix is not None or self._factors is not None or self.copies is not None:
+        if self._flows is None:  # (flows listed once are the phase, whatever form it came in)
             return None
         src, dst, nbytes = self._flows
         if not len(nbytes) or not (nbytes == nbytes[0]).all():
@@ -190,7 +190,7 @@ class Traffic:
         """Bytes that cross the network (self-traffic excluded)."""
         if self._flows is not None:
             return float(self._flows[2].sum())
-        if self.copies is not None and self._matrix is None:
+        if self.copies is not None:
             return float(self.copies.sent_and_received(self.num_chips)[0].sum())
         if self._matrix is None:
             left, right = self.factors
@@ -202,7 +202,7 @@ class Traffic:
         return np.einsum("sr,rs->s", left, right)
 
     def sent_per_chip(self) -> np.ndarray:
-        if self.copies is not None and self._flows is None and self._matrix is None:
+        if self.copies is not None:
             return self.copies.sent_and_received(self.num_chips)[0]
         if self._flows is None and self._matrix is None:
             left, right = self.factors
@@ -211,7 +211,7 @@ class Traffic:
         return np.bincount(src, weights=nbytes, minlength=self.num_chips)
 
     def received_per_chip(self) -> np.ndarray:
-        if self.copies is not None and self._flows is None and self._matrix is None:
+        if self.copies is not None:
             return self.copies.sent_and_received(self.num_chips)[1]
         if self._flows is None and self._matrix is None:
             left, right = self.factors
@@ -221,7 +221,7 @@ class Traffic:
 
     def scaled(self, factor: float) -> "Traffic":
         """The same pattern with every byte count multiplied by `factor` (e.g. tokens → bytes)."""
-        if self.copies is not None and self._matrix is None:
+        if self.copies is not None:
             with np.errstate(over="ignore"):  # an overflow is refused, as non-finite bytes, by the constructor
                 weights = self.copies.weights * float(factor)
             return Traffic(self.num_chips, copies=replace(self.copies, weights=weights))
@@ -237,7 +237,7 @@ class Traffic:
 
     def transposed(self) -> "Traffic":
         """The reverse phase: every byte goes back from destination to source (a combine after a dispatch)."""
-        if self.copies is not None and self._matrix is None:
+        if self.copies is not None:
             return Traffic(self.num_chips, copies=replace(self.copies, reverse=not self.copies.reverse))
         if self.factors is not None and self._matrix is None:
             left, right = self.factors

@@ -241,7 +241,7 @@ class FatTree(Topology):
     def link_loads(self, traffic: Traffic) -> np.ndarray:
         if not traffic.is_dense:
             return self._flow_loads(*traffic.flows())
-        if traffic.copies is not None and traffic._matrix is None and not self.pxn:
+        if traffic.copies is not None and not self.pxn:
             return self._copy_loads(traffic.copies)
         if _factored(traffic):
             return self._factored_loads(*traffic.factors)
@@ -367,17 +367,16 @@ class FatTree(Topology):
         if cached is not None and cached[0] is chip_of and cached[1] is class_of:
             return cached[2]
 
-        def renumbered(labels: np.ndarray) -> np.ndarray:  # (G, P) -> the same partition, labels 0, 1, ... in order
+        def renumbered(labels: np.ndarray) -> np.ndarray:
+            """(G, P) labels as the first position in their row holding the same label: rows that group their
+            positions alike get equal rows. A stable sort puts each label's first position at its run's start."""
             order = np.argsort(labels, axis=1, kind="stable")
-            sorted_ = np.take_along_axis(labels, order, axis=1)
-            new = np.concatenate([np.ones((len(labels), 1), dtype=bool), sorted_[:, 1:] != sorted_[:, :-1]], axis=1)
-            group = np.cumsum(new, axis=1) - 1  # by sorted value
-            first = np.full(labels.shape, labels.shape[1], dtype=np.int64)  # first position of each group
-            rows = np.repeat(np.arange(len(labels)), labels.shape[1])
-            np.minimum.at(first, (rows, group.ravel()), order.ravel())
-            rank = np.argsort(np.argsort(first, axis=1, kind="stable"), axis=1, kind="stable")
+            ordered = np.take_along_axis(labels, order, axis=1)
+            starts = np.ones(labels.shape, dtype=bool)
+            starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+            run_start = np.maximum.accumulate(np.where(starts, np.arange(labels.shape[1]), 0), axis=1)
             out = np.empty_like(labels)
-            np.put_along_axis(out, order, np.take_along_axis(rank, group, axis=1), axis=1)
+            np.put_along_axis(out, order, np.take_along_axis(order, run_start, axis=1), axis=1)
             return out
 
         node, leaf, pod = (renumbered(a[chip_of]) for a in (self.node_of, self.leaf_of, self.pod_of))
