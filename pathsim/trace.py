@@ -155,18 +155,18 @@ def counter_events(runs: list[StepRun], topology: Topology, power: PowerInputs, 
 
 class TraceRecorder:
     """Simulated runs gathered into one trace, each on processes of its own from time 0 (the jobs of a shared pod
-    side by side), each with its counter tracks. A run added under a key already held replaces the earlier one
+    side by side), each with its counter tracks. A run added under a title already held replaces the earlier one
     (a shared pod's jobs are re-simulated each round; the trace shows the last)."""
 
     def __init__(self):
         self._runs: dict[str, tuple[str, list[StepRun], Topology, PowerInputs]] = {}
 
-    def add(self, title: str, runs: list[StepRun], topology: Topology, power: PowerInputs, key: str | None = None) -> None:
-        self._runs[key if key is not None else title] = (title, runs, topology, power)
+    def add(self, title: str, runs: list[StepRun], topology: Topology, power: PowerInputs) -> None:
+        self._runs[title] = (runs, topology, power)
 
     def events(self) -> list[dict]:
         events, pid = [], 1
-        for title, runs, topology, power in self._runs.values():
+        for title, (runs, topology, power) in self._runs.items():
             events += trace_events(runs, title, pid)
             pid += runs[0].groups if runs else 1
             events += [{"ph": "M", "pid": pid, "name": "process_name", "args": {"name": f"{title}: cluster power and links"}},
@@ -175,11 +175,6 @@ class TraceRecorder:
             pid += 1
         return events
 
-    def write(self, path: "str | Path", flag: str = "--trace") -> Path:
-        return write_file(path, json.dumps({"traceEvents": self.events(), "displayTimeUnit": "ms"}) + "\n", flag, "the trace")
+    def write(self, path: "str | Path") -> Path:
+        return write_file(path, json.dumps({"traceEvents": self.events(), "displayTimeUnit": "ms"}) + "\n", "--trace", "the trace")
 
-
-def write_trace(path: "str | Path", runs: list[StepRun], title: str, topology: Topology, power: PowerInputs) -> Path:
-    recorder = TraceRecorder()
-    recorder.add(title, runs, topology, power)
-    return recorder.write(path)
