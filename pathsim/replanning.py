@@ -116,66 +116,58 @@ def add_task(cluster, workload, placement: "str | Path | Placement", task: "str 
     task_source = str(task) if not isinstance(task, AddedTask) else "<python task>"
     added = task if isinstance(task, AddedTask) else read_added_task(task)
     grown = expand_workload(before.workload, added, task_source)
-    with errors_in_task(before.source, task_source, grown, len(before.workload.tasks)):
-        return _options_for(cluster, before, old, source, added, task_source, grown, policy, options, byte_budget,
-                            seed, steps, sampling, profile)
-
-
-def _options_for(cluster, before: RunSetup, old: Placement, source: str, added: AddedTask, task_source: str,
-                 grown, policy: str, options: PlanOptions | None, byte_budget: float, seed: int, steps: int,
-                 sampling: str, profile) -> tuple[TaskAdditionReport, dict[str, Placement], RunSetup]:
-    moe = before.workload.model.moe
-    after = prepare_run(cluster, grown, seed=seed, sampling=sampling, profile=profile, place=False)
-    if after.layout.expert != before.layout.expert:
-        raise PathsimConfigError(task_source, "new_experts", f"{added.new_experts} more experts change the expert-parallel group "
-                                 f"from {before.layout.expert} to {after.layout.expert} ranks, so no copy could stay where it is",
-                                 f"set parallelism.expert: {before.layout.expert} in the workload")
-    old_layers = _layers(old, before.moe_layers)
-    replicas_before = int(max(sum(len(r) for r in layer) for layer in old_layers) - moe.experts)
-    options = options or PlanOptions()
-    if options.together:
-        raise PathsimConfigError("<arguments>", "together", "adding a task keeps old copies in place and takes no together sets",
-                                 "plan together sets with `pathsim plan` on the new workload")
-    if options.replicas is None:  # the old plan's replicas stay affordable, for every option alike
-        options = options.model_copy(update={"replicas": max(replicas_before, 0)})
-    budget = slot_budget(after, options)
-    demand = expected_demand(after)
-    copy_bytes = expert_copy_bytes(after) * after.layout.expert_replication
-    try:
-        kept = extend_layers(old_layers, demand.load, moe.experts, budget.physical_slots, budget.slots_per_rank)
-    except PackingError as exc:
-        raise PathsimConfigError(task_source, "new_experts", f"the new experts do not fit {budget.slots_per_rank} slots per "
-                                 f"chip beside the old copies ({exc})", "fewer new experts, or re-plan with more chips") from None
-    move_bytes = np.where(np.arange(after.workload.model.moe.experts) < moe.experts, copy_bytes, 0.0)  # new experts: not made yet
-    ones = np.ones(len(move_bytes), dtype=np.int64)
-    moves = rebalance_moves([LayerMoves(l, layer, copy_loads(layer, demand.load[l]), move_bytes, ones, budget.slots_per_rank)
-                             for l, layer in enumerate(kept)], byte_budget)
-    provenance = {"cluster": after.cluster.name, "workload": after.workload.name, "seed": seed, "from": source,
-                  "added_task": added.name, "options": options.model_dump(mode="json")}
-    baseline_s = None
-    results, placements = [], {}
-    marks = _byte_marks(moves)
-    for count in marks:
-        layers = apply_moves(kept, moves[:count])
-        name = "keep old copies" if count == marks[0] else f"+ {count - marks[0]} moves"
-        candidate = _as_placement("incremental", after, layers, {**provenance, "moves": count})
-        option = _option(name, after, candidate, migration_cost(after, old_layers, layers, moe.experts), steps, baseline_s)
-        baseline_s = baseline_s if baseline_s is not None else option.report.step_time_s
-        results.append(option)
+    with errors_in_task(before.source, task_source, grown, len(before.workload.tasks)):  # errors from here name the task file
+        after = prepare_run(cluster, grown, seed=seed, sampling=sampling, profile=profile, place=False)
+        if after.layout.expert != before.layout.expert:
+            raise PathsimConfigError(task_source, "new_experts", f"{added.new_experts} more experts change the expert-parallel group "
+                                     f"from {before.layout.expert} to {after.layout.expert} ranks, so no copy could stay where it is",
+                                     f"set parallelism.expert: {before.layout.expert} in the workload")
+        old_layers = _layers(old, before.moe_layers)
+        replicas_before = int(max(sum(len(r) for r in layer) for layer in old_layers) - moe.experts)
+        options = options or PlanOptions()
+        if options.together:
+            raise PathsimConfigError("<arguments>", "together", "adding a task keeps old copies in place and takes no together sets",
+                                     "plan together sets with `pathsim plan` on the new workload")
+        if options.replicas is None:  # the old plan's replicas stay affordable, for every option alike
+            options = options.model_copy(update={"replicas": max(replicas_before, 0)})
+        budget = slot_budget(after, options)
+        demand = expected_demand(after)
+        copy_bytes = expert_copy_bytes(after) * after.layout.expert_replication
+        try:
+            kept = extend_layers(old_layers, demand.load, moe.experts, budget.physical_slots, budget.slots_per_rank)
+        except PackingError as exc:
+            raise PathsimConfigError(task_source, "new_experts", f"the new experts do not fit {budget.slots_per_rank} slots per "
+                                     f"chip beside the old copies ({exc})", "fewer new experts, or re-plan with more chips") from None
+        move_bytes = np.where(np.arange(after.workload.model.moe.experts) < moe.experts, copy_bytes, 0.0)  # new experts: not made yet
+        ones = np.ones(len(move_bytes), dtype=np.int64)
+        moves = rebalance_moves([LayerMoves(l, layer, copy_loads(layer, demand.load[l]), move_bytes, ones, budget.slots_per_rank)
+                                 for l, layer in enumerate(kept)], byte_budget)
+        provenance = {"cluster": after.cluster.name, "workload": after.workload.name, "seed": seed, "from": source,
+                      "added_task": added.name, "options": options.model_dump(mode="json")}
+        baseline_s = None
+        results, placements = [], {}
+        marks = _byte_marks(moves)
+        for count in marks:
+            layers = apply_moves(kept, moves[:count])
+            name = "keep old copies" if count == marks[0] else f"+ {count - marks[0]} moves"
+            candidate = _as_placement("incremental", after, layers, {**provenance, "moves": count})
+            option = _option(name, after, candidate, migration_cost(after, old_layers, layers, moe.experts), steps, baseline_s)
+            baseline_s = baseline_s if baseline_s is not None else option.report.step_time_s
+            results.append(option)
+            placements[name] = candidate
+        replan = place_experts(policy, after, options, demand)
+        layers = _layers(replan, after.moe_layers)
+        if policy in LOCATION_BLIND_POLICIES:
+            layers = [match_ranks(o, n, moe.experts) for o, n in zip(old_layers, layers)]
+        name = f"re-plan ({policy})"
+        candidate = _as_placement(policy, after, layers, {**replan.planned_for, "from": source, "added_task": added.name})
+        results.append(_option(name, after, candidate, migration_cost(after, old_layers, layers, moe.experts), steps, baseline_s))
         placements[name] = candidate
-    replan = place_experts(policy, after, options, demand)
-    layers = _layers(replan, after.moe_layers)
-    if policy in LOCATION_BLIND_POLICIES:
-        layers = [match_ranks(o, n, moe.experts) for o, n in zip(old_layers, layers)]
-    name = f"re-plan ({policy})"
-    candidate = _as_placement(policy, after, layers, {**replan.planned_for, "from": source, "added_task": added.name})
-    results.append(_option(name, after, candidate, migration_cost(after, old_layers, layers, moe.experts), steps, baseline_s))
-    placements[name] = candidate
-    step_before = evaluate_placement(before, old, steps).step_time_s
-    report = TaskAdditionReport(cluster=after.cluster.name, workload=before.workload.name, task=added.name,
-                                old_experts=moe.experts, new_experts=added.new_experts,
-                                expert_copy_bytes=expert_copy_bytes(after), step_time_before_s=step_before, options=results)
-    return report, placements, after
+        step_before = evaluate_placement(before, old, steps).step_time_s
+        report = TaskAdditionReport(cluster=after.cluster.name, workload=before.workload.name, task=added.name,
+                                    old_experts=moe.experts, new_experts=added.new_experts,
+                                    expert_copy_bytes=expert_copy_bytes(after), step_time_before_s=step_before, options=results)
+        return report, placements, after
 
 
 def write_workload(setup: RunSetup, path: "str | Path", flag: str = "--out") -> Path:
